@@ -1,0 +1,35 @@
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.stamp
+
+.PHONY: venv test demo clean
+
+venv: $(STAMP)
+
+# Only reached when the interpreter is gone, so nothing left in .venv is usable.
+$(VPY):
+	$(PYTHON) -m venv --clear $(VENV)
+
+# Re-run when the pins change, or when pyproject.toml changes (entry points and
+# package metadata of the editable install come from it).
+# All pins, torch included, go into one pip call so the resolver cannot pick another
+# torch build. --no-deps: the pins are the dev environment; pyproject ranges serve
+# other installs. papermill runs notebooks on the kernel named python3, so that name
+# must resolve to this venv.
+$(STAMP): $(VPY) requirements-dev.txt pyproject.toml
+	$(VENV)/bin/pip install -r requirements-dev.txt
+	$(VENV)/bin/pip install --no-deps -e .
+	$(VPY) -m ipykernel install --sys-prefix --name python3
+	touch $@
+
+test: venv
+	$(VPY) -m pytest -q
+
+demo: venv
+	$(VPY) -m axolab.demo
+
+# Leaves .venv and results/ alone: one is slow to rebuild, the other is the work.
+clean:
+	rm -rf build dist .pytest_cache *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +

@@ -1,0 +1,42 @@
+"""What every tensor-parallel module tells the rest of axolab about its parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GradSpec:
+    """How one parameter's gradient is completed and counted.
+
+    ``reduce`` is the grid axis its gradient is still partial over after backward: "data" for
+    depth-sharded weights (Z was already reduce-scattered in backward), "batch" (D*Z) for small
+    replicated vectors. ``replicas`` is how many ranks of one model copy (Z*Y*X) hold the same
+    values, so a global norm counts it once.
+    """
+
+    param: nn.Parameter
+    reduce: str
+    replicas: int
+
+
+class ParallelModule(nn.Module):
+    """Base of the parallel layers: full-tensor import/export and gradient bookkeeping."""
+
+    def grad_specs(self) -> list[GradSpec]:
+        raise NotImplementedError
+
+    def full_tensor(self, name: str) -> torch.Tensor:
+        """The serial model's tensor ``name`` (same shape), assembled on every rank."""
+        raise NotImplementedError
+
+    def load_full(self, name: str, full: torch.Tensor) -> None:
+        """Copy this rank's piece of the serial tensor ``name`` into the local parameter."""
+        raise NotImplementedError
+
+    def _new_param(self, shape, like: torch.Tensor | None, device, dtype) -> nn.Parameter:
+        dtype = dtype or (like.dtype if like is not None else torch.get_default_dtype())
+        return nn.Parameter(torch.empty(shape, device=device, dtype=dtype))

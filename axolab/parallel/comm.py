@@ -1,0 +1,148 @@
+"""Differentiable collectives, each an autograd Function that can be tested on its own.
+
+The 4D algorithm needs five mappings between "replicated" and "partial" tensors:
+
+- ``copy_to``:        identity forward, all-reduce backward. An input replicated over a group is
+                      consumed by every rank for a different output slice, so its gradient is the
+                      sum of the ranks' partial gradients.
+- ``reduce_from``:    all-reduce forward, identity backward. Partial sums become a replicated value
+                      that every rank then uses identically, so each rank already holds the whole
+                      gradient.
+- ``all_reduce``:     all-reduce forward and backward. A replicated statistic (a norm's sum of
+                      squares) that each rank uses on different data.
+- ``gather_along``:   all-gather along a dim forward, keep own slice backward.
+- ``depth_gather``:   all-gather of flat weight chunks forward, reduce-scatter of their gradients
+                      backward (the Z axis: weights depth-sharded, batch split).
+
+Every Function takes an :class:`~axolab.parallel.grid.Axis`; on an axis of size 1 it is the identity.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from .grid import Axis
+
+
+def _all_reduce(t: torch.Tensor, axis: Axis, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    t = t.contiguous().clone()
+    dist.all_reduce(t, op=op, group=axis.group)
+    return t
+
+
+def _all_gather_flat(t: torch.Tensor, axis: Axis) -> torch.Tensor:
+    t = t.contiguous()
+    out = t.new_empty(t.numel() * axis.size)
+    dist.all_gather_into_tensor(out, t.view(-1), group=axis.group)
+    return out
+
+
+def _reduce_scatter_flat(t: torch.Tensor, axis: Axis) -> torch.Tensor:
+    t = t.contiguous().view(-1)
+    out = t.new_empty(t.numel() // axis.size)
+    dist.reduce_scatter_tensor(out, t, group=axis.group)
+    return out
+
+
+class _CopyTo(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, axis):
+        ctx.axis = axis
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _all_reduce(g, ctx.axis), None
+
+
+class _ReduceFrom(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, axis):
+        return _all_reduce(x, axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
+class _AllReduce(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, axis):
+        ctx.axis = axis
+        return _all_reduce(x, axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _all_reduce(g, ctx.axis), None
+
+
+class _GatherAlong(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, axis, dim):
+        ctx.axis, ctx.dim = axis, dim
+        x = x.movedim(dim, 0).contiguous()
+        flat = _all_gather_flat(x, axis)
+        out = flat.view(axis.size * x.shape[0], *x.shape[1:])
+        return out.movedim(0, dim)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.chunk(ctx.axis.size, dim=ctx.dim)[ctx.axis.index].contiguous(), None, None
+
+
+class _DepthGather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, shard, axis):
+        ctx.axis = axis
+        return _all_gather_flat(shard, axis)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _reduce_scatter_flat(g, ctx.axis), None
+
+
+def copy_to(x: torch.Tensor, axis: Axis) -> torch.Tensor:
+    """Identity forward; gradients are summed over ``axis`` in backward."""
+    return x if axis.size == 1 else _CopyTo.apply(x, axis)
+
+
+def reduce_from(x: torch.Tensor, axis: Axis) -> torch.Tensor:
+    """Sum over ``axis`` forward; the gradient passes through unchanged."""
+    return x if axis.size == 1 else _ReduceFrom.apply(x, axis)
+
+
+def all_reduce(x: torch.Tensor, axis: Axis) -> torch.Tensor:
+    """Sum over ``axis`` forward, and sum of the gradients over ``axis`` backward."""
+    return x if axis.size == 1 else _AllReduce.apply(x, axis)
+
+
+def gather_along(x: torch.Tensor, axis: Axis, dim: int) -> torch.Tensor:
+    """Concatenate the ranks' tensors along ``dim`` (in axis order); backward keeps own slice."""
+    return x if axis.size == 1 else _GatherAlong.apply(x, axis, dim % x.dim())
+
+
+def depth_gather(shard: torch.Tensor, axis: Axis) -> torch.Tensor:
+    """All-gather of flat chunks into one flat tensor; gradients reduce-scattered back."""
+    return shard if axis.size == 1 else _DepthGather.apply(shard, axis)
+
+
+def all_reduce_max(x: torch.Tensor, axis: Axis) -> torch.Tensor:
+    """Elementwise max over ``axis``; not differentiable (used for numerical stabilisers)."""
+    return x if axis.size == 1 else _all_reduce(x.detach(), axis, dist.ReduceOp.MAX)
+
+
+def all_reduce_sum_(t: torch.Tensor, axis: Axis) -> torch.Tensor:
+    """In-place sum over ``axis`` outside autograd (counts, gradients)."""
+    if axis.size > 1:
+        dist.all_reduce(t, group=axis.group)
+    return t
+
+
+def all_gather_objects(obj, axis: Axis) -> list:
+    """Gather one Python object per rank of ``axis`` (axis order)."""
+    if axis.size == 1:
+        return [obj]
+    out = [None] * axis.size
+    dist.all_gather_object(out, obj, group=axis.group)
+    return out

@@ -1,0 +1,80 @@
+"""Completing gradients across the batch split, and clipping by the global norm.
+
+After backward, every parameter's gradient covers only this rank's batch shard:
+depth-sharded weights have already been summed over Z by the reduce-scatter in backward and need
+an all-reduce over D; replicated vectors (biases, norm weights) need an all-reduce over D*Z.
+Gradients are flattened into one buffer per axis and dtype, so each needs a single collective.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from . import comm
+from .base import GradSpec
+from .parallelize import grid_of, parallel_modules
+
+
+def grad_specs(model: nn.Module) -> list[GradSpec]:
+    """One spec per distinct parameter (tied weights appear once)."""
+    seen, specs = set(), []
+    for _, module in parallel_modules(model):
+        for spec in module.grad_specs():
+            if id(spec.param) not in seen:
+                seen.add(id(spec.param))
+                specs.append(spec)
+    return specs
+
+
+@torch.no_grad()
+def sync_gradients(model: nn.Module) -> None:
+    """Sum every gradient over the ranks that saw other parts of the batch.
+
+    Call after backward and before ``optimizer.step()``; a no-op on a grid with data*z == 1 for
+    vectors and data == 1 for weights.
+    """
+    grid = grid_of(model)
+    buckets: dict[tuple[str, torch.dtype], list[torch.Tensor]] = {}
+    for spec in grad_specs(model):
+        axis = grid.data if spec.reduce == "data" else grid.batch
+        if axis.size > 1 and spec.param.grad is not None:
+            buckets.setdefault((spec.reduce, spec.param.grad.dtype), []).append(spec.param.grad)
+    for (reduce, _), grads in buckets.items():
+        axis = grid.data if reduce == "data" else grid.batch
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        comm.all_reduce_sum_(flat, axis)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+
+@torch.no_grad()
+def global_grad_norm(model: nn.Module, norm_type: float = 2.0) -> torch.Tensor:
+    """Norm of the whole model's gradient, as the serial model would compute it (after sync)."""
+    grid = grid_of(model)
+    specs = [s for s in grad_specs(model) if s.param.grad is not None]
+    if not specs:
+        return torch.zeros((), device=grid.device)
+    if math.isinf(norm_type):
+        local = torch.stack([s.param.grad.detach().abs().max().float() for s in specs]).max()
+        return comm.all_reduce_max(local, grid.model)
+    # Each value is counted once per model copy: replicated vectors are weighted by 1/replicas.
+    total = sum(s.param.grad.detach().float().abs().pow(norm_type).sum() / s.replicas
+                for s in specs)
+    total = comm.all_reduce_sum_(total.reshape(1), grid.model)[0]
+    return total.pow(1.0 / norm_type)
+
+
+@torch.no_grad()
+def clip_grad_norm_(model: nn.Module, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+    """Scale gradients so their global norm is at most ``max_norm``; returns the norm before."""
+    norm = global_grad_norm(model, norm_type)
+    scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    for spec in grad_specs(model):
+        if spec.param.grad is not None:
+            spec.param.grad.mul_(scale.to(spec.param.grad.dtype))
+    return norm

@@ -1,0 +1,239 @@
+"""The data x Z x Y x X process grid.
+
+Ranks are laid out X fastest: ``rank = ((d*Z + z)*Y + y)*X + x``, so an X group is a run of
+neighbouring ranks (one node on a cluster) and the data-parallel group has the largest stride.
+All process groups live on the :class:`Grid`; nothing here is module-level state.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One axis of the grid as seen from this rank: its group, size, and coordinate."""
+
+    name: str
+    size: int
+    index: int
+    ranks: tuple[int, ...]
+    group: object = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        if self.size > 1 and self.group is None:
+            raise ValueError(f"axis {self.name} of size {self.size} needs a process group")
+
+
+def _check_dims(data: int, z: int, y: int, x: int) -> None:
+    for name, value in (("data", data), ("z", z), ("y", y), ("x", x)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"grid dimension {name} must be a positive integer, got {value!r}")
+
+
+def _first_slurm_host() -> str | None:
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    if not nodelist:
+        return None
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                             text=True, check=True, timeout=30).stdout.split()
+        return out[0] if out else None
+    except (OSError, subprocess.SubprocessError):
+        # A plain single-node list needs no expansion.
+        return nodelist if "[" not in nodelist and "," not in nodelist else None
+
+
+def launcher_environment() -> dict[str, str | int] | None:
+    """Rank, world size, local rank and rendezvous from torchrun or srun, or None if neither."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return dict(rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
+                    local_rank=int(env.get("LOCAL_RANK", 0)),
+                    master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+                    master_port=env.get("MASTER_PORT", "29500"))
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        job = int(env.get("SLURM_JOB_ID", "0"))
+        return dict(rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
+                    local_rank=int(env.get("SLURM_LOCALID", 0)),
+                    master_addr=env.get("MASTER_ADDR") or _first_slurm_host() or "127.0.0.1",
+                    # Derived from the job id so that concurrent jobs on one node do not collide.
+                    master_port=env.get("MASTER_PORT", str(20000 + job % 20000)))
+    return None
+
+
+def _default_backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ensure_process_group(backend: str | None, world_needed: int) -> None:
+    if dist.is_available() and dist.is_initialized():
+        return
+    env = launcher_environment()
+    backend = backend or _default_backend()
+    if env is None:
+        if world_needed != 1:
+            raise ValueError(
+                f"grid needs {world_needed} ranks but this process was not started by torchrun or "
+                "srun (no RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS in the environment); start it "
+                "with axolab.launch or torchrun --nproc-per-node N")
+        env = dict(rank=0, world_size=1, local_rank=0, master_addr="127.0.0.1",
+                   master_port=str(_free_port()))
+    if env["world_size"] != world_needed:
+        raise ValueError(f"grid data*z*y*x = {world_needed} but the launcher started "
+                         f"{env['world_size']} ranks")
+    if backend == "nccl":
+        torch.cuda.set_device(int(env["local_rank"]) % torch.cuda.device_count())
+    dist.init_process_group(backend, init_method=f"tcp://{env['master_addr']}:{env['master_port']}",
+                            rank=int(env["rank"]), world_size=int(env["world_size"]))
+
+
+@dataclass
+class Grid:
+    """This rank's place in the 4D grid and the process groups of every axis.
+
+    ``x``, ``y``, ``z`` and ``data`` are :class:`Axis` objects; ``batch`` is the D*Z group over which
+    the global batch is split (shard index ``d*Z + z``); ``model`` is the Z*Y*X group of ranks that
+    together hold one copy of the model.
+    """
+
+    data: Axis
+    z: Axis
+    y: Axis
+    x: Axis
+    batch: Axis
+    model: Axis
+    rank: int
+    ranks: tuple[int, ...]
+    backend: str
+    device: torch.device
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.data.size, self.z.size, self.y.size, self.x.size)
+
+    @property
+    def size(self) -> int:
+        return len(self.ranks)
+
+    @property
+    def coords(self) -> tuple[int, int, int, int]:
+        return (self.data.index, self.z.index, self.y.index, self.x.index)
+
+    @property
+    def batch_shards(self) -> int:
+        return self.data.size * self.z.size
+
+    @property
+    def batch_index(self) -> int:
+        return self.data.index * self.z.size + self.z.index
+
+    def __repr__(self) -> str:
+        d, z, y, x = self.shape
+        return f"Grid(data={d}, z={z}, y={y}, x={x}, rank={self.rank}, coords={self.coords})"
+
+    @classmethod
+    def init(cls, data: int = 1, z: int = 1, y: int = 1, x: int = 1, *,
+             backend: str | None = None, ranks: list[int] | range | None = None) -> "Grid | None":
+        """Build the grid (initializing torch.distributed from torchrun/srun if needed).
+
+        ``ranks`` places the grid on a subset of the world (default: all ranks, in order). Every
+        rank of the world must call this, because creating a process group is collective; ranks
+        outside ``ranks`` get ``None``.
+        """
+        _check_dims(data, z, y, x)
+        size = data * z * y * x
+        if ranks is None and not (dist.is_available() and dist.is_initialized()) and size == 1:
+            return cls._single_process(backend)
+        if ranks is None:
+            _ensure_process_group(backend, size)
+        elif not dist.is_initialized():
+            raise ValueError("Grid.init(ranks=...) needs torch.distributed to be initialized")
+        world = dist.get_world_size()
+        ranks = tuple(range(world)) if ranks is None else tuple(int(r) for r in ranks)
+        if len(ranks) != size:
+            raise ValueError(f"grid data*z*y*x = {data}*{z}*{y}*{x} = {size} but it is placed on "
+                             f"{len(ranks)} ranks (world size {world})")
+        if len(set(ranks)) != size or min(ranks) < 0 or max(ranks) >= world:
+            raise ValueError(f"grid ranks {ranks} must be distinct ranks of a world of size {world}")
+        return cls._build(data, z, y, x, ranks, dist.get_backend())
+
+    @classmethod
+    def _single_process(cls, backend: str | None) -> "Grid":
+        # A 1x1x1x1 grid in a plain process (a notebook kernel) needs no torch.distributed at all.
+        axes = {n: Axis(n, 1, 0, (0,)) for n in ("data", "z", "y", "x", "batch", "model")}
+        backend = backend or _default_backend()
+        device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" \
+            else torch.device("cpu")
+        return cls(**axes, rank=0, ranks=(0,), backend=backend, device=device)
+
+    @classmethod
+    def _build(cls, D: int, Z: int, Y: int, X: int, ranks: tuple[int, ...], backend: str):
+        me = dist.get_rank()
+
+        def rank_of(d, z, y, x):
+            return ranks[((d * Z + z) * Y + y) * X + x]
+
+        cells = [(d, z, y, x) for d in range(D) for z in range(Z) for y in range(Y) for x in range(X)]
+        # Each axis: the lists of ranks that differ only along it. Every rank creates every group,
+        # in the same order, as torch.distributed requires.
+        families = {
+            "x": lambda c: (c[0], c[1], c[2]), "y": lambda c: (c[0], c[1], c[3]),
+            "z": lambda c: (c[0], c[2], c[3]), "data": lambda c: (c[1], c[2], c[3]),
+            "batch": lambda c: (c[2], c[3]), "model": lambda c: (c[0],),
+        }
+        local_index = {
+            "x": lambda c: c[3], "y": lambda c: c[2], "z": lambda c: c[1], "data": lambda c: c[0],
+            "batch": lambda c: c[0] * Z + c[1], "model": lambda c: (c[1] * Y + c[2]) * X + c[3],
+        }
+        mine = None
+        if me in ranks:
+            i = ranks.index(me)
+            mine = cells[i]
+        axes = {}
+        for name, key in families.items():
+            members: dict[tuple, list[int]] = {}
+            for c in cells:
+                members.setdefault(key(c), []).append(rank_of(*c))
+            for group_key, group_ranks in members.items():
+                group = dist.new_group(group_ranks) if len(group_ranks) > 1 else None
+                if mine is not None and key(mine) == group_key:
+                    axes[name] = Axis(name, len(group_ranks), local_index[name](mine),
+                                      tuple(group_ranks), group)
+        if mine is None:
+            return None
+        if backend == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            device = torch.device("cpu")
+        return cls(**axes, rank=me, ranks=ranks, backend=backend, device=device)
+
+    def shard_batch(self, t: torch.Tensor, pad_value: float | int | None = None) -> torch.Tensor:
+        """This rank's slice (dim 0) of a global batch, split evenly over the D*Z batch shards.
+
+        A batch that does not divide evenly is refused unless ``pad_value`` is given; then the
+        last shards are filled with rows of ``pad_value`` (use -100 for labels so the padding
+        carries no loss, and any valid token id for input ids).
+        """
+        n = self.batch_shards
+        b = t.shape[0]
+        if b % n:
+            if pad_value is None:
+                raise ValueError(f"global batch of {b} rows does not split over data*z = {n} "
+                                 f"batch shards; pass pad_value to pad it to {-(-b // n) * n}")
+            pad = t.new_full((-(-b // n) * n - b, *t.shape[1:]), pad_value)
+            t = torch.cat([t, pad])
+        per = t.shape[0] // n
+        return t[self.batch_index * per:(self.batch_index + 1) * per]

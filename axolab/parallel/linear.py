@@ -1,0 +1,85 @@
+"""3D tensor-parallel Linear in its two orientations.
+
+forward layer (q/k/v, gate/up, lm head): ``in`` split over X, ``out`` over Y.
+    input [.., in/X] (replicated over Y) -> local matmul -> all-reduce over X -> [.., out/Y]
+transposed layer (o_proj, down_proj): ``in`` split over Y, ``out`` over X.
+    input [.., in/Y] (replicated over X) -> local matmul -> all-reduce over Y -> [.., out/X]
+The orientations alternate through a transformer block, so activations never need re-layout.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import comm
+from .base import GradSpec, ParallelModule
+from .grid import Grid
+from .layout import BlockLayout, VectorLayout
+
+
+class ParallelLinear(ParallelModule):
+    """``y = x W^T + b`` with W block-split over X/Y and depth-sharded over Z.
+
+    ``padded_out`` (>= out_features) pads the output rows so they divide the output axis; the
+    extra outputs are zero (the lm head masks them in the vocab-parallel loss).
+    """
+
+    def __init__(self, in_features: int, out_features: int, grid: Grid, *, transposed: bool = False,
+                 bias: bool = False, padded_out: int | None = None, device=None, dtype=None):
+        super().__init__()
+        self.grid, self.transposed = grid, transposed
+        self.in_features, self.out_features = in_features, out_features
+        in_axis, out_axis = (grid.y, grid.x) if transposed else (grid.x, grid.y)
+        self.in_axis, self.out_axis = in_axis, out_axis
+        padded_out = padded_out or out_features
+        if in_features % in_axis.size or padded_out % out_axis.size:
+            raise ValueError(
+                f"{'transposed' if transposed else 'forward'} linear {in_features}->{out_features}: "
+                f"in_features must divide by {in_axis.name}={in_axis.size} and out_features by "
+                f"{out_axis.name}={out_axis.size}")
+        self.layout = BlockLayout(out_features, in_features, padded_out, out_axis, in_axis, grid.z)
+        self.weight = self._new_param((self.layout.chunk,), None, device, dtype)
+        self.bias_layout = VectorLayout(padded_out, out_axis) if bias else None
+        self.bias = self._new_param((padded_out // out_axis.size,), None, device, dtype) if bias \
+            else None
+
+    def extra_repr(self) -> str:
+        kind = "transposed" if self.transposed else "forward"
+        return (f"{kind}, in={self.in_features}/{self.in_axis.name}, "
+                f"out={self.out_features}/{self.out_axis.name}, bias={self.bias is not None}, "
+                f"shard={self.layout.chunk}")
+
+    def local_weight(self) -> torch.Tensor:
+        """This rank's [out/.., in/..] block, gathered over Z (differentiable)."""
+        return self.layout.local_block(self.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = comm.copy_to(x, self.out_axis)
+        y = comm.reduce_from(F.linear(x, self.local_weight()), self.in_axis)
+        return y if self.bias is None else y + self.bias
+
+    def grad_specs(self) -> list[GradSpec]:
+        specs = [GradSpec(self.weight, "data", 1)]
+        if self.bias is not None:
+            # The bias is split over the output axis and replicated over the input axis and Z.
+            specs.append(GradSpec(self.bias, "batch", self.in_axis.size * self.grid.z.size))
+        return specs
+
+    def full_tensor(self, name: str) -> torch.Tensor:
+        if name == "weight":
+            return self.layout.gather_full(self.weight)
+        if name == "bias" and self.bias is not None:
+            return self.bias_layout.gather_full(self.bias)[:self.out_features]
+        raise KeyError(name)
+
+    @torch.no_grad()
+    def load_full(self, name: str, full: torch.Tensor) -> None:
+        if name == "weight":
+            self.weight.copy_(self.layout.shard_from_full(full.to(self.weight.device)))
+        elif name == "bias" and self.bias is not None:
+            full = F.pad(full, (0, self.bias_layout.size - full.shape[0]))
+            self.bias.copy_(self.bias_layout.shard_from_full(full.to(self.bias.device)))
+        else:
+            raise KeyError(name)

@@ -1,0 +1,146 @@
+"""Vocab-parallel operations on lm-head logits that stay sharded over Y.
+
+``model(...).logits`` of a parallelized model has shape ``[B/(D*Z), S, V_pad/Y]``: this rank's
+batch shard and its slice ``[y*V_pad/Y, (y+1)*V_pad/Y)`` of the (padded) vocabulary, identical on
+all X ranks. Columns at or past the true vocab size are padding: every function here masks them,
+so padding never changes a loss, a log-prob or an argmax. :func:`gather_logits` assembles the
+full ``[B, S, V]`` tensor for users who need it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import comm
+from .grid import Axis, Grid
+
+
+@dataclass(frozen=True)
+class VocabShard:
+    """Which vocabulary columns this rank's logits hold."""
+
+    axis: Axis
+    start: int
+    local: int
+    vocab_size: int
+
+    def valid_columns(self, device) -> torch.Tensor:
+        return torch.arange(self.start, self.start + self.local, device=device) < self.vocab_size
+
+
+def _masked(logits: torch.Tensor, shard: VocabShard) -> torch.Tensor:
+    if shard.start + shard.local <= shard.vocab_size:
+        return logits
+    return logits.masked_fill(~shard.valid_columns(logits.device), float("-inf"))
+
+
+class _VocabParallelCrossEntropy(torch.autograd.Function):
+    """Per-token cross-entropy from vocab-sharded logits [N, V/Y]; saves the local softmax so
+    backward is ``softmax - onehot`` without communication."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, shard: VocabShard, ignore_index: int):
+        logits = _masked(logits, shard)
+        row_max = comm.all_reduce_max(logits.max(dim=-1).values, shard.axis)
+        shifted = logits - row_max.unsqueeze(-1)
+        exp = shifted.exp()
+        sum_exp = comm.all_reduce_sum_(exp.sum(dim=-1), shard.axis)
+        keep = targets != ignore_index
+        local_t = targets - shard.start
+        mine = keep & (local_t >= 0) & (local_t < shard.local)
+        local_t = local_t.clamp(0, shard.local - 1)
+        picked = shifted.gather(-1, local_t.unsqueeze(-1)).squeeze(-1)
+        # where(), not multiply: a fully padded slice has -inf logits and -inf * 0 is nan.
+        target_logit = comm.all_reduce_sum_(torch.where(mine, picked, 0.0), shard.axis)
+        loss = torch.where(keep, sum_exp.log() - target_logit, 0.0)
+        ctx.save_for_backward(exp.div_(sum_exp.unsqueeze(-1)), local_t, mine, keep)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        softmax, local_t, mine, keep = ctx.saved_tensors
+        g = softmax
+        g.scatter_add_(-1, local_t.unsqueeze(-1), -mine.to(g.dtype).unsqueeze(-1))
+        g.mul_(torch.where(keep, grad, 0.0).unsqueeze(-1))
+        return g, None, None, None
+
+
+def _check_targets(targets: torch.Tensor, shard: VocabShard, ignore_index: int) -> None:
+    bad = (targets != ignore_index) & ((targets < 0) | (targets >= shard.vocab_size))
+    if bool(bad.any()):
+        value = int(targets[bad][0])
+        raise ValueError(f"target token id {value} is outside the vocabulary [0, {shard.vocab_size})"
+                         f" and is not ignore_index={ignore_index}")
+
+
+def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, shard: VocabShard,
+                                 ignore_index: int = -100) -> torch.Tensor:
+    """Per-token cross-entropy (0 where ``targets == ignore_index``), shape of ``targets``."""
+    _check_targets(targets, shard, ignore_index)
+    flat = logits.reshape(-1, logits.shape[-1])
+    loss = _VocabParallelCrossEntropy.apply(flat, targets.reshape(-1), shard, ignore_index)
+    return loss.view(targets.shape)
+
+
+def vocab_parallel_logprobs(logits: torch.Tensor, targets: torch.Tensor,
+                            shard: VocabShard) -> torch.Tensor:
+    """log p(target) per position, in the logits' float precision (differentiable)."""
+    return -vocab_parallel_cross_entropy(logits.float(), targets, shard, ignore_index=-(2**62))
+
+
+@torch.no_grad()
+def vocab_parallel_argmax(logits: torch.Tensor, shard: VocabShard) -> torch.Tensor:
+    """Global argmax over the vocabulary (lowest id on ties, as torch.argmax), shape [...]."""
+    logits = _masked(logits.float(), shard)
+    best, where = logits.max(dim=-1)
+    where = where + shard.start
+    if shard.axis.size == 1:
+        return where
+    values = comm.gather_along(best.unsqueeze(0).contiguous(), shard.axis, dim=0)
+    ids = comm.gather_along(where.unsqueeze(0).contiguous(), shard.axis, dim=0)
+    winner = values.argmax(dim=0, keepdim=True)  # first maximal slice = lowest vocab id
+    return ids.gather(0, winner).squeeze(0)
+
+
+def gather_logits(logits: torch.Tensor, shard: VocabShard, grid: Grid | None = None,
+                  batch_size: int | None = None) -> torch.Tensor:
+    """Full-vocabulary logits ``[.., V]`` (padding removed); with ``grid``, also the whole global
+    batch along dim 0 (trimmed to ``batch_size`` if the batch was padded). Differentiable."""
+    full = comm.gather_along(logits, shard.axis, dim=-1)[..., :shard.vocab_size]
+    if grid is not None:
+        full = comm.gather_along(full, grid.batch, dim=0)
+        if batch_size is not None:
+            full = full[:batch_size]
+    return full
+
+
+class ParallelCausalLMLoss:
+    """Drop-in for Hugging Face's causal-LM loss on vocab-sharded logits.
+
+    Returns sum of per-token cross-entropy over this rank's kept tokens divided by the number of
+    kept tokens in the whole global batch (all-reduced over D*Z), summed over D*Z in forward, so
+    the value equals the serial model's mean loss on every rank. Backward leaves each rank with
+    the gradient of its own share; :func:`axolab.parallel.sync_gradients` sums them.
+    ``num_items_in_batch`` (gradient accumulation) must be the global count.
+    """
+
+    def __init__(self, grid: Grid, shard: VocabShard):
+        self.grid, self.shard = grid, shard
+
+    def __call__(self, logits, labels, vocab_size=None, num_items_in_batch=None,
+                 ignore_index: int = -100, shift_labels=None, **kwargs):
+        if shift_labels is None:
+            labels = F.pad(labels, (0, 1), value=ignore_index)
+            shift_labels = labels[..., 1:]
+        shift_labels = shift_labels.to(logits.device)
+        per_token = vocab_parallel_cross_entropy(logits.float(), shift_labels, self.shard,
+                                                 ignore_index)
+        if num_items_in_batch is None:
+            count = (shift_labels != ignore_index).sum().to(per_token.dtype)
+            num_items_in_batch = comm.all_reduce_sum_(count, self.grid.batch)
+        elif torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(per_token.device)
+        return comm.reduce_from(per_token.sum(), self.grid.batch) / num_items_in_batch

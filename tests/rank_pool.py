@@ -1,0 +1,90 @@
+"""A pool of CPU ranks (gloo) that stay up for a whole test module.
+
+Starting a process group costs seconds on a small machine, so each multi-rank test module starts
+one pool and runs many checks inside it: ``pool.run(fn, *args)`` calls the importable function
+``fn(*args)`` on every rank and returns the per-rank results, or raises with the failing ranks'
+tracebacks. A rank that hangs (a collective one rank never entered) is reported after ``timeout``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import queue
+import socket
+import traceback
+
+import torch.multiprocessing as mp
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, tasks, results) -> None:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=240))
+    while True:
+        task = tasks.get()
+        if task is None:
+            break
+        fn, args = task
+        try:
+            results.put((rank, True, fn(*args)))
+        except BaseException:  # reported to the test, which fails with this text
+            results.put((rank, False, traceback.format_exc()))
+    dist.destroy_process_group()
+
+
+class RankPool:
+    def __init__(self, world: int):
+        ctx = mp.get_context("spawn")
+        self.world = world
+        self.results = ctx.Queue()
+        self.tasks = [ctx.Queue() for _ in range(world)]
+        port = _free_port()
+        self.procs = [ctx.Process(target=_worker, args=(r, world, port, self.tasks[r], self.results),
+                                  daemon=True) for r in range(world)]
+        for p in self.procs:
+            p.start()
+        self.broken = None
+
+    def run(self, fn, *args, timeout: float = 300.0) -> list:
+        if self.broken:
+            raise RuntimeError(f"rank pool unusable after an earlier failure: {self.broken}")
+        for q in self.tasks:
+            q.put((fn, args))
+        out, errors = [None] * self.world, {}
+        for _ in range(self.world):
+            try:
+                rank, ok, value = self.results.get(timeout=timeout)
+            except queue.Empty:
+                self.broken = f"{fn.__name__} timed out after {timeout}s"
+                raise RuntimeError(self.broken + f"; ranks that answered: "
+                                   f"{[r for r, v in enumerate(out) if v is not None]}; "
+                                   f"errors: {errors}")
+            if ok:
+                out[rank] = value
+            else:
+                errors[rank] = value
+        if errors:
+            first = min(errors)
+            raise AssertionError(f"{fn.__name__} failed on ranks {sorted(errors)}; rank {first}:\n"
+                                 f"{errors[first]}")
+        return out
+
+    def close(self) -> None:
+        for q in self.tasks:
+            q.put(None)
+        for p in self.procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
