@@ -31,17 +31,23 @@ def _all_reduce(t: torch.Tensor, axis: Axis, op=dist.ReduceOp.SUM) -> torch.Tens
     return t
 
 
+# torch 2.13 renamed the flat-tensor collectives; older releases (still in our supported range)
+# only have the *_tensor names.
+_ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
 def _all_gather_flat(t: torch.Tensor, axis: Axis) -> torch.Tensor:
     t = t.contiguous()
     out = t.new_empty(t.numel() * axis.size)
-    dist.all_gather_into_tensor(out, t.view(-1), group=axis.group)
+    _ALL_GATHER(out, t.view(-1), group=axis.group)
     return out
 
 
 def _reduce_scatter_flat(t: torch.Tensor, axis: Axis) -> torch.Tensor:
     t = t.contiguous().view(-1)
     out = t.new_empty(t.numel() // axis.size)
-    dist.reduce_scatter_tensor(out, t, group=axis.group)
+    _REDUCE_SCATTER(out, t, group=axis.group)
     return out
 
 

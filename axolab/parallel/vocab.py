@@ -87,8 +87,10 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, sh
 
 def vocab_parallel_logprobs(logits: torch.Tensor, targets: torch.Tensor,
                             shard: VocabShard) -> torch.Tensor:
-    """log p(target) per position, in the logits' float precision (differentiable)."""
-    return -vocab_parallel_cross_entropy(logits.float(), targets, shard, ignore_index=-(2**62))
+    """log p(target) per position, at least in fp32 (differentiable)."""
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
+    return -vocab_parallel_cross_entropy(logits, targets, shard, ignore_index=-(2**62))
 
 
 @torch.no_grad()
