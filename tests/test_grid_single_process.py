@@ -1,0 +1,62 @@
+"""Grid and parallelize behaviour that needs no other ranks."""
+
+import copy
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from axolab.parallel import Grid, full_state_dict, parallelize
+from axolab.parallel.grid import launcher_environment
+from models import tiny_model
+
+
+def test_single_process_grid_needs_no_process_group():
+    grid = Grid.init()
+    assert grid.shape == (1, 1, 1, 1) and grid.coords == (0, 0, 0, 0)
+    assert not torch.distributed.is_initialized()
+    serial = tiny_model("qwen2", tied=False)
+    model = parallelize(copy.deepcopy(serial), grid)
+    ids = torch.randint(0, 128, (2, 8))
+    assert torch.allclose(model(input_ids=ids, labels=ids).loss, serial(input_ids=ids, labels=ids).loss)
+    sd = full_state_dict(model)
+    assert all(torch.equal(sd[k], v) for k, v in serial.state_dict().items())
+
+
+def test_multi_rank_grid_without_launcher_is_refused(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ValueError, match=r"grid needs 8 ranks .* torchrun"):
+        Grid.init(2, 1, 2, 2)
+    with pytest.raises(ValueError, match="grid dimension y must be a positive integer, got 0"):
+        Grid.init(1, 1, 0, 1)
+
+
+def test_launcher_environment_torchrun_and_slurm(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID",
+                "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_ID", "SLURM_JOB_NODELIST"):
+        monkeypatch.delenv(var, raising=False)
+    assert launcher_environment() is None
+    monkeypatch.setenv("SLURM_PROCID", "5")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    monkeypatch.setenv("SLURM_JOB_ID", "123456")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "nid001")
+    env = launcher_environment()
+    assert env == dict(rank=5, world_size=8, local_rank=1, master_addr="nid001",
+                       master_port=str(20000 + 123456 % 20000))
+    # torchrun's variables win when both are present (torchrun inside an allocation).
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29400")
+    env = launcher_environment()
+    assert (env["rank"], env["world_size"], env["master_addr"], env["master_port"]) == \
+        (2, 4, "10.0.0.1", "29400")
+
+
+def test_unsupported_architecture_is_named():
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    with pytest.raises(ValueError, match="no parallelization plan for model_type 'gpt2'.*llama"):
+        parallelize(model, Grid.init())
+
