@@ -1,0 +1,261 @@
+"""`axolab data build RECIPE`: corpus -> tokens -> canaries injected -> packed datasets + manifest.
+
+Output directory (written under a temporary name and renamed into place only when complete):
+
+    train/, validation/   Hugging Face datasets (save_to_disk), column input_ids [seq_len] int32
+    tokenizer/            the tokenizer (AutoTokenizer.from_pretrained works on it)
+    recipe.yaml           the resolved recipe, every default filled in
+    canaries.jsonl        one line per canary: id, kind, text, token ids, repetitions, member,
+                          and the [sequence, offset] of every injected occurrence
+    stats.json            tokens, sequences, canary share, build time
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+from .canaries import Canary, document_canaries, random_canaries, schedule, secret_canaries
+from .corpus import check_corpus, documents
+from .placement import Request, place
+from .recipe import Recipe, RecipeError, load_recipe
+from .store import SequenceWriter, TokenFile, TokenReader
+from .tokenizer import load_tokenizer
+
+ENCODE_BATCH = 512
+
+
+@dataclass
+class Pass1:
+    train: TokenFile
+    validation: TokenFile
+    documents: int
+    chosen: list[int]  # positions in `train` of the documents held out as document canaries
+
+
+def _rng(recipe: Recipe, *purpose: int):
+    return np.random.default_rng([recipe.seed, *purpose])
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # straight to the Rust batch encoder: no Python-side conversion
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def _doc_limits(recipe: Recipe) -> tuple[int, int]:
+    groups = [g for g in recipe.canaries if g.kind == "document"]
+    sep = 2 if recipe.packing.separate_canaries else 0
+    lo = min((g.min_tokens for g in groups), default=0)
+    hi = max((g.max_tokens or recipe.packing.seq_len - sep for g in groups), default=0)
+    return lo, hi
+
+
+def _pass1(recipe: Recipe, tokenizer, eos: int, work: Path, progress: bool) -> Pass1:
+    """Tokenize every document once, split train/validation, reservoir-sample document canaries."""
+    train, val = TokenFile(work / "train.u32"), TokenFile(work / "validation.u32")
+    split_rng, pick_rng = _rng(recipe, 1), _rng(recipe, 2)
+    wanted = sum(len(schedule(g)) for g in recipe.canaries if g.kind == "document")
+    lo, hi = _doc_limits(recipe)
+    reservoir: list[int] = []
+    seen_eligible = 0
+    n_docs = 0
+    bar = tqdm(desc="tokenize", unit="doc", disable=not progress)
+    batch: list[str] = []
+
+    def flush():
+        nonlocal n_docs, seen_eligible
+        for ids in _encode(tokenizer, batch):
+            ids = np.asarray(ids + [eos], dtype=np.uint32)
+            if split_rng.random() < recipe.packing.validation_fraction:
+                val.append(n_docs, ids)
+            else:
+                train.append(n_docs, ids)
+                if wanted and lo <= len(ids) - 1 <= hi:
+                    # Reservoir sampling (algorithm R): a uniform choice without a second pass.
+                    pos = len(train.starts) - 1
+                    if len(reservoir) < wanted:
+                        reservoir.append(pos)
+                    else:
+                        j = int(pick_rng.integers(0, seen_eligible + 1))
+                        if j < wanted:
+                            reservoir[j] = pos
+                    seen_eligible += 1
+            n_docs += 1
+        bar.update(len(batch))
+        batch.clear()
+
+    for doc in documents(recipe.corpus, recipe.source):
+        batch.append(doc)
+        if len(batch) == ENCODE_BATCH:
+            flush()
+    flush()
+    bar.close()
+    train.close()
+    val.close()
+    if n_docs == 0:
+        raise RecipeError("the corpus holds no documents (empty files, or every document shorter "
+                          f"than corpus.min_document_chars={recipe.corpus.min_document_chars})")
+    if wanted and len(reservoir) < wanted:
+        raise RecipeError(f"document canaries need {wanted} training documents of {lo}..{hi} "
+                          f"tokens but the corpus has only {len(reservoir)}")
+    return Pass1(train, val, n_docs, sorted(reservoir, key=lambda p: train.doc_ids[p]))
+
+
+def _make_canaries(recipe: Recipe, tokenizer, p1: Pass1) -> list[Canary]:
+    out: list[Canary] = []
+    docs = [(p1.train.doc_ids[p], p1.train.read(*p1.train.doc_range(p))[:-1].tolist())
+            for p in p1.chosen]
+    docs = [docs[i] for i in _rng(recipe, 3).permutation(len(docs))] if docs else []
+    for i, g in enumerate(recipe.canaries):
+        name = g.name or f"{g.kind}{i}"
+        rng = _rng(recipe, 10 + i)
+        if g.kind == "secret":
+            out += secret_canaries(g, name, tokenizer, rng)
+        elif g.kind == "random":
+            out += random_canaries(g, name, tokenizer, rng)
+        else:
+            k = len(schedule(g))
+            out += document_canaries(g, name, docs[:k], tokenizer)
+            docs = docs[k:]
+    return out
+
+
+def _check_lengths(recipe: Recipe, canaries: list[Canary]) -> None:
+    if recipe.packing.allow_split:
+        return
+    sep = 2 if recipe.packing.separate_canaries else 0
+    for c in canaries:
+        if len(c.token_ids) + sep > recipe.packing.seq_len:
+            raise RecipeError(f"canary {c.id} has {len(c.token_ids)} tokens (+{sep} separators), "
+                              f"longer than packing.seq_len={recipe.packing.seq_len}; shorten it "
+                              "or set packing.allow_split: true")
+
+
+def _pack_train(recipe, canaries, p1: Pass1, eos: int, work: Path, progress: bool):
+    L, sep = recipe.packing.seq_len, recipe.packing.separate_canaries
+    reader = TokenReader(p1.train, skip_docs=set(p1.chosen))
+    members = [i for i, c in enumerate(canaries) if c.member]
+    slots = {i: np.asarray(([eos] if sep else []) + canaries[i].token_ids + ([eos] if sep else []),
+                           dtype=np.uint32) for i in members}
+    canary_tokens = sum(len(slots[i]) * canaries[i].repetitions for i in members)
+    if canary_tokens > reader.total:
+        raise RecipeError(f"more canary tokens than the corpus can hold: {canary_tokens} canary "
+                          f"tokens (with separators) but only {reader.total} corpus tokens")
+    n_seq = (reader.total + canary_tokens) // L
+    if n_seq == 0:
+        raise RecipeError(f"the corpus has {reader.total} training tokens, fewer than one "
+                          f"sequence of {L}")
+    clustered = {id(g): g.placement == "clustered" for g in recipe.canaries}
+    group_of = {(g.name or f"{g.kind}{i}"): g for i, g in enumerate(recipe.canaries)}
+    requests = [Request(i, canaries[i].repetitions, len(slots[i]),
+                        clustered[id(group_of[canaries[i].group])]) for i in members]
+    starts = place(requests, n_seq, L, recipe.packing.allow_split, _rng(recipe, 4))
+    writer = SequenceWriter(work / "train.arrow", L)
+    bar = tqdm(total=n_seq * L, desc="pack", unit="tok", unit_scale=True, disable=not progress)
+    pos = 0
+    for start, r in starts:
+        i = requests[r].canary
+        if start > pos:
+            writer.write(reader.take(start - pos))
+        writer.write(slots[i])
+        canaries[i].occurrences.append(list(divmod(start + int(sep), L)))
+        bar.update(start + len(slots[i]) - pos)
+        pos = start + len(slots[i])
+    writer.write(reader.take(n_seq * L - pos))
+    bar.update(n_seq * L - pos)
+    bar.close()
+    return writer.close(), canary_tokens
+
+
+def _pack_validation(recipe, p1: Pass1, work: Path):
+    L = recipe.packing.seq_len
+    reader = TokenReader(p1.validation)
+    writer = SequenceWriter(work / "validation.arrow", L)
+    if reader.total >= L:
+        writer.write(reader.take(reader.total // L * L))
+    return writer.close(), reader.total
+
+
+def _save_dataset(table_info, path: Path, fingerprint: str, progress: bool) -> int:
+    import datasets
+    from datasets.utils.logging import is_progress_bar_enabled
+
+    table, info = table_info
+    ds = datasets.Dataset(table, info=info, fingerprint=fingerprint)
+    was_enabled = is_progress_bar_enabled()
+    if not progress:
+        datasets.disable_progress_bars()
+    try:
+        ds.save_to_disk(str(path))
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+    return len(ds)
+
+
+def build(recipe: Recipe | str | Path, out: str | Path | None = None, *, overwrite: bool = False,
+          progress: bool = True) -> Path:
+    """Build the recipe's dataset into ``out`` (default results/data/<name>) and return the path."""
+    t0 = time.perf_counter()
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    out = Path(out) if out else Path("results") / "data" / recipe.name
+    if out.exists() and not overwrite:
+        raise RecipeError(f"output directory {out} exists; pass overwrite=True (--overwrite)")
+    check_corpus(recipe.corpus, recipe.source)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        work = tmp / "_work"
+        work.mkdir()
+        texts = None
+        if recipe.tokenizer.train_bpe_vocab is not None:
+            texts = tqdm(documents(recipe.corpus, recipe.source), desc="train tokenizer",
+                         unit="doc", disable=not progress)
+        tokenizer, eos = load_tokenizer(recipe.tokenizer, recipe.source, texts)
+        p1 = _pass1(recipe, tokenizer, eos, work, progress)
+        canaries = _make_canaries(recipe, tokenizer, p1)
+        _check_lengths(recipe, canaries)
+        train, canary_tokens = _pack_train(recipe, canaries, p1, eos, work, progress)
+        val, val_tokens = _pack_validation(recipe, p1, work)
+        digest = hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()
+        n_train = _save_dataset(train, tmp / "train", digest[:16], progress)
+        n_val = _save_dataset(val, tmp / "validation", digest[16:32], progress)
+        del train, val
+        shutil.rmtree(work)
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        with open(tmp / "canaries.jsonl", "w") as f:
+            for c in canaries:
+                f.write(json.dumps(c.to_json()) + "\n")
+        L = recipe.packing.seq_len
+        stats = {
+            "documents": p1.documents, "train_sequences": n_train, "validation_sequences": n_val,
+            "train_tokens": n_train * L, "validation_tokens": n_val * L,
+            "validation_tokens_dropped": val_tokens - n_val * L, "seq_len": L,
+            "canaries": len(canaries), "member_canaries": sum(c.member for c in canaries),
+            "canary_tokens": canary_tokens, "canary_token_share": canary_tokens / (n_train * L),
+            "vocab_size": len(tokenizer), "build_seconds": round(time.perf_counter() - t0, 3),
+        }
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset is not
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,130 @@
+"""Disk-backed token streams and sequence writers, so builds run in bounded memory.
+
+Pass 1 appends each document's token ids (uint32) to a flat file and remembers where documents
+start; pass 2 reads them back in chunks, skipping held-out documents, and writes fixed-length
+sequences as Arrow record batches that become a Hugging Face dataset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+CHUNK = 1 << 20  # tokens read per disk access
+
+
+class TokenFile:
+    """Append-only uint32 token file with document boundaries."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._f = open(path, "wb")
+        self.starts: list[int] = []   # token offset of each document
+        self.doc_ids: list[int] = []  # the document's index in the corpus stream
+        self.size = 0
+
+    def append(self, doc_id: int, ids: np.ndarray) -> None:
+        self.starts.append(self.size)
+        self.doc_ids.append(doc_id)
+        self._f.write(ids.astype(np.uint32, copy=False).tobytes())
+        self.size += len(ids)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def doc_range(self, i: int) -> tuple[int, int]:
+        stop = self.starts[i + 1] if i + 1 < len(self.starts) else self.size
+        return self.starts[i], stop
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return np.fromfile(self.path, dtype=np.uint32, count=stop - start, offset=4 * start)
+
+
+class TokenReader:
+    """Reads a TokenFile front to back, skipping some documents, ``take(n)`` tokens at a time."""
+
+    def __init__(self, store: TokenFile, skip_docs: set[int] = frozenset()):
+        ranges: list[list[int]] = []
+        for i in range(len(store.starts)):
+            if i in skip_docs:
+                continue
+            a, b = store.doc_range(i)
+            if ranges and ranges[-1][1] == a:
+                ranges[-1][1] = b
+            else:
+                ranges.append([a, b])
+        self.store, self.ranges = store, ranges
+        self.total = sum(b - a for a, b in ranges)
+        self._r, self._pos = 0, ranges[0][0] if ranges else 0
+        self._buf = np.empty(0, dtype=np.uint32)
+
+    def take(self, n: int) -> np.ndarray:
+        parts, need = [], n
+        while need:
+            if not len(self._buf):
+                self._refill()
+            k = min(need, len(self._buf))
+            parts.append(self._buf[:k])
+            self._buf = self._buf[k:]
+            need -= k
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
+    def _refill(self) -> None:
+        while self._r < len(self.ranges) and self._pos >= self.ranges[self._r][1]:
+            self._r += 1
+            if self._r < len(self.ranges):
+                self._pos = self.ranges[self._r][0]
+        if self._r >= len(self.ranges):
+            raise EOFError("token stream exhausted")
+        stop = min(self.ranges[self._r][1], self._pos + CHUNK)
+        self._buf = self.store.read(self._pos, stop)
+        self._pos = stop
+
+
+class SequenceWriter:
+    """Collects a stream of token segments into rows of ``seq_len`` and writes Arrow batches."""
+
+    def __init__(self, path: Path, seq_len: int, rows_per_batch: int = 1024):
+        import datasets
+
+        self.features = datasets.Features(
+            {"input_ids": datasets.List(datasets.Value("int32"), length=seq_len)})
+        self.path, self.seq_len = path, seq_len
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_stream(self._sink, self.features.arrow_schema)
+        self._buf = np.empty(rows_per_batch * seq_len, dtype=np.int32)
+        self._fill = 0
+        self.rows = 0
+
+    def write(self, tokens: np.ndarray) -> None:
+        while len(tokens):
+            k = min(len(tokens), len(self._buf) - self._fill)
+            self._buf[self._fill:self._fill + k] = tokens[:k]
+            self._fill += k
+            tokens = tokens[k:]
+            if self._fill == len(self._buf):
+                self._flush()
+
+    def _flush(self) -> None:
+        n = self._fill // self.seq_len
+        if n:
+            values = pa.array(self._buf[:n * self.seq_len], type=pa.int32())
+            column = pa.FixedSizeListArray.from_arrays(values, self.seq_len)
+            self._writer.write_batch(pa.record_batch([column], schema=self.features.arrow_schema))
+            self.rows += n
+        rest = self._fill - n * self.seq_len
+        self._buf[:rest] = self._buf[n * self.seq_len:self._fill]
+        self._fill = rest
+
+    def close(self):
+        """Flush whole rows (a partial last row is dropped) and return the dataset."""
+        import datasets
+        from datasets.table import MemoryMappedTable
+
+        self._flush()
+        self._writer.close()
+        self._sink.close()
+        return MemoryMappedTable.from_file(str(self.path)), datasets.DatasetInfo(
+            features=self.features)
