@@ -174,3 +174,10 @@ def test_split_allowed_long_canaries_straddle_boundaries(tmp_path):
         found = _find(flat, c.token_ids)
         assert len(found) == c.repetitions
         assert sorted(divmod(p, 64) for p in found) == sorted(tuple(o) for o in c.occurrences)
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_are_valid(path):
+    recipe = load_recipe(path)
+    assert recipe.name == path.stem
+    assert recipe.canaries, "a shipped recipe without canaries measures nothing"

@@ -7,6 +7,7 @@ sequences as Arrow record batches that become a Hugging Face dataset.
 
 from __future__ import annotations
 
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,9 @@ class TokenFile:
     def __init__(self, path: Path):
         self.path = path
         self._f = open(path, "wb")
-        self.starts: list[int] = []   # token offset of each document
-        self.doc_ids: list[int] = []  # the document's index in the corpus stream
+        # Compact arrays, not lists: a large corpus has millions of documents.
+        self.starts = array("q")   # token offset of each document
+        self.doc_ids = array("q")  # the document's index in the corpus stream
         self.size = 0
 
     def append(self, doc_id: int, ids: np.ndarray) -> None:
