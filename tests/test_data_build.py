@@ -48,6 +48,9 @@ def test_every_canary_occurs_exactly_as_recorded(tiny):
             assert p // L == (p + len(c.token_ids) - 1) // L, c.id
         assert _find(flat_val, c.token_ids) == [], f"{c.id} leaked into validation"
         assert c.member == (c.repetitions > 0)
+        if c.group == "paragraph" and c.repetitions > 1:  # placement: clustered
+            seqs = sorted(o[0] for o in c.occurrences)
+            assert seqs[-1] - seqs[0] < 2 * c.repetitions, (c.id, seqs)
 
 
 def test_manifest_matches_tokenizer_and_controls(tiny):
@@ -181,3 +184,22 @@ def test_shipped_recipes_are_valid(path):
     recipe = load_recipe(path)
     assert recipe.name == path.stem
     assert recipe.canaries, "a shipped recipe without canaries measures nothing"
+
+
+def test_cli_builds_and_reports_bad_recipes(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**_small(), "canaries": [{"kind": "random", "lenght": 4}]}))
+    cmd = [sys.executable, "-m", "axolab.cli", "data", "build"]
+    res = subprocess.run(cmd + [str(bad), "--out", str(tmp_path / "o")], capture_output=True,
+                         text=True)
+    assert res.returncode == 2
+    assert "unknown field 'lenght' (did you mean 'length'?)" in res.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(_small()))
+    res = subprocess.run(cmd + [str(good), "--out", str(tmp_path / "o"), "--quiet"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert Path(res.stdout.strip()) == tmp_path / "o" and (tmp_path / "o" / "train").is_dir()
