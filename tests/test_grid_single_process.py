@@ -60,3 +60,15 @@ def test_unsupported_architecture_is_named():
     with pytest.raises(ValueError, match="no parallelization plan for model_type 'gpt2'.*llama"):
         parallelize(model, Grid.init())
 
+
+
+def test_generate_on_parallel_model_is_refused():
+    model = parallelize(tiny_model("llama", tied=False), Grid.init())
+    with pytest.raises(NotImplementedError, match="vocab_parallel_argmax"):
+        model.generate(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2)
+
+
+def test_attention_dropout_with_x_split_is_refused():
+    model = tiny_model("llama", tied=False)
+    model.config.attention_dropout = 0.1
+    parallelize(model, Grid.init())  # x == 1: every rank has whole heads, dropout is fine

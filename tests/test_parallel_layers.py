@@ -38,8 +38,9 @@ def vocab_ops(shape, vocab):
     ce = vocab_parallel_cross_entropy(local, targets, shard)
     ref_ce = F.cross_entropy(ref.transpose(1, 2), targets, reduction="none")
     upstream = torch.rand(6, 5, generator=g, dtype=torch.float64)
-    (ce * upstream).sum().backward()
-    (ref_ce * upstream).sum().backward()
+    (ce * upstream).sum().backward(retain_graph=True)
+    (ce * upstream).sum().backward()  # a second backward through the same graph must work
+    (2 * ref_ce * upstream).sum().backward()
     safe = targets.clamp_min(0)
     return {
         "ce": rel_err(ce, ref_ce),
@@ -238,3 +239,63 @@ def test_bad_grid_and_model_fail_before_any_collective(pool8):
         assert "num_key_value_heads=3" in messages[2] and "y=2" in messages[2]
         assert "model.layers.0.mlp.gate_proj: out_features=63" in messages[3]
         assert "3 rows" in messages[4] and "data*z = 2" in messages[4]
+
+
+def bad_token_on_one_shard(where):
+    """A bad id or label on one batch shard must fail every rank, not leave some waiting."""
+    from axolab.parallel import parallelize
+
+    grid = _grid((2, 1, 2, 2))
+    model = parallelize(tiny_model("llama", tied=False), grid)
+    ids = torch.randint(0, 99, (2, 6), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    if where == "ids":
+        ids[1, 3] = 99
+    else:
+        labels[1, 3] = 150
+    try:
+        model(input_ids=grid.shard_batch(ids), labels=grid.shard_batch(labels))
+    except ValueError as e:
+        return str(e)
+    return "no error"
+
+
+@pytest.mark.parametrize("where", ["ids", "labels"])
+def test_bad_token_on_one_shard_fails_all_ranks(pool8, where):
+    messages = pool8.run(bad_token_on_one_shard, where, timeout=120)
+    for rank, m in enumerate(messages):
+        assert "outside the vocabulary" in m, f"rank {rank}: {m}"
+    shard1 = [m for m in messages if "e.g." in m]
+    assert len(shard1) == 4 and all(("e.g. 99" in m) or ("e.g. 150" in m) for m in shard1)
+    assert sum("on another batch shard" in m for m in messages) == 4
+
+
+def saved_between_passes(z):
+    """Bytes autograd keeps from forward to backward for one layer: depth-sharding must cut the
+    weight's share by Z (the gathered block is rebuilt in backward, not kept)."""
+    from axolab.parallel.linear import ParallelLinear
+
+    grid = _grid((1, z, 1, 1))
+    if grid is None:
+        return None
+    layer = ParallelLinear(512, 512, grid)
+    torch.nn.init.normal_(layer.weight)
+    x = torch.randn(2, 512, requires_grad=True)
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(x)
+    y.sum().backward()
+    return sum(seen.values())
+
+
+def test_depth_sharding_frees_weight_memory_between_passes(pool8):
+    one = pool8.run(saved_between_passes, 1)[0]
+    two = pool8.run(saved_between_passes, 2)[0]
+    weight = 512 * 512 * 4
+    assert one >= weight, one
+    assert one - two >= 0.45 * weight, f"z=1 keeps {one} bytes, z=2 keeps {two}"

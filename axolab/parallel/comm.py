@@ -37,14 +37,14 @@ _ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_t
 _REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
-def _all_gather_flat(t: torch.Tensor, axis: Axis) -> torch.Tensor:
+def all_gather_flat(t: torch.Tensor, axis: Axis) -> torch.Tensor:
     t = t.contiguous()
     out = t.new_empty(t.numel() * axis.size)
     _ALL_GATHER(out, t.view(-1), group=axis.group)
     return out
 
 
-def _reduce_scatter_flat(t: torch.Tensor, axis: Axis) -> torch.Tensor:
+def reduce_scatter_flat(t: torch.Tensor, axis: Axis) -> torch.Tensor:
     t = t.contiguous().view(-1)
     out = t.new_empty(t.numel() // axis.size)
     _REDUCE_SCATTER(out, t, group=axis.group)
@@ -88,7 +88,7 @@ class _GatherAlong(torch.autograd.Function):
     def forward(ctx, x, axis, dim):
         ctx.axis, ctx.dim = axis, dim
         x = x.movedim(dim, 0).contiguous()
-        flat = _all_gather_flat(x, axis)
+        flat = all_gather_flat(x, axis)
         out = flat.view(axis.size * x.shape[0], *x.shape[1:])
         return out.movedim(0, dim)
 
@@ -101,11 +101,11 @@ class _DepthGather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, shard, axis):
         ctx.axis = axis
-        return _all_gather_flat(shard, axis)
+        return all_gather_flat(shard, axis)
 
     @staticmethod
     def backward(ctx, g):
-        return _reduce_scatter_flat(g, ctx.axis), None
+        return reduce_scatter_flat(g, ctx.axis), None
 
 
 def copy_to(x: torch.Tensor, axis: Axis) -> torch.Tensor:

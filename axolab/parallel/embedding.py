@@ -35,7 +35,18 @@ class ParallelEmbedding(ParallelModule):
         return (f"vocab={self.num_embeddings} (padded {self.padded_vocab})/y, "
                 f"dim={self.embedding_dim}/x, shard={self.layout.chunk}")
 
+    def _check_ids(self, ids: torch.Tensor) -> None:
+        # A plain embedding raises on a bad id; here one shard's bad id must fail every rank,
+        # or the others would wait in the next collective. One tiny all-reduce over the batch.
+        bad = (ids < 0) | (ids >= self.num_embeddings)
+        count = comm.all_reduce_sum_(bad.sum().reshape(1), self.grid.batch)
+        if count.item():
+            where = f"e.g. {int(ids[bad][0])} here" if bool(bad.any()) else "on another batch shard"
+            raise ValueError(f"{int(count.item())} input token id(s) outside the vocabulary "
+                             f"[0, {self.num_embeddings}) ({where})")
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        self._check_ids(ids)
         table = self.layout.local_block(self.weight)
         start, rows = self.layout.row_start, self.layout.local_rows
         local = ids - start

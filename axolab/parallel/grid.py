@@ -214,7 +214,9 @@ class Grid:
                                       tuple(group_ranks), group)
         if mine is None:
             return None
-        if backend == "nccl":
+        if "nccl" in backend:  # also "cpu:gloo,cuda:nccl"; the group may predate this Grid
+            local = int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+            torch.cuda.set_device(local % torch.cuda.device_count())
             device = torch.device("cuda", torch.cuda.current_device())
         else:
             device = torch.device("cpu")

@@ -93,6 +93,16 @@ class BlockLayout:
         flat = comm.depth_gather(shard, self.depth)
         return flat[:self.block_numel].view(self.local_rows, self.local_cols)
 
+    def gather_block(self, shard: torch.Tensor) -> torch.Tensor:
+        """This rank's block, outside autograd (a view of the shard when Z == 1)."""
+        flat = comm.all_gather_flat(shard, self.depth) if self.depth.size > 1 else shard
+        return flat[:self.block_numel].view(self.local_rows, self.local_cols)
+
+    def scatter_block_grad(self, grad_block: torch.Tensor) -> torch.Tensor:
+        """Gradient of the block -> gradient of this rank's chunk, summed over Z."""
+        flat = F.pad(grad_block.reshape(-1), (0, self.chunk * self.depth.size - self.block_numel))
+        return comm.reduce_scatter_flat(flat, self.depth) if self.depth.size > 1 else flat
+
     @torch.no_grad()
     def gather_full(self, shard: torch.Tensor) -> torch.Tensor:
         """The whole ``rows x cols`` matrix, assembled on every rank (export, tests)."""

@@ -19,6 +19,46 @@ from .grid import Grid
 from .layout import BlockLayout, VectorLayout
 
 
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    kind = x.device.type
+    if torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return x.dtype
+
+
+class _DepthShardedMatmul(torch.autograd.Function):
+    """``x @ block^T`` where the block is all-gathered from its Z chunks.
+
+    Backward gathers the block again instead of keeping it alive from forward to backward, so a
+    rank holds only its 1/Z chunk of every weight between the two passes (the point of
+    depth-sharding). The weight gradient is reduce-scattered over Z, in the shard's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, x, shard, layout):
+        dtype = _compute_dtype(x)
+        xc = x.to(dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            y = F.linear(xc, layout.gather_block(shard).to(dtype))
+        ctx.layout, ctx.dtype, ctx.in_dtype = layout, dtype, x.dtype
+        ctx.save_for_backward(xc, shard)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        xc, shard = ctx.saved_tensors
+        layout = ctx.layout
+        g = g.to(ctx.dtype)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            dx = (g @ layout.gather_block(shard).to(ctx.dtype)).to(ctx.in_dtype)
+        dshard = None
+        if ctx.needs_input_grad[1]:
+            dblock = g.reshape(-1, g.shape[-1]).t() @ xc.reshape(-1, xc.shape[-1])
+            dshard = layout.scatter_block_grad(dblock.to(shard.dtype))
+        return dx, dshard, None
+
+
 class ParallelLinear(ParallelModule):
     """``y = x W^T + b`` with W block-split over X/Y and depth-sharded over Z.
 
@@ -57,7 +97,7 @@ class ParallelLinear(ParallelModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = comm.copy_to(x, self.out_axis)
-        y = comm.reduce_from(F.linear(x, self.local_weight()), self.in_axis)
+        y = comm.reduce_from(_DepthShardedMatmul.apply(x, self.weight, self.layout), self.in_axis)
         return y if self.bias is None else y + self.bias
 
     def grad_specs(self) -> list[GradSpec]:

@@ -74,8 +74,11 @@ class ParallelLayerNorm(_ParallelNormBase):
         super().__init__(hidden_size, grid, eps, names, device, dtype)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        dtype = h.dtype
+        if h.dtype in (torch.float16, torch.bfloat16):
+            h = h.float()  # statistics in fp32, as torch's LayerNorm computes them
         centered = h - self._mean(h)
-        out = centered * torch.rsqrt(self._mean(centered.pow(2)) + self.eps)
+        out = (centered * torch.rsqrt(self._mean(centered.pow(2)) + self.eps)).to(dtype)
         out = out * self.weight
         return out + self.bias if "bias" in self._names else out
 

@@ -44,10 +44,17 @@ def _check_shapes(model: nn.Module, plan: Plan, grid: Grid) -> None:
             dim = module.embedding_dim if style == "embedding" else module.in_features
             if dim % X:
                 problems.append(f"{name}: hidden size {dim} is not divisible by x={X}")
+            if style == "lm_head" and module.bias is not None:
+                problems.append(f"{name}: an lm head with a bias is not supported")
         elif style in ("rmsnorm", "layernorm"):
             if module.weight.shape[0] % X:
                 problems.append(f"{name}: hidden size {module.weight.shape[0]} is not divisible "
                                 f"by x={X}")
+    dropout = getattr(model.config, "attention_dropout", 0.0) or 0.0
+    if dropout > 0 and X > 1:
+        # X ranks recompute the same attention; independent dropout masks would desynchronize them.
+        problems.append(f"config.attention_dropout={dropout} with x={X} is not supported "
+                        "(set it to 0 for training with axolab)")
     if problems:
         raise ValueError(f"{type(model).__name__} cannot run on grid {grid.shape} "
                          "(data, z, y, x):\n  " + "\n  ".join(problems))
@@ -126,7 +133,15 @@ def parallelize(model: nn.Module, grid: Grid, plan: Plan | None = None) -> nn.Mo
     model.loss_function = ParallelCausalLMLoss(
         grid, VocabShard(grid.y, layout.row_start, layout.local_rows, layout.rows))
     model.axolab_grid = grid
+    model.generate = _generate_unsupported
     return model
+
+
+def _generate_unsupported(*args, **kwargs):
+    raise NotImplementedError(
+        "transformers' generate() takes the argmax over this rank's vocabulary slice only; on a "
+        "parallelized model decode with axolab.parallel.vocab_parallel_argmax (see "
+        "axolab.memorization for batched greedy decoding)")
 
 
 def parallel_modules(model: nn.Module):

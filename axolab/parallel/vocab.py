@@ -62,18 +62,27 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         softmax, local_t, mine, keep = ctx.saved_tensors
-        g = softmax
+        g = softmax.clone()  # the saved softmax must survive for a second backward
         g.scatter_add_(-1, local_t.unsqueeze(-1), -mine.to(g.dtype).unsqueeze(-1))
         g.mul_(torch.where(keep, grad, 0.0).unsqueeze(-1))
         return g, None, None, None
 
 
+def _bad_targets(targets: torch.Tensor, shard: VocabShard, ignore_index: int) -> torch.Tensor:
+    return (targets != ignore_index) & ((targets < 0) | (targets >= shard.vocab_size))
+
+
+def _raise_bad_targets(targets, bad, count: int, shard: VocabShard, ignore_index: int):
+    where = f"e.g. {int(targets[bad][0])} here" if bool(bad.any()) else "on another batch shard"
+    raise ValueError(f"{count} target token id(s) outside the vocabulary [0, {shard.vocab_size}) "
+                     f"and not ignore_index={ignore_index} ({where})")
+
+
 def _check_targets(targets: torch.Tensor, shard: VocabShard, ignore_index: int) -> None:
-    bad = (targets != ignore_index) & ((targets < 0) | (targets >= shard.vocab_size))
+    # Ranks that share these targets (the Y group) all raise; no collective is left waiting.
+    bad = _bad_targets(targets, shard, ignore_index)
     if bool(bad.any()):
-        value = int(targets[bad][0])
-        raise ValueError(f"target token id {value} is outside the vocabulary [0, {shard.vocab_size})"
-                         f" and is not ignore_index={ignore_index}")
+        _raise_bad_targets(targets, bad, int(bad.sum()), shard, ignore_index)
 
 
 def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, shard: VocabShard,
@@ -138,11 +147,18 @@ class ParallelCausalLMLoss:
             labels = F.pad(labels, (0, 1), value=ignore_index)
             shift_labels = labels[..., 1:]
         shift_labels = shift_labels.to(logits.device)
-        per_token = vocab_parallel_cross_entropy(logits.float(), shift_labels, self.shard,
-                                                 ignore_index)
+        # One small all-reduce over the batch split gives every rank the kept-token count and the
+        # number of invalid labels, so a bad label on one shard fails all ranks together.
+        bad = _bad_targets(shift_labels, self.shard, ignore_index)
+        counts = torch.stack([(shift_labels != ignore_index).sum(), bad.sum()]).double()
+        counts = comm.all_reduce_sum_(counts, self.grid.batch)
+        if counts[1] > 0:
+            _raise_bad_targets(shift_labels, bad, int(counts[1]), self.shard, ignore_index)
+        per_token = _VocabParallelCrossEntropy.apply(
+            logits.float().reshape(-1, logits.shape[-1]), shift_labels.reshape(-1), self.shard,
+            ignore_index)
         if num_items_in_batch is None:
-            count = (shift_labels != ignore_index).sum().to(per_token.dtype)
-            num_items_in_batch = comm.all_reduce_sum_(count, self.grid.batch)
+            num_items_in_batch = counts[0].to(per_token.dtype)
         elif torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(per_token.device)
         return comm.reduce_from(per_token.sum(), self.grid.batch) / num_items_in_batch
