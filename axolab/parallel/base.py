@@ -24,18 +24,29 @@ class GradSpec:
 
 
 class ParallelModule(nn.Module):
-    """Base of the parallel layers: full-tensor import/export and gradient bookkeeping."""
+    """Base of the parallel layers: full-tensor import/export and gradient bookkeeping.
+
+    Subclasses say, for each parameter name, which layout maps it to the serial tensor
+    (:class:`~axolab.parallel.layout.BlockLayout` or ``VectorLayout``); anything shaped like the
+    parameter (its gradient, optimizer moments) goes through the same layout.
+    """
 
     def grad_specs(self) -> list[GradSpec]:
         raise NotImplementedError
 
-    def full_tensor(self, name: str) -> torch.Tensor:
-        """The serial model's tensor ``name`` (same shape), assembled on every rank."""
+    def layout_of(self, name: str):
         raise NotImplementedError
 
+    def full_tensor(self, name: str, local: torch.Tensor | None = None) -> torch.Tensor:
+        """The serial model's tensor ``name`` (same shape), assembled on every rank. ``local``:
+        gather that tensor (shaped like the parameter) instead of the parameter itself."""
+        return self.layout_of(name).gather_full(getattr(self, name) if local is None else local)
+
+    @torch.no_grad()
     def load_full(self, name: str, full: torch.Tensor) -> None:
         """Copy this rank's piece of the serial tensor ``name`` into the local parameter."""
-        raise NotImplementedError
+        p = getattr(self, name)
+        p.copy_(self.layout_of(name).shard_from_full(full.to(p.device)))
 
     def _new_param(self, shape, like: torch.Tensor | None, device, dtype) -> nn.Parameter:
         dtype = dtype or (like.dtype if like is not None else torch.get_default_dtype())

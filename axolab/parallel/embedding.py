@@ -62,13 +62,7 @@ class ParallelEmbedding(ParallelModule):
     def grad_specs(self) -> list[GradSpec]:
         return [GradSpec(self.weight, "data", 1)]
 
-    def full_tensor(self, name: str) -> torch.Tensor:
+    def layout_of(self, name: str):
         if name != "weight":
             raise KeyError(name)
-        return self.layout.gather_full(self.weight)
-
-    @torch.no_grad()
-    def load_full(self, name: str, full: torch.Tensor) -> None:
-        if name != "weight":
-            raise KeyError(name)
-        self.weight.copy_(self.layout.shard_from_full(full.to(self.weight.device)))
+        return self.layout

@@ -106,7 +106,7 @@ class Grid:
 
     ``x``, ``y``, ``z`` and ``data`` are :class:`Axis` objects; ``batch`` is the D*Z group over which
     the global batch is split (shard index ``d*Z + z``); ``model`` is the Z*Y*X group of ranks that
-    together hold one copy of the model.
+    together hold one copy of the model; ``world`` is every rank of the grid.
     """
 
     data: Axis
@@ -115,6 +115,7 @@ class Grid:
     x: Axis
     batch: Axis
     model: Axis
+    world: Axis
     rank: int
     ranks: tuple[int, ...]
     backend: str
@@ -173,7 +174,7 @@ class Grid:
     @classmethod
     def _single_process(cls, backend: str | None) -> "Grid":
         # A 1x1x1x1 grid in a plain process (a notebook kernel) needs no torch.distributed at all.
-        axes = {n: Axis(n, 1, 0, (0,)) for n in ("data", "z", "y", "x", "batch", "model")}
+        axes = {n: Axis(n, 1, 0, (0,)) for n in ("data", "z", "y", "x", "batch", "model", "world")}
         backend = backend or _default_backend()
         device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" \
             else torch.device("cpu")
@@ -192,11 +193,12 @@ class Grid:
         families = {
             "x": lambda c: (c[0], c[1], c[2]), "y": lambda c: (c[0], c[1], c[3]),
             "z": lambda c: (c[0], c[2], c[3]), "data": lambda c: (c[1], c[2], c[3]),
-            "batch": lambda c: (c[2], c[3]), "model": lambda c: (c[0],),
+            "batch": lambda c: (c[2], c[3]), "model": lambda c: (c[0],), "world": lambda c: (),
         }
         local_index = {
             "x": lambda c: c[3], "y": lambda c: c[2], "z": lambda c: c[1], "data": lambda c: c[0],
             "batch": lambda c: c[0] * Z + c[1], "model": lambda c: (c[1] * Y + c[2]) * X + c[3],
+            "world": lambda c: ((c[0] * Z + c[1]) * Y + c[2]) * X + c[3],
         }
         mine = None
         if me in ranks:

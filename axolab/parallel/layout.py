@@ -88,6 +88,24 @@ class BlockLayout:
         flat = F.pad(block.reshape(-1), (0, self.chunk * self.depth.size - self.block_numel))
         return flat[start:stop].clone()
 
+    def shard_from_reader(self, read, dtype: torch.dtype) -> torch.Tensor:
+        """This rank's chunk, reading only the rows it spans: ``read(r0, r1, c0, c1)`` returns
+        ``full[r0:r1, c0:c1]`` (a safetensors slice), so memory stays near the chunk size."""
+        start, stop = self.flat_range
+        stop = min(stop, self.block_numel)
+        out = torch.zeros(self.chunk, dtype=dtype)
+        if start >= stop:
+            return out
+        r0, r1 = start // self.local_cols, -(-stop // self.local_cols)
+        g0, g1 = self.row_start + r0, min(self.row_start + r1, self.rows)
+        if g1 > g0:  # rows at or past `rows` are vocabulary padding: they stay zero
+            part = read(g0, g1, self.col_start, self.col_start + self.local_cols).reshape(-1)
+            lo = start - r0 * self.local_cols
+            n = min(stop - start, part.numel() - lo)
+            if n > 0:
+                out[:n] = part[lo:lo + n]
+        return out
+
     def local_block(self, shard: torch.Tensor) -> torch.Tensor:
         """Differentiable: all-gather the Z chunks and view them as this rank's block."""
         flat = comm.depth_gather(shard, self.depth)
@@ -114,10 +132,12 @@ class BlockLayout:
 
 @dataclass(frozen=True)
 class VectorLayout:
-    """A vector (bias, norm weight) split over ``axis`` and replicated over the other axes."""
+    """A vector (bias, norm weight) split over ``axis`` and replicated over the other axes.
+    ``true_size`` < ``size`` when the vector is padded to divide (an lm head's bias)."""
 
     size: int
     axis: Axis
+    true_size: int | None = None
 
     @property
     def local_size(self) -> int:
@@ -128,11 +148,21 @@ class VectorLayout:
         start = self.axis.index * self.local_size
         return slice(start, start + self.local_size)
 
+    @property
+    def full_size(self) -> int:
+        return self.true_size or self.size
+
     def shard_from_full(self, full: torch.Tensor) -> torch.Tensor:
-        if tuple(full.shape) != (self.size,):
-            raise ValueError(f"expected a vector of {self.size}, got {tuple(full.shape)}")
-        return full[self.local_slice].clone()
+        if tuple(full.shape) != (self.full_size,):
+            raise ValueError(f"expected a vector of {self.full_size}, got {tuple(full.shape)}")
+        return F.pad(full, (0, self.size - self.full_size))[self.local_slice].clone()
+
+    def shard_from_reader(self, read) -> torch.Tensor:
+        """This rank's piece, reading only it: ``read(start, stop)`` returns full[start:stop]."""
+        s = self.local_slice
+        part = read(min(s.start, self.full_size), min(s.stop, self.full_size))
+        return F.pad(part, (0, (s.stop - s.start) - part.shape[0]))
 
     @torch.no_grad()
     def gather_full(self, local: torch.Tensor) -> torch.Tensor:
-        return comm.gather_along(local.detach(), self.axis, dim=0).clone()
+        return comm.gather_along(local.detach(), self.axis, dim=0)[:self.full_size].clone()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from . import comm
 from .base import GradSpec, ParallelModule
@@ -81,7 +80,7 @@ class ParallelLinear(ParallelModule):
                 f"{out_axis.name}={out_axis.size}")
         self.layout = BlockLayout(out_features, in_features, padded_out, out_axis, in_axis, grid.z)
         self.weight = self._new_param((self.layout.chunk,), None, device, dtype)
-        self.bias_layout = VectorLayout(padded_out, out_axis) if bias else None
+        self.bias_layout = VectorLayout(padded_out, out_axis, out_features) if bias else None
         self.bias = self._new_param((padded_out // out_axis.size,), None, device, dtype) if bias \
             else None
 
@@ -107,19 +106,9 @@ class ParallelLinear(ParallelModule):
             specs.append(GradSpec(self.bias, "batch", self.in_axis.size * self.grid.z.size))
         return specs
 
-    def full_tensor(self, name: str) -> torch.Tensor:
+    def layout_of(self, name: str):
         if name == "weight":
-            return self.layout.gather_full(self.weight)
+            return self.layout
         if name == "bias" and self.bias is not None:
-            return self.bias_layout.gather_full(self.bias)[:self.out_features]
+            return self.bias_layout
         raise KeyError(name)
-
-    @torch.no_grad()
-    def load_full(self, name: str, full: torch.Tensor) -> None:
-        if name == "weight":
-            self.weight.copy_(self.layout.shard_from_full(full.to(self.weight.device)))
-        elif name == "bias" and self.bias is not None:
-            full = F.pad(full, (0, self.bias_layout.size - full.shape[0]))
-            self.bias.copy_(self.bias_layout.shard_from_full(full.to(self.bias.device)))
-        else:
-            raise KeyError(name)

@@ -35,17 +35,10 @@ class _ParallelNormBase(ParallelModule):
         replicas = self.grid.y.size * self.grid.z.size
         return [GradSpec(getattr(self, n), "batch", replicas) for n in self._names]
 
-    def full_tensor(self, name: str) -> torch.Tensor:
+    def layout_of(self, name: str):
         if name not in self._names:
             raise KeyError(name)
-        return self.layout.gather_full(getattr(self, name))
-
-    @torch.no_grad()
-    def load_full(self, name: str, full: torch.Tensor) -> None:
-        if name not in self._names:
-            raise KeyError(name)
-        p = getattr(self, name)
-        p.copy_(self.layout.shard_from_full(full.to(p.device)))
+        return self.layout
 
     def _mean(self, t: torch.Tensor) -> torch.Tensor:
         return comm.all_reduce(t.sum(-1, keepdim=True), self.grid.x) / self.hidden_size

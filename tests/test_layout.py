@@ -1,0 +1,55 @@
+"""Block/depth layouts: cutting a rank's chunk by reading only its rows equals cutting it from the
+whole tensor, for every rank of many grid shapes (no communication involved)."""
+
+import itertools
+
+import torch
+
+from axolab.parallel.grid import Axis
+from axolab.parallel.layout import BlockLayout, VectorLayout, padded_size
+
+DUMMY_GROUP = object()  # layouts never communicate when cutting
+
+
+def _axis(name, size, index):
+    return Axis(name, size, index, tuple(range(size)), DUMMY_GROUP if size > 1 else None)
+
+
+def test_reading_rows_equals_cutting_the_full_matrix():
+    g = torch.Generator().manual_seed(0)
+    for rows, cols, ry, cx, z in itertools.product((7, 12, 99), (4, 8), (1, 2, 4), (1, 2, 4),
+                                                   (1, 2, 3, 8)):
+        if cols % cx:
+            continue
+        full = torch.randn(rows, cols, generator=g)
+        read_rows = []
+
+        def read(r0, r1, c0, c1):
+            read_rows.append(r1 - r0)
+            return full[r0:r1, c0:c1]
+
+        pieces = {}
+        for yi, xi, zi in itertools.product(range(ry), range(cx), range(z)):
+            lay = BlockLayout(rows, cols, padded_size(rows, ry), _axis("y", ry, yi),
+                              _axis("x", cx, xi), _axis("z", z, zi))
+            want = lay.shard_from_full(full)
+            got = lay.shard_from_reader(read, full.dtype)
+            assert torch.equal(got, want), (rows, cols, ry, cx, z, yi, xi, zi)
+            # never more than the chunk's rows plus one partial row at each end
+            assert read_rows[-1] * lay.local_cols <= lay.chunk + 2 * lay.local_cols if read_rows \
+                else True
+            pieces[(yi, xi, zi)] = want
+        # the chunks tile the (padded) matrix exactly once
+        total = sum(p.numel() for p in pieces.values())
+        assert total >= rows * cols and total - padded_size(rows, ry) * cols < z * ry * cx
+
+
+def test_vector_layout_pads_and_trims():
+    full = torch.arange(10.0)
+    parts = []
+    for i in range(4):
+        lay = VectorLayout(12, _axis("y", 4, i), true_size=10)
+        part = lay.shard_from_full(full)
+        assert torch.equal(part, lay.shard_from_reader(lambda a, b: full[a:b]))
+        parts.append(part)
+    assert torch.equal(torch.cat(parts), torch.cat([full, torch.zeros(2)]))
