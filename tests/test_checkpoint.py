@@ -2,8 +2,6 @@
 another, export to plain transformers, and refusal of corrupt, foreign or pickled files."""
 
 import copy
-import json
-import shutil
 from pathlib import Path
 
 import pytest
