@@ -7,6 +7,7 @@ All process groups live on the :class:`Grid`; nothing here is module-level state
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import subprocess
@@ -78,7 +79,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ensure_process_group(backend: str | None, world_needed: int) -> None:
+def _ensure_process_group(backend: str | None, world_needed: int, timeout_s: float | None) -> None:
     if dist.is_available() and dist.is_initialized():
         return
     env = launcher_environment()
@@ -96,8 +97,9 @@ def _ensure_process_group(backend: str | None, world_needed: int) -> None:
                          f"{env['world_size']} ranks")
     if backend == "nccl":
         torch.cuda.set_device(int(env["local_rank"]) % torch.cuda.device_count())
+    kw = {"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}
     dist.init_process_group(backend, init_method=f"tcp://{env['master_addr']}:{env['master_port']}",
-                            rank=int(env["rank"]), world_size=int(env["world_size"]))
+                            rank=int(env["rank"]), world_size=int(env["world_size"]), **kw)
 
 
 @dataclass
@@ -147,19 +149,21 @@ class Grid:
 
     @classmethod
     def init(cls, data: int = 1, z: int = 1, y: int = 1, x: int = 1, *,
-             backend: str | None = None, ranks: list[int] | range | None = None) -> "Grid | None":
+             backend: str | None = None, ranks: list[int] | range | None = None,
+             timeout_s: float | None = None) -> "Grid | None":
         """Build the grid (initializing torch.distributed from torchrun/srun if needed).
 
         ``ranks`` places the grid on a subset of the world (default: all ranks, in order). Every
         rank of the world must call this, because creating a process group is collective; ranks
-        outside ``ranks`` get ``None``.
+        outside ``ranks`` get ``None``. ``timeout_s`` bounds how long a collective waits for a
+        rank that died (when this call creates the process group).
         """
         _check_dims(data, z, y, x)
         size = data * z * y * x
         if ranks is None and not (dist.is_available() and dist.is_initialized()) and size == 1:
             return cls._single_process(backend)
         if ranks is None:
-            _ensure_process_group(backend, size)
+            _ensure_process_group(backend, size, timeout_s)
         elif not dist.is_initialized():
             raise ValueError("Grid.init(ranks=...) needs torch.distributed to be initialized")
         world = dist.get_world_size()

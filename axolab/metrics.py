@@ -1,0 +1,84 @@
+"""Throughput accounting: model FLOPs per token, device peak, utilization, memory."""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+# Dense bf16 tensor-core peak per device (FLOP/s), from vendor data sheets.
+GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12,
+                 "MI250X": 191.5e12, "MI300X": 1307e12, "V100": 125e12}
+
+
+def flops_per_token(config, seq_len: int) -> float:
+    """Training FLOPs per token: 6 per parameter-token for the matmuls (forward + backward,
+    embedding lookup excluded) plus attention scores and values, 12 * layers * hidden * seq
+    (the PaLM appendix B estimate)."""
+    h, layers = config.hidden_size, config.num_hidden_layers
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    attn = h * head_dim * (heads + 2 * kv) + heads * head_dim * h
+    mlp = 3 * h * config.intermediate_size
+    matmul_params = layers * (attn + mlp) + h * config.vocab_size  # lm head included
+    return 6.0 * matmul_params + 12.0 * layers * h * seq_len
+
+
+def measured_cpu_peak(n: int = 512, repeats: int = 5) -> float:
+    """FLOP/s of a square fp32 matmul on this process's threads (the CPU's practical peak)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def device_peak(device: torch.device) -> float:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peak in GPU_PEAK_BF16.items():
+            if key in name:
+                return peak
+        raise ValueError(f"unknown GPU {name!r}: set peak_flops_per_device in the config")
+    return measured_cpu_peak()
+
+
+def memory_mb(device: torch.device) -> float:
+    """Peak memory of this rank: GPU allocator peak, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class MetricsLog:
+    """metrics.jsonl, appended by one rank; on resume, lines past the checkpoint are dropped so
+    the file reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool):
+        self.path, self.enabled = Path(path), enabled
+        if not enabled:
+            return
+        if resume_step is not None and self.path.is_file():
+            keep = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            tmp.replace(self.path)
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

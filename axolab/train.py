@@ -1,0 +1,236 @@
+"""The SPMD training loop: every rank runs `python -m axolab.train CONFIG.json` (or `run(config)`).
+
+Each step reads this rank's shard of the global batch, accumulates micro-batches with the loss
+normalized by the global kept-token count (so the step equals one serial step on the whole
+batch), completes gradients over the batch split, clips by the global norm and steps AdamW.
+Rank 0 writes metrics.jsonl; all ranks write checkpoints together.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import pickle
+import random
+import sys
+import time
+import zlib
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import latest_checkpoint, load_checkpoint, load_pretrained, save_checkpoint
+from .checkpoint.load import materialize
+from .checkpoint.save import _tensors
+from .config import TrainConfig, load_config, write_json_atomic
+from .data.loader import PackedDataset, global_batch_rows, shard_rows
+from .goldfish import apply_goldfish
+from .metrics import MetricsLog, device_peak, flops_per_token, memory_mb
+from .parallel import Grid, clip_grad_norm_, comm, parallelize, sync_gradients
+
+
+def _model_config(cfg: TrainConfig):
+    from transformers import AutoConfig
+
+    from .presets import PRESETS, model_config
+
+    if cfg.model in PRESETS:
+        return model_config(cfg.model), None
+    path = Path(cfg.model)
+    if not path.exists():
+        raise ValueError(f"model {cfg.model!r} is neither a preset ({', '.join(PRESETS)}) nor a "
+                         "directory with a config.json")
+    has_weights = path.is_dir() and any(path.glob("*.safetensors"))
+    return AutoConfig.from_pretrained(str(path)), (path if has_weights else None)
+
+
+@torch.no_grad()
+def init_weights(model, seed: int) -> None:
+    """Seeded initialization of the serial tensors, cut into shards: identical on every grid.
+    Matrices ~ N(0, initializer_range), norm weights 1, biases 0 (as HF's Llama init)."""
+    std = getattr(model.config, "initializer_range", 0.02)
+    for key, module, attr, param in _tensors(model):
+        layout = module.layout_of(attr)
+        shape = (layout.rows, layout.cols) if hasattr(layout, "rows") else (layout.full_size,)
+        if key.endswith("bias"):
+            full = torch.zeros(shape)
+        elif len(shape) == 1:
+            full = torch.ones(shape)
+        else:
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
+            full = torch.randn(shape, generator=gen) * std
+        module.load_full(attr, full.to(param.dtype))
+
+
+def build_model(cfg: TrainConfig, grid: Grid, vocab_needed: int):
+    from transformers import AutoModelForCausalLM
+
+    config, weights = _model_config(cfg)
+    if vocab_needed > config.vocab_size:
+        raise ValueError(f"the dataset's tokenizer has {vocab_needed} tokens but model "
+                         f"{cfg.model!r} has vocab_size={config.vocab_size}")
+    if weights is not None:
+        return load_pretrained(weights, grid, dtype=torch.float32)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    parallelize(model, grid)
+    materialize(model, grid.device)
+    init_weights(model, cfg.seed)
+    return model
+
+
+def _param_groups(model, weight_decay: float):
+    decay, plain = [], []
+    for key, _, _, param in _tensors(model):
+        (plain if key.endswith("bias") or "norm" in key else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": plain, "weight_decay": 0.0}]
+
+
+def _rng_state() -> str:
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    return base64.b64encode(pickle.dumps(state)).decode()
+
+
+def _set_rng_state(blob: str) -> None:
+    py, npy, th = pickle.loads(base64.b64decode(blob))  # written by this code, in this run
+    random.setstate(py)
+    np.random.set_state(npy)
+    torch.set_rng_state(th)
+
+
+def _labels(cfg: TrainConfig, ids: torch.Tensor) -> torch.Tensor:
+    if cfg.loss == "goldfish":
+        return apply_goldfish(ids, ids, cfg.goldfish_k, cfg.goldfish_h, cfg.goldfish_strategy)
+    return ids.clone()
+
+
+def _autocast(cfg: TrainConfig, grid: Grid):
+    if cfg.precision == "bf16":
+        return torch.autocast(grid.device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _train_step(cfg, model, grid, data, step, micro) -> float:
+    rows = shard_rows(global_batch_rows(step, cfg.global_batch, data.rows, cfg.seed),
+                      grid.batch_shards, grid.batch_index)
+    ids = data.read(rows).to(grid.device)
+    labels = _labels(cfg, ids)
+    # Normalize by the kept tokens of the whole global batch, all micro-steps together.
+    kept = (labels[:, 1:] != -100).sum().double()
+    kept = comm.all_reduce_sum_(kept, grid.batch)
+    loss = 0.0
+    for start in range(0, ids.shape[0], micro):
+        with _autocast(cfg, grid):
+            out = model(input_ids=ids[start:start + micro], labels=labels[start:start + micro],
+                        num_items_in_batch=kept)
+        out.loss.backward()
+        loss += out.loss.item()
+    return loss
+
+
+@torch.no_grad()
+def evaluate(cfg, model, grid, data: PackedDataset) -> float | None:
+    """Mean token loss over the first eval_batches global batches of the validation split."""
+    n = min(cfg.eval_batches * cfg.global_batch, data.rows)
+    n -= n % grid.batch_shards
+    if n == 0:
+        return None
+    total, batches = 0.0, 0
+    for start in range(0, n, cfg.global_batch):
+        rows = shard_rows(np.arange(start, min(start + cfg.global_batch, n)), grid.batch_shards,
+                          grid.batch_index)
+        ids = data.read(rows).to(grid.device)
+        with _autocast(cfg, grid):
+            total += model(input_ids=ids, labels=ids).loss.item()
+        batches += 1
+    return total / batches
+
+
+def run(cfg: TrainConfig, grid: Grid | None = None) -> dict:
+    """Train as configured; returns the last step's metrics. Collective over the grid's ranks."""
+    cfg.validate()
+    grid = grid or Grid.init(*cfg.grid, timeout_s=cfg.collective_timeout_s)
+    if list(grid.shape) != list(cfg.grid):
+        raise ValueError(f"config grid {cfg.grid} but the given grid is {list(grid.shape)}")
+    lead = grid.rank == grid.ranks[0]
+    run_dir = Path(cfg.run_dir)
+    train, val = PackedDataset(cfg.data, "train"), PackedDataset(cfg.data, "validation")
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(str(Path(cfg.data) / "tokenizer")))
+    model = build_model(cfg, grid, vocab)
+    if cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
+                            betas=tuple(cfg.betas), eps=cfg.eps)
+    total = cfg.steps if cfg.epochs is None else math.ceil(cfg.epochs * train.rows / cfg.global_batch)
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    sched = get_cosine_with_min_lr_schedule_with_warmup(
+        opt, cfg.warmup_steps, total, min_lr_rate=cfg.min_lr_ratio)
+    ckpt_root = run_dir / "checkpoints"
+    start, resumed = 0, None
+    if cfg.resume and (ckpt := latest_checkpoint(ckpt_root)) is not None:
+        manifest = load_checkpoint(ckpt, model, opt)
+        start, resumed = manifest["step"], manifest["step"]
+        sched.load_state_dict(manifest["scheduler"])
+        _set_rng_state(manifest["rng"])
+    if lead:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / "config.json", cfg.to_dict())
+    log = MetricsLog(run_dir / "metrics.jsonl", resumed, lead)
+    micro = cfg.micro_batch or cfg.global_batch // grid.batch_shards
+    seq_len = train.seq_len
+    flops = flops_per_token(model.config, seq_len) * cfg.global_batch * seq_len
+    peak = cfg.peak_flops_per_device or device_peak(grid.device)
+    bar = tqdm(total=total, initial=start, desc="train", unit="step",
+               disable=not (lead and cfg.progress))
+    record: dict = {}
+    for step in range(start, total):
+        t0 = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
+        loss = _train_step(cfg, model, grid, train, step, micro)
+        sync_gradients(model)
+        norm = clip_grad_norm_(model, cfg.grad_clip) if cfg.grad_clip else None
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        done = step + 1
+        record = {"step": done, "loss": loss, "lr": lr,
+                  "grad_norm": float(norm) if norm is not None else None,
+                  "tokens_per_s": cfg.global_batch * seq_len / dt, "step_time_s": dt,
+                  "model_flops_per_s": flops / dt, "mfu": flops / dt / (peak * grid.size),
+                  "memory_mb": memory_mb(grid.device)}
+        if cfg.eval_interval and (done % cfg.eval_interval == 0 or done == total):
+            record["val_loss"] = evaluate(cfg, model, grid, val)
+            model.train()
+        if done % cfg.log_interval == 0 or done == total or "val_loss" in record:
+            log.write(record)
+        if (cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0) or done == total:
+            save_checkpoint(ckpt_root, done, model, opt, keep_last=cfg.keep_checkpoints, state={
+                "data_position": done * cfg.global_batch, "scheduler": sched.state_dict(),
+                "rng": _rng_state(), "config": cfg.to_dict()})
+        bar.set_postfix(loss=f"{loss:.4f}")
+        bar.update()
+    bar.close()
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m axolab.train CONFIG.json", file=sys.stderr)
+        return 2
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    run(load_config(TrainConfig, argv[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

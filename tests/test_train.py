@@ -1,0 +1,135 @@
+"""The training loop: the same loss curve on every grid, and a job killed mid-run (a real
+torchrun job, one rank SIGKILLed) that resumes to exactly the uninterrupted losses."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from axolab.config import TrainConfig, config_from_dict
+from axolab.data import build
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return build(ROOT / "data_recipes" / "tiny.yaml", tmp_path_factory.mktemp("d") / "tiny",
+                 progress=False)
+
+
+def _cfg(data, run_dir, **kw):
+    base = dict(data=str(data), run_dir=str(run_dir), steps=20, global_batch=8, micro_batch=2,
+                lr=3e-3, warmup_steps=3, eval_interval=10, eval_batches=2,
+                checkpoint_interval=0, progress=False)
+    return config_from_dict(TrainConfig, {**base, **kw})
+
+
+def train_on(shape, cfg_dict):
+    from axolab.parallel import Grid
+    from axolab.train import run
+
+    import torch.distributed as dist
+
+    grid = Grid.init(*shape, ranks=range(shape[0] * shape[1] * shape[2] * shape[3]))
+    if grid is not None:
+        run(config_from_dict(TrainConfig, {**cfg_dict, "grid": list(shape)}), grid)
+    dist.barrier()
+
+
+def _curve(run_dir):
+    lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in lines], [r["val_loss"] for r in lines if "val_loss" in r]
+
+
+GRIDS = [(1, 1, 1, 1), (2, 1, 1, 1), (1, 2, 1, 1), (1, 1, 2, 2), (2, 1, 2, 1)]
+
+
+@pytest.mark.parametrize("loss", ["standard", "goldfish"])
+def test_loss_curve_is_the_same_on_every_grid(pool8, dataset, tmp_path, loss):
+    curves = {}
+    for shape in GRIDS:
+        run_dir = tmp_path / ("g%d%d%d%d" % shape)
+        pool8.run(train_on, shape, _cfg(dataset, run_dir, loss=loss).to_dict())
+        curves[shape] = _curve(run_dir)
+    ref_train, ref_val = curves[(1, 1, 1, 1)]
+    assert len(ref_train) == 20 and len(ref_val) == 2
+    assert ref_train[-1] < ref_train[0] - 0.3, "the model did not learn"
+    for shape, (train, val) in curves.items():
+        for a, b in zip(train + val, ref_train + ref_val):
+            assert abs(a - b) <= 1e-5 * abs(b), f"grid {shape}: {train} vs {ref_train}"
+
+
+def test_activation_checkpointing_and_bf16(pool8, dataset, tmp_path):
+    runs = {"fp32": {}, "ac": {"activation_checkpointing": True}, "bf16": {"precision": "bf16"}}
+    curves = {}
+    for name, extra in runs.items():
+        pool8.run(train_on, (1, 1, 2, 2), _cfg(dataset, tmp_path / name, steps=8, **extra).to_dict())
+        curves[name] = _curve(tmp_path / name)[0]
+    assert all(abs(a - b) <= 1e-6 * abs(b) for a, b in zip(curves["ac"], curves["fp32"]))
+    # bf16 matmuls: close to fp32, not equal
+    assert all(abs(a - b) <= 0.02 * abs(b) for a, b in zip(curves["bf16"], curves["fp32"]))
+    assert curves["bf16"] != curves["fp32"]
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="unknown field 'global_bacth'.*'global_batch'"):
+        config_from_dict(TrainConfig, {"global_bacth": 8})
+    with pytest.raises(ValueError, match="global_batch=10 does not split over data\\*z = 4"):
+        config_from_dict(TrainConfig, {"global_batch": 10, "grid": [2, 2, 1, 1]})
+    with pytest.raises(ValueError, match="micro_batch=3 must divide the 4 sequences"):
+        config_from_dict(TrainConfig, {"global_batch": 8, "micro_batch": 3, "grid": [2, 1, 1, 1]})
+
+
+def _torchrun(cfg_path: Path, nproc: int) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             f"--nproc-per-node={nproc}", "-m", "axolab.train", str(cfg_path)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _workers(proc: subprocess.Popen):
+    import psutil
+
+    return [p for p in psutil.Process(proc.pid).children(recursive=True)
+            if "axolab.train" in " ".join(p.cmdline())]
+
+
+def test_killed_rank_fails_the_job_and_resume_matches(dataset, tmp_path):
+    common = dict(steps=40, checkpoint_interval=10, keep_checkpoints=2, grid=[2, 1, 1, 1],
+                  eval_interval=0, collective_timeout_s=60)
+    whole, broken = tmp_path / "whole.json", tmp_path / "broken.json"
+    whole.write_text(json.dumps(_cfg(dataset, tmp_path / "whole", **common).to_dict()))
+    broken.write_text(json.dumps(_cfg(dataset, tmp_path / "broken", **common).to_dict()))
+    ref = _torchrun(whole, 2)
+    assert ref.wait(timeout=600) == 0, ref.stdout.read()
+
+    job = _torchrun(broken, 2)
+    metrics = tmp_path / "broken" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if metrics.is_file() and any(json.loads(x)["step"] >= 22
+                                     for x in metrics.read_text().splitlines() if x.strip()):
+            break
+        time.sleep(0.02)
+    victims = _workers(job)
+    assert len(victims) == 2, "expected two worker ranks"
+    killed_at = time.time()
+    os.kill(victims[-1].pid, signal.SIGKILL)
+    rc = job.wait(timeout=120)
+    assert rc != 0, "the job must fail when a rank dies"
+    assert time.time() - killed_at < 60, "the surviving rank hung"
+    steps_before = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+    assert max(steps_before) < 40, "the kill came too late to interrupt the run"
+
+    again = _torchrun(broken, 2)
+    assert again.wait(timeout=600) == 0, again.stdout.read()
+    got, want = _curve(tmp_path / "broken")[0], _curve(tmp_path / "whole")[0]
+    assert len(got) == 40 and got == want, "resumed losses differ from the uninterrupted run"
+    kept = sorted(p.name for p in (tmp_path / "broken" / "checkpoints").iterdir())
+    assert kept == ["step-00000030", "step-00000040"]
