@@ -1,7 +1,7 @@
-"""A pool of CPU ranks (gloo) that stay up for a whole test module.
+"""A pool of CPU ranks (gloo) that stay up for the whole test session.
 
-Starting a process group costs seconds on a small machine, so each multi-rank test module starts
-one pool and runs many checks inside it: ``pool.run(fn, *args)`` calls the importable function
+Starting a process group costs seconds on a small machine, so the tests start one pool and run
+many checks inside it: ``pool.run(fn, *args)`` calls the importable function
 ``fn(*args)`` on every rank and returns the per-rank results, or raises with the failing ranks'
 tracebacks. A rank that hangs (a collective one rank never entered) is reported after ``timeout``.
 """
@@ -41,7 +41,19 @@ def _worker(rank: int, world: int, port: int, tasks, results) -> None:
             results.put((rank, True, fn(*args)))
         except BaseException:  # reported to the test, which fails with this text
             results.put((rank, False, traceback.format_exc()))
+        _release_subgroups(dist)
     dist.destroy_process_group()
+
+
+def _release_subgroups(dist) -> None:
+    """Checks create grids (and their process groups) freely; dropping them after each check
+    keeps a long session from piling up gloo connections and threads."""
+    from torch.distributed import distributed_c10d as c10d
+
+    dist.barrier()
+    for group in list(getattr(getattr(c10d, "_world", None), "pg_map", {})):
+        if group is not c10d.GroupMember.WORLD:
+            dist.destroy_process_group(group)
 
 
 class RankPool:

@@ -35,6 +35,9 @@ def test_reading_rows_equals_cutting_the_full_matrix():
             want = lay.shard_from_full(full)
             got = lay.shard_from_reader(read, full.dtype)
             assert torch.equal(got, want), (rows, cols, ry, cx, z, yi, xi, zi)
+            blocked = torch.full_like(want, float("nan"))  # every element must be written
+            lay.fill_from_reader(blocked, read, block_rows=2)
+            assert torch.equal(blocked, want), ("blocked", rows, cols, ry, cx, z, yi, xi, zi)
             # never more than the chunk's rows plus one partial row at each end
             assert read_rows[-1] * lay.local_cols <= lay.chunk + 2 * lay.local_cols if read_rows \
                 else True

@@ -50,10 +50,11 @@ def _curve(run_dir):
 GRIDS = [(1, 1, 1, 1), (2, 1, 1, 1), (1, 2, 1, 1), (1, 1, 2, 2), (2, 1, 2, 1)]
 
 
-@pytest.mark.parametrize("loss", ["standard", "goldfish"])
-def test_loss_curve_is_the_same_on_every_grid(pool8, dataset, tmp_path, loss):
+@pytest.mark.parametrize("loss,grids", [("standard", GRIDS),
+                                        ("goldfish", [(1, 1, 1, 1), (2, 1, 2, 1)])])
+def test_loss_curve_is_the_same_on_every_grid(pool8, dataset, tmp_path, loss, grids):
     curves = {}
-    for shape in GRIDS:
+    for shape in grids:
         run_dir = tmp_path / ("g%d%d%d%d" % shape)
         pool8.run(train_on, shape, _cfg(dataset, run_dir, loss=loss).to_dict())
         curves[shape] = _curve(run_dir)

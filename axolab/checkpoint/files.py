@@ -52,34 +52,38 @@ def weight_map(directory: Path, prefix: str = "model") -> dict[str, str]:
 
 
 class ShardReader:
-    """Reads slices of named tensors from a set of safetensors files, keeping files open."""
+    """Reads named tensors, or slices of them, from a set of safetensors files.
+
+    Each read opens its file and closes it afterwards: safetensors memory-maps files, and a
+    mapping kept open across a whole load leaves every page read counted in the process's
+    resident memory (and in a job's memory limit). Opening is cheap (one small header)."""
 
     def __init__(self, directory: Path, mapping: dict[str, str]):
         self.directory, self.mapping = Path(directory), mapping
-        self._open: dict[str, object] = {}
 
-    def _file(self, name: str):
-        from safetensors import safe_open
-
+    def _path(self, name: str) -> Path:
         if name not in self.mapping:
             raise CheckpointError(f"tensor {name!r} is not in the checkpoint {self.directory}")
-        fname = self.mapping[name]
-        if fname not in self._open:
-            path = self.directory / fname
-            if not path.is_file():
-                raise CheckpointError(f"checkpoint file {path} is missing")
-            try:
-                self._open[fname] = safe_open(str(path), framework="pt", device="cpu")
-            except Exception as e:  # a truncated header, not a safetensors file, ...
-                raise CheckpointError(f"checkpoint file {path} is not readable safetensors: "
-                                      f"{e}") from e
-        return self._open[fname]
+        path = self.directory / self.mapping[name]
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint file {path} is missing")
+        return path
+
+    def with_slice(self, name: str, fn):
+        """``fn(slice)`` with the tensor's safetensors slice; the file is closed afterwards."""
+        from safetensors import safe_open
+
+        path = self._path(name)
+        try:
+            handle = safe_open(str(path), framework="pt", device="cpu")
+        except Exception as e:  # a truncated header, not a safetensors file, ...
+            raise CheckpointError(f"checkpoint file {path} is not readable safetensors: "
+                                  f"{e}") from e
+        with handle as f:
+            return fn(f.get_slice(name))
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._file(name).get_slice(name).get_shape())
-
-    def slice(self, name: str):
-        return self._file(name).get_slice(name)
+        return tuple(self.with_slice(name, lambda sl: sl.get_shape()))
 
     def tensor(self, name: str):
-        return self._file(name).get_tensor(name)
+        return self.with_slice(name, lambda sl: sl[:])

@@ -34,12 +34,14 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return done[-1] if done else None
 
 
-def _read_local(layout, reader: ShardReader, name: str, dtype) -> torch.Tensor:
+def _fill_local(layout, reader: ShardReader, name: str, out: torch.Tensor) -> None:
+    """Read this rank's piece of tensor ``name`` straight into ``out``."""
     if isinstance(layout, BlockLayout):
-        sl = reader.slice(name)
-        return layout.shard_from_reader(lambda r0, r1, c0, c1: sl[r0:r1, c0:c1], dtype)
-    sl = reader.slice(name)
-    return layout.shard_from_reader(lambda a, b: sl[a:b])
+        reader.with_slice(name, lambda sl: layout.fill_from_reader(
+            out, lambda r0, r1, c0, c1: sl[r0:r1, c0:c1]))
+    else:
+        out.copy_(reader.with_slice(name, lambda sl: layout.shard_from_reader(
+            lambda a, b: sl[a:b])))
 
 
 def _check_shape(module: ParallelModule, attr: str, reader: ShardReader, name: str) -> None:
@@ -88,8 +90,7 @@ def load_weights(model: nn.Module, directory: str | Path, prefix: str = "model")
     for key, module, attr, param in _named_parallel(model):
         name = key if key in reader.mapping else _tied_source(model, key)
         _check_shape(module, attr, reader, name)
-        local = _read_local(module.layout_of(attr), reader, name, param.dtype)
-        param.copy_(local.to(device=param.device, dtype=param.dtype))
+        _fill_local(module.layout_of(attr), reader, name, param.data)
 
 
 def _tied_source(model, key: str) -> str:
@@ -123,8 +124,9 @@ def load_optimizer(model: nn.Module, optimizer, directory: Path, manifest: dict)
             if len(reader.shape(name)) == 0:
                 state[state_name] = reader.tensor(name).to(param.device)
             else:
-                local = _read_local(module.layout_of(attr), reader, name, torch.float32)
-                state[state_name] = local.to(device=param.device)
+                local = torch.empty_like(param, dtype=torch.float32)
+                _fill_local(module.layout_of(attr), reader, name, local)
+                state[state_name] = local
         if state:
             optimizer.state[param] = state
     for group, saved in zip(optimizer.param_groups, manifest.get("param_groups", [])):

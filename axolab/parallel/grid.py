@@ -228,6 +228,15 @@ class Grid:
             device = torch.device("cpu")
         return cls(**axes, rank=me, ranks=ranks, backend=backend, device=device)
 
+    def destroy(self) -> None:
+        """Release this grid's process groups (not the default one); the Grid is unusable after.
+        Useful when one process tries several grid shapes, e.g. in a sweep."""
+        seen = set()
+        for axis in (self.data, self.z, self.y, self.x, self.batch, self.model, self.world):
+            if axis.group is not None and id(axis.group) not in seen:
+                seen.add(id(axis.group))
+                dist.destroy_process_group(axis.group)
+
     def shard_batch(self, t: torch.Tensor, pad_value: float | int | None = None) -> torch.Tensor:
         """This rank's slice (dim 0) of a global batch, split evenly over the D*Z batch shards.
 

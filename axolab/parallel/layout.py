@@ -89,22 +89,37 @@ class BlockLayout:
         return flat[start:stop].clone()
 
     def shard_from_reader(self, read, dtype: torch.dtype) -> torch.Tensor:
-        """This rank's chunk, reading only the rows it spans: ``read(r0, r1, c0, c1)`` returns
-        ``full[r0:r1, c0:c1]`` (a safetensors slice), so memory stays near the chunk size."""
+        """This rank's chunk, reading only the rows it spans (see :meth:`fill_from_reader`)."""
+        out = torch.empty(self.chunk, dtype=dtype)
+        self.fill_from_reader(out, read)
+        return out
+
+    @torch.no_grad()
+    def fill_from_reader(self, out: torch.Tensor, read, block_rows: int = 2048) -> None:
+        """Fill this rank's 1D chunk ``out`` in place from ``read(r0, r1, c0, c1)``, which returns
+        ``full[r0:r1, c0:c1]`` (a safetensors slice). Rows are read in bounded blocks straight
+        into ``out``, so loading needs about the chunk's memory, not the block's or the full
+        tensor's. Vocabulary padding rows and the chunk's tail padding are zeroed."""
         start, stop = self.flat_range
         stop = min(stop, self.block_numel)
-        out = torch.zeros(self.chunk, dtype=dtype)
-        if start >= stop:
-            return out
-        r0, r1 = start // self.local_cols, -(-stop // self.local_cols)
-        g0, g1 = self.row_start + r0, min(self.row_start + r1, self.rows)
-        if g1 > g0:  # rows at or past `rows` are vocabulary padding: they stay zero
-            part = read(g0, g1, self.col_start, self.col_start + self.local_cols).reshape(-1)
-            lo = start - r0 * self.local_cols
-            n = min(stop - start, part.numel() - lo)
-            if n > 0:
-                out[:n] = part[lo:lo + n]
-        return out
+        if stop <= start:
+            out.zero_()
+            return
+        out[stop - start:].zero_()
+        lc, c0 = self.local_cols, self.col_start
+        r0, r1 = start // lc, -(-stop // lc)
+        for b0 in range(r0, r1, block_rows):
+            b1 = min(b0 + block_rows, r1)
+            f0, f1 = max(b0 * lc, start), min(b1 * lc, stop)  # flat range of this read
+            g0, g1 = self.row_start + b0, min(self.row_start + b1, self.rows)
+            have = b0 * lc + max(0, g1 - g0) * lc  # flat end of the rows that exist
+            if g1 > g0 and have > f0:
+                part = read(g0, g1, c0, c0 + lc).reshape(-1)
+                a1 = min(f1, have)
+                out[f0 - start:a1 - start].copy_(part[f0 - b0 * lc:a1 - b0 * lc])
+                f0 = a1
+            if f1 > f0:
+                out[f0 - start:f1 - start].zero_()
 
     def local_block(self, shard: torch.Tensor) -> torch.Tensor:
         """Differentiable: all-gather the Z chunks and view them as this rank's block."""
