@@ -38,10 +38,12 @@ def _worker(rank: int, world: int, port: int, tasks, results) -> None:
             break
         fn, args = task
         try:
-            results.put((rank, True, fn(*args)))
-        except BaseException:  # reported to the test, which fails with this text
-            results.put((rank, False, traceback.format_exc()))
+            value = fn(*args)
+        except BaseException:  # reported to the test, which fails with this text; the pool
+            results.put((rank, False, traceback.format_exc()))  # is then restarted
+            continue
         _release_subgroups(dist)
+        results.put((rank, True, value))
     dist.destroy_process_group()
 
 
@@ -58,20 +60,28 @@ def _release_subgroups(dist) -> None:
 
 class RankPool:
     def __init__(self, world: int):
-        ctx = mp.get_context("spawn")
         self.world = world
+        self._start()
+
+    def _start(self) -> None:
+        ctx = mp.get_context("spawn")
         self.results = ctx.Queue()
-        self.tasks = [ctx.Queue() for _ in range(world)]
+        self.tasks = [ctx.Queue() for _ in range(self.world)]
         port = _free_port()
-        self.procs = [ctx.Process(target=_worker, args=(r, world, port, self.tasks[r], self.results),
-                                  daemon=True) for r in range(world)]
+        self.procs = [ctx.Process(target=_worker, args=(r, self.world, port, self.tasks[r],
+                                                        self.results), daemon=True)
+                      for r in range(self.world)]
         for p in self.procs:
             p.start()
-        self.broken = None
+
+    def _restart(self) -> None:
+        # After a failed check the ranks may disagree on which collective comes next.
+        for p in self.procs:
+            p.kill()
+            p.join(timeout=30)
+        self._start()
 
     def run(self, fn, *args, timeout: float = 300.0) -> list:
-        if self.broken:
-            raise RuntimeError(f"rank pool unusable after an earlier failure: {self.broken}")
         for q in self.tasks:
             q.put((fn, args))
         out, errors = [None] * self.world, {}
@@ -79,8 +89,8 @@ class RankPool:
             try:
                 rank, ok, value = self.results.get(timeout=timeout)
             except queue.Empty:
-                self.broken = f"{fn.__name__} timed out after {timeout}s"
-                raise RuntimeError(self.broken + f"; ranks that answered: "
+                self._restart()
+                raise RuntimeError(f"{fn.__name__} timed out after {timeout}s; ranks that answered: "
                                    f"{[r for r, v in enumerate(out) if v is not None]}; "
                                    f"errors: {errors}")
             if ok:
@@ -88,6 +98,7 @@ class RankPool:
             else:
                 errors[rank] = value
         if errors:
+            self._restart()
             first = min(errors)
             raise AssertionError(f"{fn.__name__} failed on ranks {sorted(errors)}; rank {first}:\n"
                                  f"{errors[first]}")

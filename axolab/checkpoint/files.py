@@ -69,8 +69,7 @@ class ShardReader:
             raise CheckpointError(f"checkpoint file {path} is missing")
         return path
 
-    def with_slice(self, name: str, fn):
-        """``fn(slice)`` with the tensor's safetensors slice; the file is closed afterwards."""
+    def _with_file(self, name: str, fn):
         from safetensors import safe_open
 
         path = self._path(name)
@@ -80,10 +79,14 @@ class ShardReader:
             raise CheckpointError(f"checkpoint file {path} is not readable safetensors: "
                                   f"{e}") from e
         with handle as f:
-            return fn(f.get_slice(name))
+            return fn(f)
+
+    def with_slice(self, name: str, fn):
+        """``fn(slice)`` with the tensor's safetensors slice; the file is closed afterwards."""
+        return self._with_file(name, lambda f: fn(f.get_slice(name)))
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.with_slice(name, lambda sl: sl.get_shape()))
 
     def tensor(self, name: str):
-        return self.with_slice(name, lambda sl: sl[:])
+        return self._with_file(name, lambda f: f.get_tensor(name))
