@@ -36,6 +36,9 @@ class TrainConfig:
     """Optimizer steps (or give epochs instead)."""
     epochs: float | None = None
     """Passes over the training set; overrides steps when set."""
+    stop_at_step: int | None = None
+    """End this session after this step (with a checkpoint) without changing the schedule; a
+    later run with resume continues. For job time limits and preemption drills."""
     lr: float = 3e-4
     """Peak learning rate."""
     min_lr_ratio: float = 0.1

@@ -9,6 +9,7 @@ Rank 0 writes metrics.jsonl; all ranks write checkpoints together.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import pickle
 import random
@@ -88,6 +89,22 @@ def _param_groups(model, weight_decay: float):
         (plain if key.endswith("bias") or "norm" in key else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": plain, "weight_decay": 0.0}]
+
+
+# Fields a resumed run may change: how it runs, not what it computes.
+RESUMABLE_CHANGES = {"grid", "micro_batch", "stop_at_step", "resume", "progress", "log_interval",
+                     "eval_interval", "eval_batches", "checkpoint_interval", "keep_checkpoints",
+                     "collective_timeout_s", "peak_flops_per_device", "activation_checkpointing",
+                     "run_dir"}
+
+
+def _check_resumable(cfg: TrainConfig, saved: dict, ckpt: Path) -> None:
+    now = cfg.to_dict()
+    changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now
+               if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    if changed:
+        raise ValueError(f"cannot resume from {ckpt}: the config changes the run ("
+                         + "; ".join(changed) + "); use a new run_dir or set resume=false")
 
 
 def _rng_state() -> str:
@@ -176,6 +193,7 @@ def run(cfg: TrainConfig, grid: Grid | None = None) -> dict:
     ckpt_root = run_dir / "checkpoints"
     start, resumed = 0, None
     if cfg.resume and (ckpt := latest_checkpoint(ckpt_root)) is not None:
+        _check_resumable(cfg, json.loads((ckpt / "manifest.json").read_text())["config"], ckpt)
         manifest = load_checkpoint(ckpt, model, opt)
         start, resumed = manifest["step"], manifest["step"]
         sched.load_state_dict(manifest["scheduler"])
@@ -191,7 +209,8 @@ def run(cfg: TrainConfig, grid: Grid | None = None) -> dict:
     bar = tqdm(total=total, initial=start, desc="train", unit="step",
                disable=not (lead and cfg.progress))
     record: dict = {}
-    for step in range(start, total):
+    end = min(total, cfg.stop_at_step) if cfg.stop_at_step else total
+    for step in range(start, end):
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
         loss = _train_step(cfg, model, grid, train, step, micro)
@@ -212,7 +231,7 @@ def run(cfg: TrainConfig, grid: Grid | None = None) -> dict:
             model.train()
         if done % cfg.log_interval == 0 or done == total or "val_loss" in record:
             log.write(record)
-        if (cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0) or done == total:
+        if (cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0) or done == end:
             save_checkpoint(ckpt_root, done, model, opt, keep_last=cfg.keep_checkpoints, state={
                 "data_position": done * cfg.global_batch, "scheduler": sched.state_dict(),
                 "rng": _rng_state(), "config": cfg.to_dict()})

@@ -66,6 +66,22 @@ def test_loss_curve_is_the_same_on_every_grid(pool8, dataset, tmp_path, loss, gr
             assert abs(a - b) <= 1e-5 * abs(b), f"grid {shape}: {train} vs {ref_train}"
 
 
+def test_resume_on_another_grid_continues_the_curve(pool8, dataset, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    pool8.run(train_on, (1, 1, 1, 1), _cfg(dataset, whole).to_dict())
+    pool8.run(train_on, (1, 1, 1, 1), _cfg(dataset, split, stop_at_step=10).to_dict())
+    assert len(_curve(split)[0]) == 10
+    pool8.run(train_on, (2, 1, 2, 1), _cfg(dataset, split).to_dict())
+    got, want = _curve(split)[0], _curve(whole)[0]
+    assert len(got) == 20 and got[:10] == want[:10]
+    from axolab.train import run
+
+    # In this process: a 1x1x1x1 grid needs no process group.
+    with pytest.raises(ValueError, match="changes the run \\(steps: 20 -> 30; lr: 0.003 -> 0.001"):
+        run(_cfg(dataset, split, lr=1e-3, steps=30))
+    assert all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(got, want)), (got, want)
+
+
 def test_activation_checkpointing_and_bf16(pool8, dataset, tmp_path):
     runs = {"fp32": {}, "ac": {"activation_checkpointing": True}, "bf16": {"precision": "bf16"}}
     curves = {}
