@@ -1,0 +1,83 @@
+"""Extraction against transformers' own greedy generate: the fast path, the decoding path, and
+the same results from parallelized models on several grids."""
+
+import copy
+
+import pytest
+import torch
+
+from axolab.memorization import exact_match, extraction_curve, greedy_generate
+from models import tiny_model
+
+PREFIX, SUFFIX = 8, 12
+
+
+def _hf_greedy(model, prompts, n):
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    out = model.generate(prompts, do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                         attention_mask=torch.ones_like(prompts))
+    return out[:, prompts.shape[1]:]
+
+
+def _sequences(model, n=24, seed=0):
+    """Half the sequences are the model's own greedy continuations (reproduced by construction);
+    the rest have one suffix token changed at a known position."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = torch.randint(0, model.config.vocab_size, (n, PREFIX), generator=g)
+    suffix = _hf_greedy(model, prompts, SUFFIX)
+    seqs = torch.cat([prompts, suffix], 1)
+    where = torch.randint(0, SUFFIX, (n,), generator=g)
+    for i in range(n // 2, n):
+        seqs[i, PREFIX + where[i]] = (seqs[i, PREFIX + where[i]] + 1) % model.config.vocab_size
+    return seqs, where
+
+
+def test_fast_path_and_decoding_match_hf_generate():
+    model = tiny_model("llama", tied=False).eval()
+    seqs, where = _sequences(model)
+    res = exact_match(model, seqs, PREFIX, SUFFIX, batch_size=7)
+    hf = _hf_greedy(model, seqs[:, :PREFIX], SUFFIX)
+    truth = seqs[:, PREFIX:]
+    assert torch.equal(res.generated, hf)
+    assert torch.equal(res.exact, (hf == truth).all(1))
+    lead = torch.cumprod((hf == truth).int(), 1).sum(1)
+    assert torch.equal(res.matched_prefix, lead)
+    assert torch.allclose(res.token_match_rate, (hf == truth).float().mean(1))
+    n = len(seqs)
+    assert res.exact[: n // 2].all() and not res.exact[n // 2:].any()
+    assert torch.equal(res.matched_prefix[n // 2:], where[n // 2:])
+    # the fast path alone gives the same exact/matched_prefix
+    fast = exact_match(model, seqs, PREFIX, SUFFIX, generate=False)
+    assert torch.equal(fast.exact, res.exact) and torch.equal(fast.matched_prefix, lead)
+    curve = extraction_curve(model, seqs, [PREFIX], SUFFIX)
+    assert curve[PREFIX] == pytest.approx(0.5)
+    assert torch.equal(greedy_generate(model, seqs[:, :PREFIX], SUFFIX), hf)
+
+
+def test_bad_shapes_are_refused():
+    model = tiny_model("llama", tied=False)
+    with pytest.raises(ValueError, match="fewer than prefix_len \\+ suffix_len = 20"):
+        exact_match(model, torch.zeros(2, 10, dtype=torch.long), PREFIX, SUFFIX)
+
+
+def parallel_extraction(shape):
+    from axolab.parallel import Grid, parallelize
+
+    grid = Grid.init(*shape, ranks=range(shape[0] * shape[1] * shape[2] * shape[3]))
+    if grid is None:
+        return None
+    serial = tiny_model("qwen2", tied=True).eval()
+    seqs, _ = _sequences(serial, n=10)
+    want = exact_match(serial, seqs, PREFIX, SUFFIX)
+    model = parallelize(copy.deepcopy(serial), grid).eval()
+    got = exact_match(model, seqs, PREFIX, SUFFIX, batch_size=4)
+    return {k: bool(torch.equal(getattr(got, k), getattr(want, k)))
+            for k in ("exact", "matched_prefix", "token_match_rate", "generated")}
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 2, 2), (1, 2, 2, 1), (1, 1, 4, 2)])
+def test_parallel_model_gives_the_serial_results(pool8, shape):
+    for rank, r in enumerate(pool8.run(parallel_extraction, shape)):
+        if r is not None:
+            assert all(r.values()), f"rank {rank}: {r}"
