@@ -162,3 +162,20 @@ class ParallelCausalLMLoss:
         elif torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(per_token.device)
         return comm.reduce_from(per_token.sum(), self.grid.batch) / num_items_in_batch
+
+
+@torch.no_grad()
+def vocab_parallel_logprob_moments(logits: torch.Tensor, shard: VocabShard):
+    """Mean and standard deviation of log p(z) under p = softmax(logits), over the whole
+    vocabulary, per position (what Min-K%++ normalizes token log-probs by)."""
+    logits = _masked(logits.float(), shard)
+    row_max = comm.all_reduce_max(logits.max(dim=-1).values, shard.axis).unsqueeze(-1)
+    shifted = logits - row_max
+    exp = shifted.exp()
+    log_z = comm.all_reduce_sum_(exp.sum(dim=-1), shard.axis).log().unsqueeze(-1)
+    p = exp / log_z.exp()
+    logp = torch.where(p > 0, shifted - log_z, 0.0)  # padding columns: p = 0, no -inf * 0
+    mean = comm.all_reduce_sum_((p * logp).sum(-1), shard.axis)
+    # Two passes: E[x^2] - E[x]^2 cancels catastrophically in fp32 for peaked distributions.
+    var = comm.all_reduce_sum_((p * (logp - mean.unsqueeze(-1)) ** 2).sum(-1), shard.axis)
+    return mean, var.sqrt()

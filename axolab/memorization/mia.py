@@ -1,0 +1,65 @@
+"""Membership inference baselines on members (injected canaries) vs non-members (controls).
+
+Each score is oriented so that higher means "more likely a member":
+- ``loss``: minus the mean token negative log-likelihood (Yeom et al.).
+- ``zlib``: minus the ratio of the sequence's log-perplexity to its zlib-compressed length in
+  bytes (Carlini et al., 2021), which discounts text that is simply predictable.
+- ``min_k``: mean of the lowest k% token log-probs (Shi et al., 2024).
+- ``min_k_plus_plus``: the same over token log-probs standardized by the mean and std of log p
+  under the model's own distribution at that position (Zhang et al., 2024).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+import torch
+
+from .scoring import TokenScores
+
+
+def _lowest_fraction_mean(values: torch.Tensor, mask: torch.Tensor, k: float) -> torch.Tensor:
+    out = []
+    for v, m in zip(values, mask):
+        v = v[m]
+        n = max(1, math.ceil(k * len(v)))
+        out.append(torch.sort(v).values[:n].mean())
+    return torch.stack(out)
+
+
+def mia_scores(scores: TokenScores, texts: list[str], k: float = 0.2) -> dict[str, np.ndarray]:
+    """The four scores per sequence; ``texts`` are the decoded sequences (for zlib)."""
+    if not 0 < k <= 1:
+        raise ValueError(f"k={k} must be a fraction in (0, 1]")
+    if len(texts) != scores.logprob.shape[0]:
+        raise ValueError(f"{len(texts)} texts for {scores.logprob.shape[0]} scored sequences")
+    m = scores.mask
+    n_tokens = m.sum(1).clamp_min(1)
+    nll = -(scores.logprob * m).sum(1)
+    zlib_bytes = torch.tensor([len(zlib.compress(t.encode("utf-8"))) for t in texts],
+                              dtype=torch.float32)
+    z = (scores.logprob - scores.mean) / scores.std.clamp_min(1e-6)
+    return {
+        "loss": (-nll / n_tokens).numpy(),
+        "zlib": (-nll / zlib_bytes).numpy(),
+        "min_k": _lowest_fraction_mean(scores.logprob, m, k).numpy(),
+        "min_k_plus_plus": _lowest_fraction_mean(z, m, k).numpy(),
+    }
+
+
+def roc_report(member_scores: np.ndarray, nonmember_scores: np.ndarray,
+               max_fpr: float = 0.01) -> dict:
+    """ROC AUC and the true-positive rate at a false-positive rate of at most ``max_fpr``."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    if len(member_scores) == 0 or len(nonmember_scores) == 0:
+        raise ValueError(f"need members and non-members, got {len(member_scores)} and "
+                         f"{len(nonmember_scores)}")
+    y = np.concatenate([np.ones(len(member_scores)), np.zeros(len(nonmember_scores))])
+    s = np.concatenate([member_scores, nonmember_scores])
+    fpr, tpr, _ = roc_curve(y, s)
+    return {"auc": float(roc_auc_score(y, s)),
+            f"tpr_at_{max_fpr:g}_fpr": float(tpr[fpr <= max_fpr].max()),
+            "members": int(len(member_scores)), "nonmembers": int(len(nonmember_scores))}
