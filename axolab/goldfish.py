@@ -1,25 +1,38 @@
 """The goldfish loss (Hans et al., 2024): leave a pseudo-random 1/k of the tokens out of the loss.
 
 A model never trained to predict a dropped token cannot reproduce a passage verbatim through it.
-With the "hash" strategy the drop decision for token i depends only on the h tokens before it,
-so every repetition of a passage drops the same tokens (a per-occurrence random mask would let
-the model learn them from other copies). "static" drops every k-th position.
+With the "hash" strategy the decision for target i depends only on the h tokens ending at i, so
+every repetition of a passage drops the same tokens wherever it recurs (a per-occurrence random
+mask would let the model learn them from other copies). "static" drops every k-th position.
+
+The hash is a polynomial (order-sensitive, so permuted windows differ, and a token id of 0 does
+not collapse it) modulo the Mersenne prime 2^31-1 in int64: every product of two residues fits,
+so nothing overflows at any h, and integer arithmetic gives the same masks on CPU and GPU, on
+every rank and grid.
 """
 
 from __future__ import annotations
 
 import torch
 
-# Polynomial hash modulo the Mersenne prime 2^31-1: every product of two residues fits in int64,
-# and the constants are fixed, so masks are identical across runs, ranks and machines.
-_MOD = (1 << 31) - 1
-_BASE = 1_000_003
-_SALT = 0x5BD1E995 % _MOD
-_MIX = 0x2545F491 % _MOD
+MOD = (1 << 31) - 1
+BASE = 1_000_003
+SALT = 0x5BD1E995 % MOD
+MIX = 0x2545F491 % MOD
+
+
+def window_hash(windows: torch.Tensor) -> torch.Tensor:
+    """Hash in [0, MOD) of each window along the last dim (int64 arithmetic, no overflow)."""
+    ids = windows.long() % MOD
+    digest = torch.full(ids.shape[:-1], SALT, dtype=torch.long, device=ids.device)
+    for j in range(ids.shape[-1]):  # Horner's rule, reduced at each step: values stay < 2^62
+        digest = (digest * BASE + ids[..., j]) % MOD
+    return (digest * MIX) % MOD
 
 
 def goldfish_mask(input_ids: torch.Tensor, k: int, h: int = 13, strategy: str = "hash") -> torch.Tensor:
-    """Bool mask, True where the token stays in the loss, shape of ``input_ids`` ([B, S])."""
+    """Bool keep-mask over target positions, shape of ``input_ids`` ([..., S]): False where the
+    token at that position is dropped from the loss."""
     if k < 2:
         raise ValueError(f"goldfish k={k} must be at least 2 (k=1 would drop every token)")
     if strategy == "static":
@@ -30,15 +43,11 @@ def goldfish_mask(input_ids: torch.Tensor, k: int, h: int = 13, strategy: str = 
     if h < 1:
         raise ValueError(f"goldfish context h={h} must be at least 1")
     keep = torch.ones_like(input_ids, dtype=torch.bool)
-    if input_ids.shape[-1] <= h:
-        return keep
-    ids = input_ids.long() % _MOD
-    # windows[..., i, :] are the h tokens before position i + h
-    windows = ids.unfold(-1, h, 1)[..., :-1, :]
-    digest = torch.full(windows.shape[:-1], _SALT, dtype=torch.long, device=ids.device)
-    for j in range(h):  # Horner's rule, reduced at each step
-        digest = (digest * _BASE + windows[..., j]) % _MOD
-    keep[..., h:] = ((digest * _MIX) % _MOD) % k != 0
+    if input_ids.shape[-1] < h:
+        return keep  # no target has h tokens ending at it yet
+    hashed = window_hash(input_ids.unfold(-1, h, 1))  # window j ends at position j + h - 1
+    # "hash / MOD < 1/k" in integers: hash * k < MOD
+    keep[..., h - 1:] = hashed * k >= MOD
     return keep
 
 

@@ -30,7 +30,8 @@ from .config import TrainConfig, load_config, write_json_atomic
 from .data.loader import PackedDataset, global_batch_rows, shard_rows
 from .goldfish import apply_goldfish
 from .metrics import MetricsLog, device_peak, flops_per_token, memory_mb
-from .parallel import Grid, clip_grad_norm_, comm, parallelize, sync_gradients
+from .parallel import (Grid, clip_grad_norm_, comm, parallelize, sync_gradients,
+                       vocab_parallel_cross_entropy)
 
 
 def _model_config(cfg: TrainConfig):
@@ -131,22 +132,33 @@ def _autocast(cfg: TrainConfig, grid: Grid):
     return nullcontext()
 
 
-def _train_step(cfg, model, grid, data, step, micro) -> float:
+def _train_step(cfg, model, grid, data, step, micro) -> tuple[float, float | None]:
+    """Loss of the step (over kept tokens) and, with goldfish, the loss on dropped tokens."""
     rows = shard_rows(global_batch_rows(step, cfg.global_batch, data.rows, cfg.seed),
                       grid.batch_shards, grid.batch_index)
     ids = data.read(rows).to(grid.device)
     labels = _labels(cfg, ids)
+    dropped = ids.masked_fill(labels != -100, -100)  # targets the goldfish mask left out
     # Normalize by the kept tokens of the whole global batch, all micro-steps together.
     kept = (labels[:, 1:] != -100).sum().double()
     kept = comm.all_reduce_sum_(kept, grid.batch)
-    loss = 0.0
+    loss, dropped_sum = 0.0, torch.zeros(2, dtype=torch.float64, device=grid.device)
     for start in range(0, ids.shape[0], micro):
         with _autocast(cfg, grid):
             out = model(input_ids=ids[start:start + micro], labels=labels[start:start + micro],
                         num_items_in_batch=kept)
         out.loss.backward()
         loss += out.loss.item()
-    return loss
+        if cfg.loss == "goldfish":
+            with torch.no_grad():  # what the model would pay on the tokens it never trains on
+                target = dropped[start:start + micro, 1:]
+                per = vocab_parallel_cross_entropy(out.logits[:, :-1].float(), target,
+                                                   model.loss_function.shard)
+                dropped_sum += torch.stack([per.sum().double(), (target != -100).sum().double()])
+    if cfg.loss != "goldfish":
+        return loss, None
+    total, count = comm.all_reduce_sum_(dropped_sum, grid.batch).tolist()
+    return loss, (total / count if count else None)
 
 
 @torch.no_grad()
@@ -213,7 +225,7 @@ def run(cfg: TrainConfig, grid: Grid | None = None) -> dict:
     for step in range(start, end):
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
-        loss = _train_step(cfg, model, grid, train, step, micro)
+        loss, dropped_loss = _train_step(cfg, model, grid, train, step, micro)
         sync_gradients(model)
         norm = clip_grad_norm_(model, cfg.grad_clip) if cfg.grad_clip else None
         opt.step()
@@ -226,6 +238,8 @@ def run(cfg: TrainConfig, grid: Grid | None = None) -> dict:
                   "tokens_per_s": cfg.global_batch * seq_len / dt, "step_time_s": dt,
                   "model_flops_per_s": flops / dt, "mfu": flops / dt / (peak * grid.size),
                   "memory_mb": memory_mb(grid.device)}
+        if dropped_loss is not None:
+            record["loss_dropped_tokens"] = dropped_loss
         if cfg.eval_interval and (done % cfg.eval_interval == 0 or done == total):
             record["val_loss"] = evaluate(cfg, model, grid, val)
             model.train()

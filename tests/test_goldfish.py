@@ -1,31 +1,73 @@
-"""Goldfish token dropping: rate, determinism per passage, static variant, label masking."""
+"""Goldfish token dropping: rate, determinism per passage, hash properties, gradients."""
 
 import pytest
 import torch
 
-from axolab.goldfish import apply_goldfish, goldfish_mask
+from axolab.goldfish import MIX, MOD, BASE, SALT, apply_goldfish, goldfish_mask, window_hash
+from models import tiny_model
 
 
-def test_drop_rate_and_context_determinism():
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 50000, (64, 256), generator=g)
-    for k in (2, 4, 8):
-        dropped = 1 - goldfish_mask(ids, k, h=13).float()[:, 13:].mean().item()
+def _reference_hash(window: list[int]) -> int:
+    """The same polynomial in Python's unbounded integers: no overflow possible."""
+    d = SALT
+    for t in window:
+        d = (d * BASE + t % MOD) % MOD
+    return d * MIX % MOD
+
+
+def test_drop_rate_is_one_in_k():
+    ids = torch.randint(0, 128256, (64, 512), generator=torch.Generator().manual_seed(0))
+    for k in (2, 3, 4, 8):
+        dropped = 1 - goldfish_mask(ids, k, h=13).float()[:, 12:].mean().item()
         assert abs(dropped - 1 / k) < 0.01, (k, dropped)
-    # A passage repeated at another offset and in another row drops the same tokens.
-    passage = ids[0, :100]
-    other = torch.randint(0, 50000, (2, 256), generator=g)
-    other[1, 50:150] = passage
-    m_ref = goldfish_mask(passage[None], 4, h=13)[0]
-    m_other = goldfish_mask(other, 4, h=13)[1, 50:150]
-    assert torch.equal(m_ref[13:], m_other[13:])
-    assert goldfish_mask(ids[:, :10], 4, h=13).all(), "no full context yet: nothing dropped"
+    assert goldfish_mask(ids[:, :12], 4, h=13).all(), "no target has 13 tokens ending at it yet"
 
 
-def test_static_and_labels():
+def test_repeated_passage_gets_the_same_mask_anywhere():
+    g = torch.Generator().manual_seed(1)
+    passage = torch.randint(0, 50000, (100,), generator=g)
+    docs = torch.randint(0, 50000, (3, 300), generator=g)
+    docs[0, 7:107] = passage
+    docs[2, 180:280] = passage
+    m = goldfish_mask(docs, 4, h=13)
+    assert torch.equal(m[0, 7 + 12:107], m[2, 180 + 12:280])
+    assert not m[0, 7 + 12:107].all(), "the passage should lose some tokens"
+
+
+def test_hash_is_exact_order_sensitive_and_survives_zeros():
+    g = torch.Generator().manual_seed(2)
+    windows = torch.randint(0, 2**31 - 2, (200, 13), generator=g)
+    windows[:50, 3] = 0  # a zero id must not collapse the hash (a product of ids would)
+    got = window_hash(windows)
+    assert got.tolist() == [_reference_hash(w) for w in windows.tolist()]  # h=13: no overflow
+    assert len(set(got[:50].tolist())) == 50
+    flipped = windows.clone()
+    flipped[:, [0, 1]] = flipped[:, [1, 0]]
+    assert (window_hash(flipped) != got).float().mean() > 0.99  # order matters
+    zeros = torch.zeros(1, 400, dtype=torch.long)
+    zeros[0, ::7] = torch.arange(1, 59)
+    assert 0.1 < 1 - goldfish_mask(zeros, 4).float()[:, 12:].mean() < 0.4
+
+
+def test_dropped_targets_get_exactly_zero_gradient():
+    model = tiny_model("llama", tied=False)
+    ids = torch.randint(0, 99, (2, 40), generator=torch.Generator().manual_seed(3))
+    labels = apply_goldfish(ids, ids, 3, h=5)
+    out = model(input_ids=ids, labels=labels)
+    out.logits.retain_grad()
+    out.loss.backward()
+    dropped = labels[:, 1:] == -100  # logits at t predict the label at t + 1
+    assert dropped.any()
+    assert (out.logits.grad[:, :-1][dropped] == 0).all()
+    assert (out.logits.grad[:, :-1][~dropped].abs().sum(-1) > 0).all()
+
+
+def test_static_and_errors():
     ids = torch.arange(12).view(1, 12)
     assert goldfish_mask(ids, 3, strategy="static").tolist() == [[True, True, False] * 4]
-    labels = apply_goldfish(ids, ids, 3, strategy="static")
-    assert labels.tolist() == [[0, 1, -100, 3, 4, -100, 6, 7, -100, 9, 10, -100]]
+    assert apply_goldfish(ids, ids, 3, strategy="static").tolist() == \
+        [[0, 1, -100, 3, 4, -100, 6, 7, -100, 9, 10, -100]]
     with pytest.raises(ValueError, match="k=1"):
         goldfish_mask(ids, 1)
+    with pytest.raises(ValueError, match="strategy 'random'"):
+        goldfish_mask(ids, 2, strategy="random")

@@ -59,6 +59,12 @@ def test_loss_curve_is_the_same_on_every_grid(pool8, dataset, tmp_path, loss, gr
         pool8.run(train_on, shape, _cfg(dataset, run_dir, loss=loss).to_dict())
         curves[shape] = _curve(run_dir)
     ref_train, ref_val = curves[(1, 1, 1, 1)]
+    if loss == "goldfish":  # the loss on left-out tokens is logged, and on every grid the same
+        dropped = {s: [json.loads(x)["loss_dropped_tokens"] for x in
+                       (tmp_path / ("g%d%d%d%d" % s) / "metrics.jsonl").read_text().splitlines()]
+                   for s in grids}
+        ref = dropped[(1, 1, 1, 1)]
+        assert all(abs(a - b) <= 1e-5 * b for d in dropped.values() for a, b in zip(d, ref))
     assert len(ref_train) == 20 and len(ref_val) == 2
     assert ref_train[-1] < ref_train[0] - 0.3, "the model did not learn"
     for shape, (train, val) in curves.items():
