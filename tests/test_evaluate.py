@@ -1,0 +1,63 @@
+"""evaluate(): every canary scored, consistent with the building blocks, files in place."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from axolab.config import TrainConfig, config_from_dict
+from axolab.data import build, load_canaries
+from axolab.memorization import EvalConfig, evaluate, exact_match, exposure, token_scores
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from axolab.train import run
+
+    base = tmp_path_factory.mktemp("eval")
+    data = build(ROOT / "data_recipes" / "tiny.yaml", base / "data", progress=False)
+    cfg = config_from_dict(TrainConfig, dict(data=str(data), run_dir=str(base / "run"), steps=3,
+                                             global_batch=4, eval_interval=0, progress=False))
+    run(cfg)
+    return data, base / "run"
+
+
+def test_evaluate_run_dir(trained):
+    from axolab.checkpoint import latest_checkpoint, load_pretrained
+    from axolab.parallel import Grid
+    from transformers import AutoTokenizer
+
+    data, run_dir = trained
+    cfg = EvalConfig(prefix_len=8, suffix_len=8, curve_prefix_lens=[4, 8])
+    summary = evaluate(run_dir, data, cfg)
+    records = [json.loads(x) for x in (run_dir / "memorization.jsonl").read_text().splitlines()]
+    assert json.loads((run_dir / "eval.json").read_text()) == summary
+    canaries = load_canaries(data)
+    assert [r["id"] for r in records] == [c.id for c in canaries]
+    model = load_pretrained(latest_checkpoint(run_dir / "checkpoints"), Grid.init()).eval()
+    tok = AutoTokenizer.from_pretrained(str(data / "tokenizer"))
+    eos = [tok.eos_token_id]
+    checked_secrets = 0
+    for c, r in zip(canaries, records):
+        p, s = r["prefix_len"], r["suffix_len"]
+        direct = exact_match(model, torch.tensor([eos + c.token_ids[:p + s]]), p + 1, s)
+        assert r["exact"] == bool(direct.exact[0])
+        assert r["matched_prefix"] == int(direct.matched_prefix[0])
+        assert 0 <= r["rouge_l"] <= 1 and 0 <= r["token_match_rate"] <= 1
+        if c.kind == "secret" and checked_secrets < 2:  # two suffice; each costs 200 scores
+            checked_secrets += 1
+            own = -token_scores(model, [eos + c.token_ids]).sequence_logprob()[0]
+            cand = -token_scores(model, [eos + tok(t, add_special_tokens=False)["input_ids"]
+                                         for t in c.candidates]).sequence_logprob()
+            assert r["exposure_rank"] == exposure(float(own), cand.numpy())["rank"]
+    for n, rate in summary["exact_match_by_repetitions"].items():
+        assert rate == pytest.approx(np.mean([r["exact"] for r in records
+                                              if r["repetitions"] == int(n)]))
+    assert set(summary["mia"]) == {"loss", "zlib", "min_k", "min_k_plus_plus"}
+    assert all(0 <= m["auc"] <= 1 for m in summary["mia"].values())
+    assert set(summary["extraction_curve"]) == {"4", "8"}
+    assert summary["exposure_by_repetitions"]
