@@ -32,6 +32,10 @@ PRESETS: dict[str, dict] = {
                         intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
                         num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5,
                         tie_word_embeddings=False, initializer_range=0.02),
+    "medium-llama": dict(model_type="llama", vocab_size=1024, hidden_size=384,
+                         intermediate_size=1024, num_hidden_layers=6, num_attention_heads=8,
+                         num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5,
+                         tie_word_embeddings=False, initializer_range=0.02),
 }
 
 

@@ -1,0 +1,97 @@
+"""A small memorization study: model sizes x losses on one recipe, trained and evaluated.
+
+`python -m axolab.study [--sizes tiny-llama,small-llama] [--epochs 4] [--out results/study]`
+builds the recipe's dataset, trains each (size, loss) run from scratch, evaluates every canary
+and prints exact-match rate by repetition count next to validation loss. Each run is an
+ordinary run directory (config.json, metrics.jsonl, memorization.jsonl, eval.json), so
+`axolab report` can plot it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import TrainConfig, config_from_dict
+from .data import build
+from .memorization import EvalConfig, evaluate
+from .metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_study(recipe: Path, out: Path, sizes: list[str], losses: list[str], epochs: float,
+              lr: float, global_batch: int, goldfish_k: int = 4, progress: bool = True) -> list:
+    from .train import run
+
+    data = out / "data"
+    if not (data / "canaries.jsonl").is_file():
+        build(recipe, data, overwrite=True, progress=progress)
+    rows = []
+    for size in sizes:
+        for loss in losses:
+            run_dir = out / f"{size}-{loss}"
+            cfg = config_from_dict(TrainConfig, dict(
+                model=size, data=str(data), run_dir=str(run_dir), steps=None, epochs=epochs,
+                global_batch=global_batch, lr=lr, warmup_steps=20, eval_interval=0,
+                checkpoint_interval=0, keep_checkpoints=1, loss=loss, goldfish_k=goldfish_k,
+                goldfish_h=13, progress=progress, weight_decay=0.0))
+            if not (run_dir / "eval.json").is_file():
+                run(cfg)
+                evaluate(run_dir, data, EvalConfig(prefix_len=8, suffix_len=16,
+                                                   curve_prefix_lens=[4, 8]))
+            summary = json.loads((run_dir / "eval.json").read_text())
+            val = _val_loss(run_dir, data)
+            rows.append({"model": size, "loss": loss, "val_loss": val,
+                         "train_loss": read_metrics(run_dir)[-1]["loss"],
+                         "exact_by_repetitions": summary["exact_match_by_repetitions"],
+                         "mia_auc_loss": summary["mia"].get("loss", {}).get("auc")})
+    (out / "study.json").write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def _val_loss(run_dir: Path, data: Path) -> float:
+    """Validation loss of the final model on the whole validation split."""
+    import torch
+
+    from .checkpoint import latest_checkpoint, load_pretrained
+    from .data.loader import PackedDataset
+    from .parallel import Grid
+
+    model = load_pretrained(latest_checkpoint(run_dir / "checkpoints"), Grid.init()).eval()
+    val = PackedDataset(data, "validation")
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, val.rows, 32):
+            import numpy as np
+
+            ids = val.read(np.arange(start, min(start + 32, val.rows)))
+            total += model(input_ids=ids, labels=ids).loss.item() * len(ids)
+            n += len(ids)
+    return total / n
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--recipe", type=Path, default=ROOT / "data_recipes" / "memorization.yaml")
+    ap.add_argument("--out", type=Path, default=Path("results") / "study")
+    ap.add_argument("--sizes", default="tiny-llama,small-llama,medium-llama")
+    ap.add_argument("--losses", default="standard,goldfish")
+    ap.add_argument("--epochs", type=float, default=4)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--global-batch", type=int, default=32)
+    args = ap.parse_args(argv)
+    rows = run_study(args.recipe, args.out, args.sizes.split(","), args.losses.split(","),
+                     args.epochs, args.lr, args.global_batch)
+    reps = sorted({int(k) for r in rows for k in r["exact_by_repetitions"]})
+    print(f"{'model':14s} {'loss':9s} {'val':>6s} " + " ".join(f"{n:>5d}" for n in reps))
+    for r in rows:
+        print(f"{r['model']:14s} {r['loss']:9s} {r['val_loss']:6.3f} " +
+              " ".join(f"{r['exact_by_repetitions'].get(str(n), float('nan')):5.2f}" for n in reps))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
