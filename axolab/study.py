@@ -54,6 +54,7 @@ def run_study(recipe: Path, out: Path, sizes: list[str], losses: list[str], epoc
 
 def _val_loss(run_dir: Path, data: Path) -> float:
     """Validation loss of the final model on the whole validation split."""
+    import numpy as np
     import torch
 
     from .checkpoint import latest_checkpoint, load_pretrained
@@ -65,8 +66,6 @@ def _val_loss(run_dir: Path, data: Path) -> float:
     total, n = 0.0, 0
     with torch.no_grad():
         for start in range(0, val.rows, 32):
-            import numpy as np
-
             ids = val.read(np.arange(start, min(start + 32, val.rows)))
             total += model(input_ids=ids, labels=ids).loss.item() * len(ids)
             n += len(ids)

@@ -25,13 +25,12 @@ from tqdm.auto import tqdm
 
 from .checkpoint import latest_checkpoint, load_checkpoint, load_pretrained, save_checkpoint
 from .checkpoint.load import materialize
-from .checkpoint.save import _tensors
 from .config import TrainConfig, load_config, write_json_atomic
 from .data.loader import PackedDataset, global_batch_rows, shard_rows
 from .goldfish import apply_goldfish
 from .metrics import MetricsLog, device_peak, flops_per_token, memory_mb
-from .parallel import (Grid, clip_grad_norm_, comm, parallelize, sync_gradients,
-                       vocab_parallel_cross_entropy)
+from .parallel import (Grid, clip_grad_norm_, comm, parallel_parameters, parallelize,
+                       sync_gradients, vocab_parallel_cross_entropy)
 
 
 def _model_config(cfg: TrainConfig):
@@ -54,9 +53,8 @@ def init_weights(model, seed: int) -> None:
     """Seeded initialization of the serial tensors, cut into shards: identical on every grid.
     Matrices ~ N(0, initializer_range), norm weights 1, biases 0 (as HF's Llama init)."""
     std = getattr(model.config, "initializer_range", 0.02)
-    for key, module, attr, param in _tensors(model):
-        layout = module.layout_of(attr)
-        shape = (layout.rows, layout.cols) if hasattr(layout, "rows") else (layout.full_size,)
+    for key, module, attr, param in parallel_parameters(model):
+        shape = module.layout_of(attr).full_shape
         if key.endswith("bias"):
             full = torch.zeros(shape)
         elif len(shape) == 1:
@@ -86,7 +84,7 @@ def build_model(cfg: TrainConfig, grid: Grid, vocab_needed: int):
 
 def _param_groups(model, weight_decay: float):
     decay, plain = [], []
-    for key, _, _, param in _tensors(model):
+    for key, _, _, param in parallel_parameters(model):
         (plain if key.endswith("bias") or "norm" in key else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": plain, "weight_decay": 0.0}]

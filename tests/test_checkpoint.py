@@ -50,10 +50,10 @@ def test_load_pretrained_from_several_shards(pool8, tmp_path, kind, tied):
 
 def _full_state(model, opt):
     """Serial-layout parameters and AdamW moments, assembled from the shards."""
-    from axolab.checkpoint.save import _tensors
+    from axolab.parallel import parallel_parameters
 
     out = {}
-    for key, module, attr, param in _tensors(model):
+    for key, module, attr, param in parallel_parameters(model):
         out[key] = module.full_tensor(attr)
         for name in ("exp_avg", "exp_avg_sq"):
             out[f"{name}/{key}"] = module.full_tensor(attr, opt.state[param][name])

@@ -224,6 +224,12 @@ def bad_inputs():
             grid.shard_batch(torch.zeros(3, 2))
         except ValueError as e:
             messages.append(str(e))
+        dropout = tiny_model("llama", tied=False)
+        dropout.config.attention_dropout = 0.1
+        try:
+            parallelize(dropout, grid)  # x=2: ranks recomputing one attention would disagree
+        except ValueError as e:
+            messages.append(str(e))
     finally:
         for n, f in saved.items():
             setattr(dist, n, f)
@@ -233,12 +239,13 @@ def bad_inputs():
 def test_bad_grid_and_model_fail_before_any_collective(pool8):
     for messages, calls in pool8.run(bad_inputs):
         assert calls == [], f"collectives were called: {calls}"
-        assert len(messages) == 5, messages
+        assert len(messages) == 6, messages
         assert "3*1*1*2 = 6" in messages[0] and "8 ranks" in messages[0]
         assert "= 4" in messages[1]
         assert "num_key_value_heads=3" in messages[2] and "y=2" in messages[2]
         assert "model.layers.0.mlp.gate_proj: out_features=63" in messages[3]
         assert "3 rows" in messages[4] and "data*z = 2" in messages[4]
+        assert "attention_dropout=0.1 with x=2" in messages[5]
 
 
 def bad_token_on_one_shard(where):

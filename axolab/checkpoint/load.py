@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from axolab.parallel import Grid, comm, grid_of, parallelize
+from axolab.parallel import Grid, comm, grid_of, parallel_parameters, parallelize
 from axolab.parallel.base import ParallelModule
 from axolab.parallel.layout import BlockLayout
 
@@ -45,8 +45,7 @@ def _fill_local(layout, reader: ShardReader, name: str, out: torch.Tensor) -> No
 
 
 def _check_shape(module: ParallelModule, attr: str, reader: ShardReader, name: str) -> None:
-    layout = module.layout_of(attr)
-    want = (layout.rows, layout.cols) if isinstance(layout, BlockLayout) else (layout.full_size,)
+    want = module.layout_of(attr).full_shape
     got = reader.shape(name)
     if got != want:
         raise CheckpointError(f"{name}: checkpoint has shape {got}, the model needs {want} "
@@ -87,7 +86,7 @@ def load_weights(model: nn.Module, directory: str | Path, prefix: str = "model")
     """Fill every parallel parameter with this rank's slices of the serial tensors."""
     directory = Path(directory)
     reader = ShardReader(directory, weight_map(directory, prefix))
-    for key, module, attr, param in _named_parallel(model):
+    for key, module, attr, param in parallel_parameters(model):
         name = key if key in reader.mapping else _tied_source(model, key)
         _check_shape(module, attr, reader, name)
         _fill_local(module.layout_of(attr), reader, name, param.data)
@@ -99,16 +98,6 @@ def _tied_source(model, key: str) -> str:
     return key
 
 
-def _named_parallel(model: nn.Module):
-    seen = set()
-    for key, value in model.state_dict(keep_vars=True).items():
-        module_name, _, attr = key.rpartition(".")
-        module = model.get_submodule(module_name)
-        if isinstance(module, ParallelModule) and id(value) not in seen:
-            seen.add(id(value))
-            yield key, module, attr, value
-
-
 @torch.no_grad()
 def load_optimizer(model: nn.Module, optimizer, directory: Path, manifest: dict) -> None:
     mapping = weight_map(directory, "optimizer")
@@ -117,7 +106,7 @@ def load_optimizer(model: nn.Module, optimizer, directory: Path, manifest: dict)
     for full in mapping:
         state_name, _, key = full.partition("/")
         by_param.setdefault(key, []).append(state_name)
-    for key, module, attr, param in _named_parallel(model):
+    for key, module, attr, param in parallel_parameters(model):
         state = {}
         for state_name in by_param.get(key, []):
             name = f"{state_name}/{key}"

@@ -9,6 +9,7 @@ parallel and no rank holds more than its share of the full model at once. Everyt
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -17,9 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from axolab.parallel import grid_of
-from axolab.parallel import comm
-from axolab.parallel.base import ParallelModule
+from axolab.parallel import comm, grid_of, parallel_parameters
 
 from .files import sha256
 
@@ -28,20 +27,6 @@ MANIFEST = "manifest.json"
 
 def step_dir(root: Path, step: int) -> Path:
     return Path(root) / f"step-{step:08d}"
-
-
-def _tensors(model: nn.Module) -> list[tuple[str, ParallelModule, str, nn.Parameter]]:
-    """(serial name, module, attribute, parameter) of every distinct parameter, in state-dict
-    order; a tied weight is saved once, under its first name (as save_pretrained does)."""
-    out, seen = [], set()
-    for key, value in model.state_dict(keep_vars=True).items():
-        module_name, _, attr = key.rpartition(".")
-        module = model.get_submodule(module_name)
-        if not isinstance(module, ParallelModule) or id(value) in seen:
-            continue
-        seen.add(id(value))
-        out.append((key, module, attr, value))
-    return out
 
 
 def _deal(sizes: list[int], writers: int) -> list[int]:
@@ -77,21 +62,23 @@ def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer=Non
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     comm_barrier(grid)
-    entries = _tensors(model)
+    entries = parallel_parameters(model)
     writers = grid.model.size
-    owner = _deal([p.numel() for _, _, _, p in entries], writers)
+    owner = _deal([math.prod(m.layout_of(a).full_shape) for _, m, a, _ in entries], writers)
     me = grid.model.index
+    # Data replicas hold identical weights and optimizer state: replica 0 alone gathers and
+    # writes (the gathers are collective within its own model group only).
     writing = grid.data.index == 0
     mine: dict[str, torch.Tensor] = {}
     opt_mine: dict[str, torch.Tensor] = {}
-    for (key, module, attr, param), w in zip(entries, owner):
-        full = module.full_tensor(attr)  # collective over this replica's model group
-        if writing and w == me:
+    for (key, module, attr, param), w in zip(entries if writing else [], owner):
+        full = module.full_tensor(attr)
+        if w == me:
             mine[key] = full.cpu()
         for name, value in _optimizer_tensors(optimizer, param).items():
             if value.shape == param.shape:
                 value = module.full_tensor(attr, value)
-            if writing and w == me:
+            if w == me:
                 opt_mine[f"{name}/{key}"] = value.detach().cpu().reshape(value.shape)
     files = {}
     if writing:
@@ -118,7 +105,8 @@ def _finish(tmp, final, model, optimizer, step, state, grid, everything) -> None
         for fname, keys in files.items():
             target = weight_map if fname.startswith("model-") else opt_map
             target.update({k: fname for k in keys})
-    total = sum(p.numel() * p.element_size() for _, _, _, p in _tensors(model)) * grid.model.size
+    total = sum(math.prod(m.layout_of(a).full_shape) * p.element_size()
+                for _, m, a, p in parallel_parameters(model))
     (tmp / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
         indent=2))

@@ -11,13 +11,14 @@ from .grads import clip_grad_norm_, global_grad_norm, sync_gradients
 from .grid import Axis, Grid
 from .parallelize import grid_of, parallel_modules, parallelize, vocab_shard
 from .plans import PLANS, Plan
-from .state import full_state_dict
+from .state import full_state_dict, parallel_parameters
 from .vocab import (VocabShard, gather_logits, vocab_parallel_argmax,
                     vocab_parallel_cross_entropy, vocab_parallel_logprobs)
 
 __all__ = [
     "Axis", "Grid", "PLANS", "Plan", "VocabShard", "clip_grad_norm_", "full_state_dict",
-    "gather_logits", "global_grad_norm", "grid_of", "parallel_modules", "parallelize",
+    "gather_logits", "global_grad_norm", "grid_of", "parallel_modules", "parallel_parameters",
+    "parallelize",
     "sync_gradients", "vocab_parallel_argmax", "vocab_parallel_cross_entropy",
     "vocab_parallel_logprobs", "vocab_shard",
 ]

@@ -35,6 +35,10 @@ class BlockLayout:
     depth: Axis
 
     @property
+    def full_shape(self) -> tuple[int, int]:
+        return (self.rows, self.cols)
+
+    @property
     def local_rows(self) -> int:
         return self.padded_rows // self.row_axis.size
 
@@ -166,6 +170,10 @@ class VectorLayout:
     @property
     def full_size(self) -> int:
         return self.true_size or self.size
+
+    @property
+    def full_shape(self) -> tuple[int]:
+        return (self.full_size,)
 
     def shard_from_full(self, full: torch.Tensor) -> torch.Tensor:
         if tuple(full.shape) != (self.full_size,):

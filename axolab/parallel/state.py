@@ -8,6 +8,18 @@ from torch import nn
 from .base import ParallelModule
 
 
+def parallel_parameters(model: nn.Module) -> list[tuple[str, ParallelModule, str, nn.Parameter]]:
+    """(serial name, module, attribute, parameter) of every distinct parameter, in state-dict
+    order; a tied weight appears once, under its first name (as save_pretrained keeps it)."""
+    out, seen = [], set()
+    for key, value in model.state_dict(keep_vars=True).items():
+        module, attr = _owner(model, key)
+        if isinstance(module, ParallelModule) and id(value) not in seen:
+            seen.add(id(value))
+            out.append((key, module, attr, value))
+    return out
+
+
 def _owner(model: nn.Module, key: str) -> tuple[nn.Module, str]:
     module_name, _, tensor_name = key.rpartition(".")
     return (model.get_submodule(module_name) if module_name else model), tensor_name
