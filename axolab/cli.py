@@ -7,15 +7,97 @@ import sys
 
 
 def _data_build(args) -> int:
-    from axolab.data import RecipeError, build
+    from axolab.data import build
 
-    try:
-        out = build(args.recipe, args.out, overwrite=args.overwrite, progress=not args.quiet)
-    except RecipeError as e:
-        print(f"axolab data build: {e}", file=sys.stderr)
-        return 2
+    out = build(args.recipe, args.out, overwrite=args.overwrite, progress=not args.quiet)
     print(out)
     return 0
+
+
+def _train(args) -> int:
+    from axolab.launch import run
+
+    last = run(args.config, args.nprocs, launcher=args.launcher, timeout_s=args.timeout,
+               progress=not args.quiet)
+    if last:
+        print(f"step {last['step']}: loss {last['loss']:.4f}")
+    return 0
+
+
+def _params(pairs) -> dict:
+    return {key: value for key, value in (pairs or [])}
+
+
+def _grid(specs) -> dict:
+    from axolab.runs.params import ParameterError, parse_grid_option
+
+    grid = {}
+    for spec in specs or []:
+        key, values = parse_grid_option(spec)
+        if key in grid:
+            raise ParameterError(f"--grid {key} given twice")
+        grid[key] = values
+    return grid
+
+
+def _run(args) -> int:
+    from axolab.runs import run_notebook
+
+    status = run_notebook(args.notebook, _params(args.param), args.results, args.name,
+                          progress=not args.quiet, log_output=args.log_output)
+    print(f"{status['state']}: {status['output']}")
+    return 0
+
+
+def _sweep(args) -> int:
+    from axolab.runs import prepare_sweep, run_sweep
+
+    sweep = prepare_sweep(args.notebook, _grid(args.grid), _params(args.param), args.results,
+                          args.name)
+    statuses = run_sweep(sweep, progress=not args.quiet, log_output=args.log_output)
+    failed = [s for s in statuses if s["state"] != "completed"]
+    print(f"{len(statuses) - len(failed)} of {len(statuses)} runs completed in {sweep.sweep_dir}")
+    return 1 if failed else 0
+
+
+def _slurm_submit(args) -> int:
+    from axolab.runs import prepare_sweep
+    from axolab.slurm import load_options, submit
+
+    opts = load_options(args.site_config, nodes=args.nodes, ntasks_per_node=args.ntasks_per_node,
+                        gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
+                        mem=args.mem, time=args.time, partition=args.partition,
+                        account=args.account, qos=args.qos, max_concurrent=args.max_concurrent)
+    sweep = prepare_sweep(args.notebook, _grid(args.grid), _params(args.param), args.results,
+                          args.name)
+    job = submit(sweep, opts)
+    print(f"submitted job {job}: {len(sweep.points)} array task(s), results in {sweep.sweep_dir}")
+    return 0
+
+
+def _slurm_status(args) -> int:
+    from axolab.slurm import submitted_sweeps, sweep_status
+
+    sweeps = [args.sweep] if args.sweep else submitted_sweeps(args.results)
+    if not sweeps:
+        print(f"no submitted sweeps under {args.results}")
+    for sweep in sweeps:
+        print(sweep)
+        for t in sweep_status(sweep):
+            reason = f" ({t.reason})" if t.reason else ""
+            print(f"  {t.index:3d} {t.state:11s}{reason} job {t.job_id or '-':>10s}  {t.run_dir}")
+    return 0
+
+
+def _add_notebook_args(p, grid: bool) -> None:
+    p.add_argument("notebook", help="notebook with a cell tagged 'parameters'")
+    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="set a parameter (typed like the notebook's default); repeatable")
+    if grid:
+        p.add_argument("--grid", action="append", metavar="NAME=V1,V2",
+                       help="a sweep axis; the runs are the product of all axes; repeatable")
+    p.add_argument("--name", help="run (or sweep) directory name under --results")
+    p.add_argument("--results", default="results", help="results root (default: results)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,12 +111,59 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--overwrite", action="store_true", help="replace an existing output")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=_data_build)
+
+    t = sub.add_parser("train", help="train from a config JSON on its grid's ranks")
+    t.add_argument("config", help="TrainConfig JSON file")
+    t.add_argument("--nprocs", type=int, help="ranks (default: the grid's product)")
+    t.add_argument("--launcher", default="auto", choices=["auto", "local", "slurm"])
+    t.add_argument("--timeout", type=float, help="stop the job after this many seconds")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=_train)
+
+    r = sub.add_parser("run", help="execute a notebook with papermill into results/<run>/")
+    _add_notebook_args(r, grid=False)
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--log-output", action="store_true", help="echo the notebook's output")
+    r.set_defaults(func=_run)
+
+    s = sub.add_parser("sweep", help="run a notebook over a parameter grid, here, in turn")
+    _add_notebook_args(s, grid=True)
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--log-output", action="store_true", help="echo the notebooks' output")
+    s.set_defaults(func=_sweep)
+
+    slurm = sub.add_parser("slurm", help="sweeps as Slurm job arrays").add_subparsers(
+        dest="slurm_command", required=True)
+    ss = slurm.add_parser("submit", help="submit a notebook (or a sweep) as a job array")
+    _add_notebook_args(ss, grid=True)
+    ss.add_argument("--site-config", help="YAML of site defaults (see axolab.slurm.options)")
+    for opt, kind in (("nodes", int), ("ntasks-per-node", int), ("gpus-per-node", int),
+                      ("cpus-per-task", int), ("mem", str), ("time", str), ("partition", str),
+                      ("account", str), ("qos", str), ("max-concurrent", int)):
+        ss.add_argument(f"--{opt}", type=kind)
+    ss.set_defaults(func=_slurm_submit)
+    st = slurm.add_parser("status", help="state of a submitted sweep's array tasks")
+    st.add_argument("sweep", nargs="?", help="sweep directory (default: all under --results)")
+    st.add_argument("--results", default="results")
+    st.set_defaults(func=_slurm_status)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from axolab.data import RecipeError
+    from axolab.launch import LaunchError
+    from axolab.runs import ParameterError, RunFailed
+    from axolab.slurm import SlurmError
+
     args = parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (RecipeError, ParameterError, SlurmError, ValueError, FileNotFoundError) as e:
+        print(f"axolab {args.command}: {e}", file=sys.stderr)
+        return 2
+    except (RunFailed, LaunchError) as e:
+        print(f"axolab {args.command}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

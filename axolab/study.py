@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("results") / "study")
     ap.add_argument("--sizes", default="tiny-llama,small-llama,medium-llama")
     ap.add_argument("--losses", default="standard,goldfish")
-    ap.add_argument("--epochs", type=float, default=4)
+    ap.add_argument("--epochs", type=float, default=6)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--global-batch", type=int, default=32)
     args = ap.parse_args(argv)

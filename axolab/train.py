@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import math
+import os
 import pickle
 import random
+import socket
 import sys
 import time
 import zlib
@@ -177,6 +179,17 @@ def evaluate(cfg, model, grid, data: PackedDataset) -> float | None:
     return total / batches
 
 
+def _record_session(run_dir: Path, start: int, grid: Grid) -> None:
+    """One line per training session in sessions.jsonl: where each (re)start began, so a
+    requeued or resumed run shows that it continued rather than started over."""
+    env = os.environ
+    record = {"start_step": start, "time": time.time(), "host": socket.gethostname(),
+              "grid": list(grid.shape), "slurm_job_id": env.get("SLURM_JOB_ID"),
+              "slurm_restart_count": int(env.get("SLURM_RESTART_COUNT", 0))}
+    with open(run_dir / "sessions.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def run(cfg: TrainConfig, grid: Grid | None = None) -> dict:
     """Train as configured; returns the last step's metrics. Collective over the grid's ranks."""
     cfg.validate()
@@ -212,6 +225,8 @@ def run(cfg: TrainConfig, grid: Grid | None = None) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / "config.json", cfg.to_dict())
     log = MetricsLog(run_dir / "metrics.jsonl", resumed, lead)
+    if lead:
+        _record_session(run_dir, start, grid)
     micro = cfg.micro_batch or cfg.global_batch // grid.batch_shards
     seq_len = train.seq_len
     flops = flops_per_token(model.config, seq_len) * cfg.global_batch * seq_len
@@ -231,7 +246,7 @@ def run(cfg: TrainConfig, grid: Grid | None = None) -> dict:
         opt.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
         done = step + 1
-        record = {"step": done, "loss": loss, "lr": lr,
+        record = {"step": done, "total_steps": total, "loss": loss, "lr": lr,
                   "grad_norm": float(norm) if norm is not None else None,
                   "tokens_per_s": cfg.global_batch * seq_len / dt, "step_time_s": dt,
                   "model_flops_per_s": flops / dt, "mfu": flops / dt / (peak * grid.size),

@@ -10,11 +10,12 @@ from __future__ import annotations
 import datetime
 import os
 import socket
-import subprocess
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+
+from ..launch.environment import first_slurm_host, in_slurm_step
 
 
 @dataclass(frozen=True)
@@ -38,19 +39,6 @@ def _check_dims(data: int, z: int, y: int, x: int) -> None:
             raise ValueError(f"grid dimension {name} must be a positive integer, got {value!r}")
 
 
-def _first_slurm_host() -> str | None:
-    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
-    if not nodelist:
-        return None
-    try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
-                             text=True, check=True, timeout=30).stdout.split()
-        return out[0] if out else None
-    except (OSError, subprocess.SubprocessError):
-        # A plain single-node list needs no expansion.
-        return nodelist if "[" not in nodelist and "," not in nodelist else None
-
-
 def launcher_environment() -> dict[str, str | int] | None:
     """Rank, world size, local rank and rendezvous from torchrun or srun, or None if neither."""
     env = os.environ
@@ -59,11 +47,11 @@ def launcher_environment() -> dict[str, str | int] | None:
                     local_rank=int(env.get("LOCAL_RANK", 0)),
                     master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
                     master_port=env.get("MASTER_PORT", "29500"))
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+    if in_slurm_step(env) and "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         job = int(env.get("SLURM_JOB_ID", "0"))
         return dict(rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
                     local_rank=int(env.get("SLURM_LOCALID", 0)),
-                    master_addr=env.get("MASTER_ADDR") or _first_slurm_host() or "127.0.0.1",
+                    master_addr=env.get("MASTER_ADDR") or first_slurm_host(env) or "127.0.0.1",
                     # Derived from the job id so that concurrent jobs on one node do not collide.
                     master_port=env.get("MASTER_PORT", str(20000 + job % 20000)))
     return None

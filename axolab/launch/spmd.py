@@ -1,0 +1,173 @@
+"""Start an SPMD job (one process per rank) from a notebook cell or the command line.
+
+Outside Slurm the ranks come from torchrun on this machine; inside a Slurm allocation (a batch
+script, or a kernel started in one) from ``srun`` over the allocation, with the rendezvous on
+the job's first node. Either way every rank runs :mod:`axolab.launch.worker`, which keeps its
+output in ``LOG_DIR/rank<R>.log`` and reports a Python error in ``rank<R>.error.json``.
+
+This process only watches: it echoes rank 0's output, shows progress, and turns a failed job
+into a :class:`LaunchError` naming the rank that failed first. It never imports
+torch.distributed or touches CUDA, so a notebook kernel stays usable after any launch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .environment import SlurmAllocation, first_slurm_host, slurm_allocation
+from .worker import error_path, log_path
+
+
+class LaunchError(RuntimeError):
+    """A launched job failed: which rank failed first (None if none reported), and where the
+    logs are."""
+
+    def __init__(self, message: str, rank: int | None = None, exitcode: int | None = None,
+                 log_dir: Path | None = None):
+        super().__init__(message)
+        self.rank, self.exitcode, self.log_dir = rank, exitcode, log_dir
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(module: str, args: Sequence[str], nprocs: int, log_dir: Path,
+                   allocation: SlurmAllocation | None) -> tuple[list[str], dict[str, str]]:
+    """The command that starts ``nprocs`` ranks, and the environment variables it adds."""
+    worker = ["-m", "axolab.launch.worker", str(log_dir), module, *map(str, args)]
+    env = {"PYTHONUNBUFFERED": "1"}
+    if allocation is None:
+        # torchrun would set OMP_NUM_THREADS=1 and warn; share the cores out instead.
+        env["OMP_NUM_THREADS"] = os.environ.get(
+            "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc-per-node={nprocs}", "--monitor-interval=0.5", *worker], env
+    env["MASTER_ADDR"] = first_slurm_host() or socket.gethostname()
+    # This process runs on the job's first node (the batch host), so a port free here is free
+    # where rank 0 listens.
+    env["MASTER_PORT"] = str(_free_port())
+    return ["srun", f"--ntasks={nprocs}", "--kill-on-bad-exit=1", sys.executable, *worker], env
+
+
+class _Tail:
+    """New complete lines of a growing text file."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.partial = path, (path.stat().st_size if path.exists() else 0), ""
+
+    def lines(self) -> list[str]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        self.offset += len(chunk)
+        text = self.partial + chunk.decode("utf-8", "replace")
+        *done, self.partial = text.split("\n")
+        # A progress bar redraws with carriage returns; keep what it shows last.
+        return [line.rsplit("\r", 1)[-1] for line in done]
+
+
+def _failure(log_dir: Path, nprocs: int, rc: int, launcher_log: Path) -> LaunchError:
+    reports = []
+    for rank in range(nprocs):
+        path = error_path(log_dir, rank)
+        if path.exists():
+            reports.append(json.loads(path.read_text()))
+    if reports:
+        # Once one rank fails, its peers fail too (broken connections); the first is the cause.
+        first = min(reports, key=lambda r: r["time"])
+        return LaunchError(
+            f"rank {first['rank']} failed on {first['host']}: {first['exception']}: "
+            f"{first['message']}\n\n{first['traceback']}\n"
+            f"({len(reports)} of {nprocs} ranks reported an error; logs in {log_dir})",
+            rank=first["rank"], exitcode=rc, log_dir=log_dir)
+    tail = launcher_log.read_text(errors="replace").splitlines()[-25:] if launcher_log.exists() else []
+    return LaunchError(
+        f"the job failed (exit code {rc}) and no rank reported a Python error, so a rank was "
+        f"killed (a signal, out of memory). Launcher output:\n" + "\n".join(tail) +
+        f"\n(logs in {log_dir})", rank=None, exitcode=rc, log_dir=log_dir)
+
+
+def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Stop the launcher and every rank under it: SIGTERM, then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def spmd(module: str, args: Sequence[str] = (), nprocs: int = 1, log_dir: str | Path = "logs",
+         *, launcher: str = "auto", timeout_s: float | None = None, echo: bool = True,
+         watch: Callable[[], None] | None = None, poll_s: float = 0.5) -> None:
+    """Run ``python -m MODULE ARGS`` on ``nprocs`` ranks and wait for it.
+
+    launcher: "auto" (srun inside a Slurm allocation, else torchrun), "local" or "slurm".
+    timeout_s: stop the whole job after this long. echo: print rank 0's output lines here.
+    watch: called every ``poll_s`` seconds while the job runs (progress display).
+    Raises LaunchError if any rank fails; interrupting (Ctrl-C, a kernel interrupt) stops the job.
+    """
+    if nprocs < 1:
+        raise ValueError(f"nprocs must be at least 1, got {nprocs}")
+    if launcher not in ("auto", "local", "slurm"):
+        raise ValueError(f"launcher={launcher!r}: expected auto, local or slurm")
+    allocation = None if launcher == "local" else slurm_allocation()
+    if launcher == "slurm" and allocation is None:
+        raise LaunchError("launcher='slurm' but this process is not in a Slurm allocation with "
+                          "srun available (no SLURM_JOB_ID)")
+    if allocation is not None and nprocs > allocation.tasks:
+        raise ValueError(f"{nprocs} ranks requested but Slurm job {allocation.job_id} has "
+                         f"{allocation.tasks} tasks on {allocation.nodes} node(s); ask sbatch "
+                         f"for more (--nodes / --ntasks-per-node)")
+    log_dir = Path(log_dir).resolve()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for rank in range(nprocs):  # reports of an earlier attempt in this directory
+        error_path(log_dir, rank).unlink(missing_ok=True)
+    cmd, extra_env = launch_command(module, args, nprocs, log_dir, allocation)
+    launcher_log = log_dir / "launcher.log"
+    rank0 = _Tail(log_path(log_dir, 0))
+    with open(launcher_log, "ab") as out:
+        out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **extra_env}, start_new_session=True)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def pump() -> None:
+        if echo:
+            for line in rank0.lines():
+                print(line, flush=True)
+        if watch is not None:
+            watch()
+
+    try:
+        while proc.poll() is None:
+            pump()
+            if deadline is not None and time.monotonic() > deadline:
+                _stop(proc)
+                raise LaunchError(f"the job ran past timeout_s={timeout_s} and was stopped "
+                                  f"(logs in {log_dir})", exitcode=None, log_dir=log_dir)
+            time.sleep(poll_s)
+    except BaseException:
+        _stop(proc)
+        raise
+    pump()
+    if proc.returncode != 0:
+        raise _failure(log_dir, nprocs, proc.returncode, launcher_log)
