@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -53,6 +54,9 @@ def launch_command(module: str, args: Sequence[str], nprocs: int, log_dir: Path,
             "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc-per-node={nprocs}", "--monitor-interval=0.5", *worker], env
+    # One rank per task: its own cores, not all the node's (oversubscribed threads crawl).
+    env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS",
+                                            os.environ.get("SLURM_CPUS_PER_TASK", "1"))
     env["MASTER_ADDR"] = first_slurm_host() or socket.gethostname()
     # This process runs on the job's first node (the batch host), so a port free here is free
     # where rank 0 listens.
@@ -93,11 +97,17 @@ def _failure(log_dir: Path, nprocs: int, rc: int, launcher_log: Path) -> LaunchE
             f"{first['message']}\n\n{first['traceback']}\n"
             f"({len(reports)} of {nprocs} ranks reported an error; logs in {log_dir})",
             rank=first["rank"], exitcode=rc, log_dir=log_dir)
-    tail = launcher_log.read_text(errors="replace").splitlines()[-25:] if launcher_log.exists() else []
+    text = launcher_log.read_text(errors="replace") if launcher_log.exists() else ""
+    tail = text.splitlines()[-25:]
+    # torchrun names the first rank to die under "Root Cause"; srun says "task N: Killed".
+    cause = re.search(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", text, re.S) \
+        or re.search(r"task (\d+): (Killed|Terminated|Segmentation)", text)
+    rank = int(cause.group(1)) if cause else None
+    who = f"rank {rank} was" if rank is not None else "a rank was"
     return LaunchError(
-        f"the job failed (exit code {rc}) and no rank reported a Python error, so a rank was "
+        f"the job failed (exit code {rc}) and no rank reported a Python error: {who} "
         f"killed (a signal, out of memory). Launcher output:\n" + "\n".join(tail) +
-        f"\n(logs in {log_dir})", rank=None, exitcode=rc, log_dir=log_dir)
+        f"\n(logs in {log_dir})", rank=rank, exitcode=rc, log_dir=log_dir)
 
 
 def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:

@@ -1,0 +1,21 @@
+"""Rank programs for the launcher tests: `python -m launch_targets MODE [RANK]`."""
+
+import os
+import signal
+import sys
+import time
+
+mode = sys.argv[1]
+rank = int(os.environ["RANK"])
+target = int(sys.argv[2]) if len(sys.argv) > 2 else -1
+print(f"rank {rank} started", flush=True)
+if mode == "ok":
+    print(f"hello from rank {rank}", flush=True)
+elif rank == target and mode == "raise":
+    time.sleep(0.5)
+    raise ValueError(f"boom from rank {rank}")
+elif rank == target and mode == "kill":
+    time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+else:
+    time.sleep(300)  # a peer blocked in a collective that will never complete

@@ -1,0 +1,116 @@
+"""The launcher: a 4-rank training job started from Python whose caller never touches
+torch; a rank that raises or is killed ends the job promptly with that rank's error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from axolab.cli import main as axolab
+from axolab.data import build
+from axolab.launch import LaunchError, spmd
+from axolab.launch.environment import SlurmAllocation, in_slurm_step, slurm_allocation
+from axolab.launch.spmd import launch_command
+
+ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture
+def targets(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))
+
+
+def test_four_rank_training_from_python_leaves_the_caller_clean(tmp_path):
+    data = build(ROOT / "data_recipes" / "tiny.yaml", tmp_path / "tiny", progress=False)
+    script = f"""
+import json, sys
+from axolab.launch import run
+last = run(dict(data={str(data)!r}, run_dir={str(tmp_path / 'run')!r}, grid=[2, 1, 1, 2],
+                steps=4, global_batch=8, eval_interval=2, checkpoint_interval=0), progress=False)
+print(json.dumps({{"last": last, "torch_imported": "torch" in sys.modules}}))
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    # The kernel-side process never imported torch, so it cannot have set up a process
+    # group or CUDA.
+    assert out["torch_imported"] is False
+    assert out["last"]["step"] == 4 and out["last"]["total_steps"] == 4
+    run_dir = tmp_path / "run"
+    assert sorted(p.name for p in (run_dir / "logs").glob("rank*.log")) == \
+        [f"rank{r}.log" for r in range(4)]
+    assert json.loads((run_dir / "config.json").read_text())["grid"] == [2, 1, 1, 2]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4]
+
+
+def test_rank_output_is_echoed(targets, tmp_path, capsys):
+    spmd("launch_targets", ["ok"], 2, tmp_path / "logs")
+    out = capsys.readouterr().out
+    assert "hello from rank 0" in out and "hello from rank 1" not in out
+    assert "hello from rank 1" in (tmp_path / "logs" / "rank1.log").read_text()
+
+
+def test_a_raising_rank_surfaces_its_error(targets, tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(LaunchError) as info:
+        spmd("launch_targets", ["raise", "2"], 4, tmp_path / "logs", echo=False)
+    assert time.monotonic() - t0 < 60, "the ranks waiting on the failed one were not stopped"
+    err = info.value
+    assert err.rank == 2
+    assert "ValueError: boom from rank 2" in str(err) and "launch_targets.py" in str(err)
+
+
+def test_a_killed_rank_ends_the_job(targets, tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(LaunchError) as info:
+        spmd("launch_targets", ["kill", "1"], 3, tmp_path / "logs", echo=False)
+    assert time.monotonic() - t0 < 60
+    assert info.value.rank == 1 and "rank 1 was killed" in str(info.value)
+    assert "SIGKILL" in str(info.value) or "-9" in str(info.value)
+
+
+def test_timeout_stops_the_job(targets, tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(LaunchError, match="timeout_s=3"):
+        spmd("launch_targets", ["sleep"], 2, tmp_path / "logs", timeout_s=3, echo=False)
+    assert time.monotonic() - t0 < 30
+
+
+def test_slurm_command_and_environment(monkeypatch):
+    batch = {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "8",
+             "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu01"}
+    # The batch script is not a rank (no SLURM_STEP_ID); an srun task is.
+    assert not in_slurm_step(batch) and in_slurm_step({**batch, "SLURM_STEP_ID": "0"})
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
+    assert slurm_allocation(batch) == SlurmAllocation(job_id="7", nodes=2, tasks=8)
+    assert slurm_allocation({**batch, "SLURM_STEP_ID": "0"}) is None
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu01")
+    cmd, env = launch_command("axolab.train", ["c.json"], 8, Path("/l"),
+                              SlurmAllocation("7", 2, 8))
+    assert cmd[:3] == ["srun", "--ntasks=8", "--kill-on-bad-exit=1"]
+    assert cmd[-2:] == ["axolab.train", "c.json"] and env["MASTER_ADDR"]
+    for key, value in batch.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match="16 ranks requested but Slurm job 7 has 8 tasks"):
+        spmd("axolab.train", [], 16, "/nonexistent/never-created")
+    assert not Path("/nonexistent/never-created").exists()
+
+
+def test_bad_train_config_is_refused_before_launch(tmp_path, capsys):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"grid": [2, 1, 1, 1], "global_batch": 3,
+                               "run_dir": str(tmp_path / "run")}))
+    assert axolab(["train", str(cfg)]) == 2
+    assert "global_batch=3 does not split over data*z = 2" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    cfg.write_text(json.dumps({"grdi": [1, 1, 1, 1]}))
+    assert axolab(["train", str(cfg)]) == 2
+    assert "did you mean 'grid'" in capsys.readouterr().err
