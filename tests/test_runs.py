@@ -128,3 +128,16 @@ def test_local_sweep_runs_every_point_despite_a_failure(tmp_path, nb, capsys):
     # The same name with another grid is refused before anything runs.
     with pytest.raises(ParameterError, match="holds another sweep"):
         prepare_sweep(nb, {"count": [7]}, {}, results, "sw")
+
+
+def test_shipped_notebooks_match_their_sources():
+    import nbformat
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "tools"))
+    from make_notebooks import TRAIN
+
+    nb = nbformat.read(str(root / "notebooks" / "train.ipynb"), as_version=4)
+    assert [c.source for c in nb.cells] == [source for _, source in TRAIN], \
+        "notebooks/ is stale: run python tools/make_notebooks.py"
+    assert "parameters" in nb.cells[0].metadata["tags"]
