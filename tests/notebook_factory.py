@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
+from axolab.runs.notebook_file import write_notebook
 
 ECHO_PARAMETERS = '''\
 name = "x"
@@ -26,19 +26,6 @@ pathlib.Path(run_dir, "seen.json").write_text(json.dumps(seen))'''
 FAIL_BODY = '''\
 if fail:
     raise RuntimeError(f"asked to fail (count={count})")'''
-
-
-def write_notebook(path: Path, cells: list[tuple[str | None, str]]) -> Path:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    for tag, source in cells:
-        cell = nbformat.v4.new_code_cell(source)
-        if tag:
-            cell.metadata["tags"] = [tag]
-        nb.cells.append(cell)
-    nbformat.write(nb, str(path))
-    return path
 
 
 def echo_notebook(path: Path) -> Path:

@@ -34,7 +34,7 @@ def test_multi_rank_grid_without_launcher_is_refused(monkeypatch):
 
 def test_launcher_environment_torchrun_and_slurm(monkeypatch):
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID",
-                "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_ID", "SLURM_JOB_NODELIST"):
+                "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_JOB_ID", "SLURM_JOB_NODELIST", "SLURM_STEP_ID"):
         monkeypatch.delenv(var, raising=False)
     assert launcher_environment() is None
     monkeypatch.setenv("SLURM_PROCID", "5")
@@ -42,6 +42,9 @@ def test_launcher_environment_torchrun_and_slurm(monkeypatch):
     monkeypatch.setenv("SLURM_LOCALID", "1")
     monkeypatch.setenv("SLURM_JOB_ID", "123456")
     monkeypatch.setenv("SLURM_JOB_NODELIST", "nid001")
+    # A batch script has these too but is no rank: only srun tasks (job steps) are.
+    assert launcher_environment() is None
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
     env = launcher_environment()
     assert env == dict(rank=5, world_size=8, local_rank=1, master_addr="nid001",
                        master_port=str(20000 + 123456 % 20000))

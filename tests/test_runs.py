@@ -11,10 +11,11 @@ import pytest
 
 from axolab.cli import main as axolab
 from axolab.runs import ParameterError, RunFailed, check_parameters, prepare_sweep, run_notebook
+from axolab.runs.notebook_file import write_notebook
 from axolab.runs.params import expand_grid, parse_grid_option
 
 sys.path.insert(0, str(Path(__file__).parent))
-from notebook_factory import ECHO_PARAMETERS, echo_notebook, write_notebook  # noqa: E402
+from notebook_factory import ECHO_PARAMETERS, echo_notebook  # noqa: E402
 
 
 @pytest.fixture
@@ -84,6 +85,8 @@ def test_failing_cell_marks_the_run_failed_and_keeps_its_output(tmp_path, nb, ca
     executed = json.loads((run_dir / "echo.ipynb").read_text())
     assert any(o.get("ename") == "RuntimeError" for c in executed["cells"]
                for o in c.get("outputs", []))
+    with pytest.raises(RunFailed, match="asked to fail"):  # the Python API raises
+        run_notebook(nb, {"fail": True}, results, "bad2", progress=False)
 
 
 def test_hostile_values_reach_the_notebook_verbatim(tmp_path, nb, monkeypatch):

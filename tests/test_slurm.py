@@ -5,7 +5,6 @@ and a job requeued twice (scontrol requeue, then the time-limit signal) that res
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time

@@ -6,7 +6,7 @@ calls axolab functions.
 
 from pathlib import Path
 
-import nbformat
+from axolab.runs.notebook_file import write_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,18 +46,5 @@ print(f"loss {metrics[0]['loss']:.3f} -> {metrics[-1]['loss']:.3f} in {metrics[-
 ]
 
 
-def write(path: Path, cells) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                 "language": "python"}
-    for tag, source in cells:
-        cell = nbformat.v4.new_code_cell(source)
-        if tag:
-            cell.metadata["tags"] = [tag]
-        nb.cells.append(cell)
-    nbformat.validate(nb)
-    nbformat.write(nb, str(path))
-
-
 if __name__ == "__main__":
-    write(ROOT / "notebooks" / "train.ipynb", TRAIN)
+    write_notebook(ROOT / "notebooks" / "train.ipynb", TRAIN)
