@@ -47,9 +47,22 @@ def run_study(recipe: Path, out: Path, sizes: list[str], losses: list[str], epoc
             rows.append({"model": size, "loss": loss, "val_loss": val,
                          "train_loss": read_metrics(run_dir)[-1]["loss"],
                          "exact_by_repetitions": summary["exact_match_by_repetitions"],
-                         "mia_auc_loss": summary["mia"].get("loss", {}).get("auc")})
+                         "exact_random_by_repetitions": _exact_by_repetitions(run_dir, "random"),
+                         "exposure_by_repetitions": summary["exposure_by_repetitions"],
+                         "mia_auc": {k: v["auc"] for k, v in summary["mia"].items()}})
     (out / "study.json").write_text(json.dumps(rows, indent=2))
     return rows
+
+
+def _exact_by_repetitions(run_dir: Path, kind: str) -> dict[str, float]:
+    """Exact-match rate by repetition count over the canaries of one kind (from the per-canary
+    records, so it also works for runs evaluated before eval.json had rates per kind)."""
+    hits: dict[int, list[bool]] = {}
+    for line in (run_dir / "memorization.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["kind"] == kind:
+            hits.setdefault(record["repetitions"], []).append(bool(record["exact"]))
+    return {str(n): sum(v) / len(v) for n, v in sorted(hits.items())}
 
 
 def _val_loss(run_dir: Path, data: Path) -> float:
@@ -84,11 +97,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     rows = run_study(args.recipe, args.out, args.sizes.split(","), args.losses.split(","),
                      args.epochs, args.lr, args.global_batch)
-    reps = sorted({int(k) for r in rows for k in r["exact_by_repetitions"]})
-    print(f"{'model':14s} {'loss':9s} {'val':>6s} " + " ".join(f"{n:>5d}" for n in reps))
-    for r in rows:
-        print(f"{r['model']:14s} {r['loss']:9s} {r['val_loss']:6.3f} " +
-              " ".join(f"{r['exact_by_repetitions'].get(str(n), float('nan')):5.2f}" for n in reps))
+    for title, key in (("exact match of random canaries", "exact_random_by_repetitions"),
+                       ("exact match of all canaries", "exact_by_repetitions"),
+                       ("exposure of secrets (bits)", "exposure_by_repetitions")):
+        reps = sorted({int(k) for r in rows for k in r[key]})
+        print(f"\n{title}, by repetition count")
+        print(f"{'model':14s} {'loss':9s} {'val':>6s} " + " ".join(f"{n:>5d}" for n in reps))
+        for r in rows:
+            print(f"{r['model']:14s} {r['loss']:9s} {r['val_loss']:6.3f} " +
+                  " ".join(f"{r[key].get(str(n), float('nan')):5.2f}" for n in reps))
     return 0
 
 

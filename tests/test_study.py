@@ -24,6 +24,14 @@ def test_study_trains_evaluates_and_summarizes(tmp_path):
     assert json.loads((tmp_path / "study" / "study.json").read_text()) == rows
     for r in rows:
         assert set(r["exact_by_repetitions"]) == {"0", "1", "4", "8"}
+        assert set(r["exact_random_by_repetitions"]) == {"0", "1", "8"}  # secrets are at 4
+        run_dir = tmp_path / "study" / f"tiny-llama-{r['loss']}"
+        records = [json.loads(x) for x in (run_dir / "memorization.jsonl").read_text().splitlines()]
+        at8 = [x["exact"] for x in records if x["kind"] == "random" and x["repetitions"] == 8]
+        assert r["exact_random_by_repetitions"]["8"] == sum(at8) / len(at8) and len(at8) == 2
+        by_kind = json.loads((run_dir / "eval.json").read_text())["by_kind"]
+        assert by_kind["random"]["exact_match_by_repetitions"] == r["exact_random_by_repetitions"]
+        assert set(by_kind["secret"]["exact_match_by_repetitions"]) == {"0", "4"}
         assert 0 < r["val_loss"] < 10
         run_dir = tmp_path / "study" / f"tiny-llama-{r['loss']}"
         assert (run_dir / "memorization.jsonl").is_file()

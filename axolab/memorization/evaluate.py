@@ -160,6 +160,13 @@ def _summary(model, canaries, sep, cfg, records, mia) -> dict:
                "exposure_by_repetitions": _rate_by(
                    [r for r in records if r["kind"] == "secret"], "repetitions", "exposure"),
                "mia": {}, "extraction_curve": {}}
+    # Kinds answer different questions (a secret's template prefix is shared by all its
+    # candidates, so prompting with it cannot single one out): rates per kind, too.
+    summary["by_kind"] = {
+        kind: {"exact_match_by_repetitions": _rate_by(sub, "repetitions", "exact"),
+               "token_match_by_repetitions": _rate_by(sub, "repetitions", "token_match_rate")}
+        for kind in sorted({r["kind"] for r in records})
+        for sub in [[r for r in records if r["kind"] == kind]]}
     for name, score in mia.items():
         if members.any() and (~members).any():
             summary["mia"][name] = roc_report(score[members], score[~members])
