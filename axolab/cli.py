@@ -89,6 +89,14 @@ def _slurm_status(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from axolab.report import build_report
+
+    out = build_report(args.dirs or ["results"], args.out)
+    print(out / "index.html")
+    return 0
+
+
 def _add_notebook_args(p, grid: bool) -> None:
     p.add_argument("notebook", help="notebook with a cell tagged 'parameters'")
     p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
@@ -146,19 +154,28 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("sweep", nargs="?", help="sweep directory (default: all under --results)")
     st.add_argument("--results", default="results")
     st.set_defaults(func=_slurm_status)
+
+    rp = sub.add_parser("report", help="tables, plots and an HTML page over all runs found")
+    rp.add_argument("dirs", nargs="*", metavar="RESULTS_DIR",
+                    help="directories searched for runs, recursively (default: results)")
+    rp.add_argument("--out", default="results/report",
+                    help="report directory, replaced whole (default: results/report)")
+    rp.set_defaults(func=_report)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from axolab.data import RecipeError
     from axolab.launch import LaunchError
+    from axolab.report import ReportError
     from axolab.runs import ParameterError, RunFailed
     from axolab.slurm import SlurmError
 
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (RecipeError, ParameterError, SlurmError, ValueError, FileNotFoundError) as e:
+    except (RecipeError, ParameterError, SlurmError, ReportError, ValueError,
+            FileNotFoundError) as e:
         print(f"axolab {args.command}: {e}", file=sys.stderr)
         return 2
     except (RunFailed, LaunchError) as e:

@@ -1,0 +1,88 @@
+"""``build_report``: runs found, tables, figures and page written, all at once or not at all."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable
+
+from .collect import find_runs
+from .errors import ReportError
+from .page import render_page
+from .plots import make_plots
+from .tables import build_tables, extracted_canaries
+
+
+def build_report(dirs: Iterable[str | Path] | str | Path = ("results",),
+                 out: str | Path = "results/report") -> Path:
+    """Aggregate every run under ``dirs`` into ``out``; returns ``out``.
+
+    ``out`` receives ``tables/*.csv``, ``plots/*.png`` and ``index.html``. Everything is
+    written into a hidden sibling directory that is renamed to ``out`` at the end, so a report
+    that fails leaves nothing behind and one that succeeds replaces an earlier report whole.
+    Raises ReportError for bad input (no runs, a missing directory, an unreadable file) and
+    when ``out`` exists but is not an earlier report, which it will not replace.
+    """
+    if isinstance(dirs, (str, Path)):
+        dirs = [dirs]  # a lone path, not an iterable of its characters
+    dirs = [Path(d) for d in dirs]
+    out = Path(out)
+    runs = find_runs(dirs)
+    _check_replaceable(out)
+    tables = build_tables(runs)
+    plots = make_plots(tables)
+    extracted, extracted_total = extracted_canaries(tables["memorization"])
+    page = render_page(plots, tables["runs"], extracted, extracted_total, [str(d) for d in dirs],
+                       datetime.now(timezone.utc))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Beside out, so the final rename stays on one file system; hidden, so a report of the
+    # same results directory running meanwhile does not search it. Not mkdtemp: its 0700
+    # mode would make the report unreadable to others where the umask says otherwise.
+    tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    try:
+        (tmp / "tables").mkdir()
+        for name, frame in tables.items():
+            frame.to_csv(tmp / "tables" / f"{name}.csv", index=False)
+        (tmp / "plots").mkdir()
+        for plot in plots:
+            if plot.png is not None:
+                (tmp / "plots" / f"{plot.name}.png").write_bytes(plot.png)
+        (tmp / "index.html").write_text(page, encoding="utf-8")
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def is_report(path: Path) -> bool:
+    """Whether ``path`` looks like a directory this module wrote."""
+    return (path / "index.html").is_file() and (path / "tables").is_dir()
+
+
+def _check_replaceable(out: Path) -> None:
+    # An earlier report is replaced; anything else at that path is someone's work.
+    if out.exists() and not (out.is_dir() and (is_report(out) or not any(out.iterdir()))):
+        raise ReportError(f"{out}: exists and is not an earlier report (no index.html and "
+                          "tables/); refusing to replace it, choose another --out")
+
+
+def _replace(new: Path, out: Path) -> None:
+    """Put ``new`` at ``out``; an earlier report there is moved aside first and deleted only
+    once the new one is in place."""
+    if not out.exists():
+        new.rename(out)
+        return
+    old = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old"
+    out.rename(old)
+    try:
+        new.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

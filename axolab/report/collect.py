@@ -1,0 +1,146 @@
+"""Find run directories and read what axolab wrote into them; never writes there.
+
+A run directory holds ``config.json`` plus ``metrics.jsonl`` (a training run), and/or
+``eval.json`` (an evaluation). It may also hold ``memorization.jsonl`` (one record per canary)
+and ``parameters.json`` (the notebook parameters of a papermill run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from .errors import ReportError
+
+RUN_LAYOUT = "a run directory has config.json and metrics.jsonl, or eval.json"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run directory, read. ``name`` is its path relative to the directory it was found
+    under; ``metrics`` and ``memorization`` are None when the file is absent."""
+
+    name: str
+    path: Path
+    config: dict
+    metrics: pd.DataFrame | None
+    eval: dict | None
+    memorization: pd.DataFrame | None
+    parameters: dict
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` holds the files of a training run or an evaluation."""
+    training = (path / "config.json").is_file() and (path / "metrics.jsonl").is_file()
+    return training or (path / "eval.json").is_file()
+
+
+def find_runs(dirs: Iterable[str | Path]) -> list[Run]:
+    """Every run under each of ``dirs`` (searched recursively), read, in name order.
+
+    Raises ReportError for a directory that does not exist, when no directory holds a run, and
+    for a file that cannot be read; the message names the path.
+    """
+    dirs = [Path(d) for d in dirs]
+    if not dirs:
+        raise ReportError("no result directories given")
+    found: dict[Path, str] = {}  # resolved path -> name; one directory given twice reads once
+    for root in dirs:
+        if not root.exists():
+            raise ReportError(f"{root}: no such directory")
+        if not root.is_dir():
+            raise ReportError(f"{root}: not a directory")
+        for path in _run_dirs(root):
+            rel = path.relative_to(root).as_posix()
+            found.setdefault(path.resolve(), root.resolve().name if rel == "." else rel)
+    if not found:
+        where = ", ".join(str(d.resolve()) for d in dirs)
+        raise ReportError(f"results: no runs found under {where} ({RUN_LAYOUT})")
+    by_name: dict[str, Path] = {}
+    for path, name in found.items():
+        if name in by_name:
+            # Names key every table; two runs under one name would be merged silently.
+            raise ReportError(f"two runs are both named {name!r}: {by_name[name]} and {path}; "
+                              "give their common parent directory instead")
+        by_name[name] = path
+    return [read_run(by_name[name], name) for name in sorted(by_name)]
+
+
+def _run_dirs(root: Path) -> list[Path]:
+    """Run directories at or below ``root``. Hidden directories (a report's temporary
+    directory, editor state) are not searched."""
+    out = []
+    for current, subdirs, _ in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        if is_run_dir(Path(current)):
+            out.append(Path(current))
+    return out
+
+
+def read_run(path: str | Path, name: str | None = None) -> Run:
+    """Read one run directory; missing optional files become None (or an empty dict)."""
+    path = Path(path)
+    if not is_run_dir(path):
+        raise ReportError(f"{path}: not a run directory ({RUN_LAYOUT})")
+    config = _read_json(path / "config.json") if (path / "config.json").is_file() else {}
+    metrics = None
+    if (path / "metrics.jsonl").is_file():
+        metrics = pd.DataFrame(_read_jsonl(path / "metrics.jsonl"))
+        if len(metrics) and "step" not in metrics:
+            raise ReportError(f"{path / 'metrics.jsonl'}: records have no 'step'")
+        if len(metrics):
+            # A resumed run rewrites the lines past its checkpoint; should a step still appear
+            # twice, its latest line is the one that describes the run.
+            metrics = (metrics.drop_duplicates("step", keep="last").sort_values("step")
+                       .reset_index(drop=True))
+    evaluation = _read_json(path / "eval.json") if (path / "eval.json").is_file() else None
+    memorization = None
+    if (path / "memorization.jsonl").is_file():
+        memorization = pd.DataFrame(_read_jsonl(path / "memorization.jsonl"))
+    parameters = {}
+    if (path / "parameters.json").is_file():
+        parameters = _read_json(path / "parameters.json")
+    return Run(name=name or path.name, path=path, config=config, metrics=metrics,
+               eval=evaluation, memorization=memorization, parameters=parameters)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ReportError(f"{path}: cannot read ({e})") from e
+    except json.JSONDecodeError as e:
+        raise ReportError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise ReportError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ReportError(f"{path}: cannot read ({e})") from e
+    lines = text.splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if number == len(lines) and not text.endswith("\n"):
+                # A run still training appends lines as it goes: a report taken meanwhile may
+                # see half of the last one. It is not corrupt, just not finished yet.
+                break
+            raise ReportError(f"{path}, line {number}: not valid JSON ({e})") from e
+        if not isinstance(record, dict):
+            raise ReportError(f"{path}, line {number}: expected a JSON object, "
+                              f"found {type(record).__name__}")
+        records.append(record)
+    return records
