@@ -22,29 +22,51 @@ from .metrics import read_metrics
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _variants(losses: list[str], goldfish_ks: list[int]) -> list[tuple[str, int, str]]:
+    """(loss, k, run-name suffix) per run of one size; with one k the name carries no k."""
+    out = []
+    for loss in losses:
+        if loss != "goldfish":
+            out.append((loss, goldfish_ks[0], loss))
+        for k in goldfish_ks if loss == "goldfish" else []:
+            out.append((loss, k, "goldfish" if len(goldfish_ks) == 1 else f"goldfish-k{k}"))
+    return out
+
+
 def run_study(recipe: Path, out: Path, sizes: list[str], losses: list[str], epochs: float,
-              lr: float, global_batch: int, goldfish_k: int = 4, progress: bool = True) -> list:
+              lr: float, global_batch: int, goldfish_k: int | list[int] = 4,
+              progress: bool = True, grid: list[int] | None = None) -> list:
+    """Train and evaluate every (size, loss[, goldfish k]) run into ``out``; runs that already
+    have an eval.json are kept. ``grid`` other than one rank trains through axolab.launch, so
+    the calling process (a notebook kernel) never joins a process group itself."""
+    from .launch import run as launch
     from .train import run
 
+    out, grid = Path(out), list(grid or [1, 1, 1, 1])
+    ks = [goldfish_k] if isinstance(goldfish_k, int) else list(goldfish_k)
     data = out / "data"
     if not (data / "canaries.jsonl").is_file():
         build(recipe, data, overwrite=True, progress=progress)
     rows = []
     for size in sizes:
-        for loss in losses:
-            run_dir = out / f"{size}-{loss}"
+        for loss, k, suffix in _variants(losses, ks):
+            run_dir = out / f"{size}-{suffix}"
             cfg = config_from_dict(TrainConfig, dict(
                 model=size, data=str(data), run_dir=str(run_dir), steps=None, epochs=epochs,
                 global_batch=global_batch, lr=lr, warmup_steps=20, eval_interval=0,
-                checkpoint_interval=0, keep_checkpoints=1, loss=loss, goldfish_k=goldfish_k,
-                goldfish_h=13, progress=progress, weight_decay=0.0))
+                checkpoint_interval=0, keep_checkpoints=1, loss=loss, goldfish_k=k,
+                goldfish_h=13, progress=progress, weight_decay=0.0, grid=grid))
             if not (run_dir / "eval.json").is_file():
-                run(cfg)
+                if grid == [1, 1, 1, 1]:
+                    run(cfg)
+                else:
+                    launch(cfg, progress=progress, echo=False)
                 evaluate(run_dir, data, EvalConfig(prefix_len=8, suffix_len=16,
                                                    curve_prefix_lens=[4, 8]))
             summary = json.loads((run_dir / "eval.json").read_text())
             val = _val_loss(run_dir, data)
-            rows.append({"model": size, "loss": loss, "val_loss": val,
+            rows.append({"model": size, "loss": loss, "goldfish_k": k if loss == "goldfish" else None,
+                         "run": run_dir.name, "val_loss": val,
                          "train_loss": read_metrics(run_dir)[-1]["loss"],
                          "exact_by_repetitions": summary["exact_match_by_repetitions"],
                          "exact_random_by_repetitions": _exact_by_repetitions(run_dir, "random"),
@@ -94,17 +116,21 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=float, default=6)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--global-batch", type=int, default=32)
+    ap.add_argument("--goldfish-k", default="4", help="k of the goldfish runs; a list sweeps k")
+    ap.add_argument("--grid", default="1,1,1,1", help="data,z,y,x of every run")
     args = ap.parse_args(argv)
     rows = run_study(args.recipe, args.out, args.sizes.split(","), args.losses.split(","),
-                     args.epochs, args.lr, args.global_batch)
+                     args.epochs, args.lr, args.global_batch,
+                     [int(k) for k in args.goldfish_k.split(",")],
+                     grid=[int(v) for v in args.grid.split(",")])
     for title, key in (("exact match of random canaries", "exact_random_by_repetitions"),
                        ("exact match of all canaries", "exact_by_repetitions"),
                        ("exposure of secrets (bits)", "exposure_by_repetitions")):
         reps = sorted({int(k) for r in rows for k in r[key]})
         print(f"\n{title}, by repetition count")
-        print(f"{'model':14s} {'loss':9s} {'val':>6s} " + " ".join(f"{n:>5d}" for n in reps))
+        print(f"{'run':24s} {'val':>6s} " + " ".join(f"{n:>5d}" for n in reps))
         for r in rows:
-            print(f"{r['model']:14s} {r['loss']:9s} {r['val_loss']:6.3f} " +
+            print(f"{r['run']:24s} {r['val_loss']:6.3f} " +
                   " ".join(f"{r[key].get(str(n), float('nan')):5.2f}" for n in reps))
     return 0
 

@@ -61,3 +61,48 @@ def test_evaluate_run_dir(trained):
     assert all(0 <= m["auc"] <= 1 for m in summary["mia"].values())
     assert set(summary["extraction_curve"]) == {"4", "8"}
     assert summary["exposure_by_repetitions"]
+
+
+def test_drilldown_agrees_with_the_records(trained):
+    from transformers import AutoTokenizer
+
+    from axolab.memorization import Continuation, continuation_html, continuations
+
+    data, run_dir = trained
+    evaluate(run_dir, data, EvalConfig(prefix_len=8, suffix_len=8, curve_prefix_lens=[4]))
+    records = [json.loads(x) for x in (run_dir / "memorization.jsonl").read_text().splitlines()]
+    shown = continuations(run_dir, data)  # split as eval.json's config says
+    tok = AutoTokenizer.from_pretrained(str(data / "tokenizer"))
+    assert [c.canary_id for c in shown] == [r["id"] for r in records]
+    for c, r, canary in zip(shown, records, load_canaries(data)):
+        # Real generation here, the teacher-forced fast path in evaluate: they must agree.
+        assert (len(c.prompt), len(c.truth)) == (r["prefix_len"], r["suffix_len"])
+        assert c.exact == r["exact"] and c.matched_prefix == r["matched_prefix"]
+        assert np.mean(c.matches) == pytest.approx(r["token_match_rate"])
+        n = r["prefix_len"] + r["suffix_len"]
+        if canary.kind != "random":  # random ids may split a UTF-8 character across tokens
+            assert "".join(c.prompt + c.truth) == tok.decode(canary.token_ids[:n])
+    with pytest.raises(ValueError, match="no canary 'nope'"):
+        continuations(run_dir, data, ["nope"])
+    hostile = Continuation("<b>id</b>", "document", 2, True, ["<script>"], ["a", "\x0b"],
+                           ["a", "b"], [True, False])
+    page = continuation_html(hostile)
+    assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;b&gt;id" in page
+    assert "\\x0b" in page and "1/2 tokens reproduced, first miss at 1" in page
+
+
+def test_canary_browser_shows_the_picked_canary(trained):
+    from axolab.widgets import canary_browser, run_controls
+
+    data, run_dir = trained
+    box = canary_browser(run_dir, data)
+    picker, view = box.children
+    first = min(load_canaries(data), key=lambda c: (-c.repetitions, c.id))  # listed first
+    assert f"seen {first.repetitions}" in picker.options[0][0] and first.id in view.value
+    picker.value = picker.options[-1][1]  # a user picks another canary
+    assert f"<b>{picker.value}</b>" in view.value and first.id not in view.value
+    controls = run_controls(model="small-llama", grid=(2, 1, 1, 2))
+    assert controls.values()["grid"] == [2, 1, 1, 2]
+    controls.fields["grid"].value = "2,x"
+    with pytest.raises(ValueError, match="four positive integers"):
+        controls.values()

@@ -45,6 +45,109 @@ metrics = read_metrics(run_dir)
 print(f"loss {metrics[0]['loss']:.3f} -> {metrics[-1]['loss']:.3f} in {metrics[-1]['step']} steps")'''),
 ]
 
+CANARY_INJECTION = [
+    ("parameters", '''\
+# Parameters (`axolab run notebooks/canary_injection.ipynb -p recipe data_recipes/memorization.yaml`)
+recipe = "data_recipes/tiny.yaml"  # the recipe to build
+out = ""  # dataset directory; empty: results/data/<recipe name>
+overwrite = False  # rebuild an existing dataset'''),
+    (None, '''\
+import json
+from pathlib import Path
+
+from axolab.data import build, canary_table
+from axolab.report.canary_plots import schedule_plot
+
+data_dir = Path(out or f"results/data/{Path(recipe).stem}")
+if overwrite or not (data_dir / "canaries.jsonl").is_file():
+    build(recipe, data_dir, overwrite=overwrite)
+stats = json.loads((data_dir / "stats.json").read_text())
+stats'''),
+    (None, '''\
+# The manifest: every canary, how often it was scheduled and how often it was placed.
+table = canary_table(data_dir)
+table.groupby(["kind", "repetitions"]).agg(canaries=("id", "size"), injected=("injected", "sum"))'''),
+    (None, "schedule_plot(table)"),
+    (None, '''\
+# Every member canary was placed exactly as often as scheduled; controls never were.
+placed_as_scheduled = bool((table["injected"] == table["repetitions"]).all())
+print(f"{len(table)} canaries, {int(table['member'].sum())} injected, "
+      f"placed as scheduled: {placed_as_scheduled}")
+table.sort_values("repetitions", ascending=False).head(8)'''),
+]
+
+MEMORIZATION = [
+    ("parameters", '''\
+# Parameters (`axolab run notebooks/memorization.ipynb -p run_dir results/train`)
+run_dir = "results/train"  # a training run with checkpoints
+data = "results/data/tiny"  # the dataset it was trained on (its canary manifest)
+prefix_len = 8  # prompt tokens
+suffix_len = 16  # tokens to reproduce
+curve_prefix_lens = [2, 4, 8]  # prefix lengths of the extraction curve
+show_canaries = 3  # most repeated canaries to show token by token
+interactive = False  # a canary picker (ipywidgets) on a login node'''),
+    (None, '''\
+from IPython.display import HTML, display
+
+from axolab.data import load_canaries
+from axolab.memorization import EvalConfig, continuation_html, continuations, evaluate
+from axolab.report import report_plots
+
+summary = evaluate(run_dir, data, EvalConfig(prefix_len=prefix_len, suffix_len=suffix_len,
+                                             curve_prefix_lens=curve_prefix_lens))
+{key: summary[key] for key in ("exact_match_by_repetitions", "token_match_by_repetitions",
+                               "exposure_by_repetitions", "extraction_curve")}'''),
+    (None, '''\
+plots = report_plots(run_dir)
+display(plots["exact_by_repetitions"], plots["extraction_curves"], plots["mia_roc"])
+{score: round(r["auc"], 3) for score, r in summary["mia"].items()}'''),
+    (None, '''\
+# The most repeated canaries, token by token: green where the model reproduces the truth.
+most_repeated = sorted(load_canaries(data), key=lambda c: -c.repetitions)[:show_canaries]
+shown = continuations(run_dir, data, [c.id for c in most_repeated])
+display(HTML("".join(continuation_html(c) for c in shown)))'''),
+    (None, '''\
+if interactive:
+    from axolab.widgets import canary_browser
+
+    display(canary_browser(run_dir, data))'''),
+]
+
+GOLDFISH = [
+    ("parameters", '''\
+# Parameters (`axolab run notebooks/goldfish_mitigation.ipynb -p goldfish_ks "[2,4,8]"`)
+recipe = "data_recipes/memorization.yaml"  # canaries at repetition counts 1..64
+out = "results/goldfish"  # one run directory per loss
+model = "tiny-llama"  # model preset
+goldfish_ks = [4]  # one goldfish run per k, next to one standard run
+epochs = 6.0  # passes over the training set
+lr = 2e-3  # peak learning rate
+global_batch = 32  # sequences per step
+grid = [1, 1, 1, 1]  # data, z, y, x of every run'''),
+    (None, '''\
+import pandas as pd
+
+from axolab.report import report_plots
+from axolab.study import run_study
+
+rows = run_study(recipe, out, [model], ["standard", "goldfish"], epochs, lr, global_batch,
+                 goldfish_ks, grid=grid)
+pd.DataFrame([{"run": r["run"], "val_loss": r["val_loss"],
+               **{f"exact@{n}": v for n, v in r["exact_random_by_repetitions"].items()}}
+              for r in rows])'''),
+    (None, '''\
+# Validation loss relative to the standard run: the price of leaving tokens out.
+standard = next(r["val_loss"] for r in rows if r["loss"] == "standard")
+{r["run"]: round(r["val_loss"] / standard - 1, 4) for r in rows}'''),
+    (None, '''\
+plots = report_plots(out)
+display(plots["exact_by_repetitions"], plots["loss_curves"])'''),
+]
+
+
+NOTEBOOKS = {"train.ipynb": TRAIN, "canary_injection.ipynb": CANARY_INJECTION,
+             "memorization.ipynb": MEMORIZATION, "goldfish_mitigation.ipynb": GOLDFISH}
 
 if __name__ == "__main__":
-    write_notebook(ROOT / "notebooks" / "train.ipynb", TRAIN)
+    for name, cells in NOTEBOOKS.items():
+        write_notebook(ROOT / "notebooks" / name, cells)

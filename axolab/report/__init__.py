@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from .errors import ReportError
 
-__all__ = ["ReportError", "build_report"]
+__all__ = ["ReportError", "build_report", "report_plots"]
 
 
 def __getattr__(name: str):
     # The CLI imports ReportError for every subcommand; pandas, matplotlib and seaborn take
     # seconds to import, so build_report (which needs them) loads only when asked for.
-    if name == "build_report":
-        from .build import build_report
+    if name in ("build_report", "report_plots"):
+        from . import build
 
-        return build_report
+        return getattr(build, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

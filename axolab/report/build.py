@@ -12,8 +12,16 @@ from typing import Iterable
 from .collect import find_runs
 from .errors import ReportError
 from .page import render_page
-from .plots import make_plots
+from .plots import Plot, make_plots
 from .tables import build_tables, extracted_canaries
+
+
+def report_plots(dirs: Iterable[str | Path] | str | Path = ("results",)) -> dict[str, Plot]:
+    """The report's figures for the runs under ``dirs``, by name (loss_curves, throughput,
+    exact_by_repetitions, extraction_curves, mia_roc), for showing in a notebook."""
+    if isinstance(dirs, (str, Path)):
+        dirs = [dirs]
+    return {p.name: p for p in make_plots(build_tables(find_runs([Path(d) for d in dirs])))}
 
 
 def build_report(dirs: Iterable[str | Path] | str | Path = ("results",),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import seaborn as sns
@@ -31,8 +31,15 @@ class Plot:
     name: str
     title: str
     caption: str
-    png: bytes | None = None
+    png: bytes | None = field(default=None, repr=False)
     skipped: str | None = None
+
+    def _repr_png_(self) -> bytes | None:
+        # A notebook cell whose value is a Plot shows the figure.
+        return self.png
+
+    def _repr_markdown_(self) -> str | None:
+        return f"*{self.title}: not drawn ({self.skipped})*" if self.png is None else None
 
 
 def make_plots(tables: dict[str, pd.DataFrame]) -> list[Plot]:

@@ -1,0 +1,102 @@
+"""Every shipped notebook executes under papermill with tiny parameters, and what it shows
+agrees with the files its run wrote (not just "it ran")."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from axolab.config import TrainConfig, config_from_dict
+from axolab.data import build, canary_table
+from axolab.runs import run_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+NB = ROOT / "notebooks"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return build(ROOT / "data_recipes" / "tiny.yaml", tmp_path_factory.mktemp("d") / "tiny",
+                 progress=False)
+
+
+def _outputs(executed: Path) -> list[list[dict]]:
+    """Each body cell's outputs in the executed notebook (after the parameters cell and the
+    cell papermill injects)."""
+    nb = nbformat.read(str(executed), as_version=4)
+    skip = {"parameters", "injected-parameters"}
+    return [c.get("outputs", []) for c in nb.cells
+            if c.cell_type == "code" and not skip & set(c.metadata.get("tags", []))]
+
+
+def _text(outputs: list[dict]) -> str:
+    parts = []
+    for o in outputs:
+        parts.append(o.get("text", ""))
+        parts.append(o.get("data", {}).get("text/plain", ""))
+        parts.append(o.get("data", {}).get("text/html", ""))
+    return "\n".join(parts)
+
+
+def _images(outputs: list[dict]) -> int:
+    return sum("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_canary_injection(tmp_path):
+    data = tmp_path / "data"
+    status = run_notebook(NB / "canary_injection.ipynb",
+                          {"recipe": str(ROOT / "data_recipes" / "tiny.yaml"), "out": str(data)},
+                          tmp_path / "results", "inject", progress=False)
+    assert status["state"] == "completed"
+    cells = _outputs(Path(status["output"]))
+    table = canary_table(data)
+    assert "placed as scheduled: True" in _text(cells[3])
+    assert f"{len(table)} canaries, {int(table['member'].sum())} injected" in _text(cells[3])
+    assert _images(cells[2]) == 1  # the schedule figure
+    stats = json.loads((data / "stats.json").read_text())
+    assert str(stats[next(iter(stats))]) in _text(cells[0])
+
+
+def test_train_then_memorization(tmp_path, dataset):
+    from axolab.train import run
+
+    run_dir = tmp_path / "run"
+    run(config_from_dict(TrainConfig, dict(data=str(dataset), run_dir=str(run_dir), steps=3,
+                                           global_batch=4, eval_interval=0, progress=False)))
+    status = run_notebook(NB / "memorization.ipynb",
+                          {"run_dir": str(run_dir), "data": str(dataset), "prefix_len": 4,
+                           "suffix_len": 8, "curve_prefix_lens": [2, 4], "show_canaries": 2},
+                          tmp_path / "results", "mem", progress=False)
+    assert status["state"] == "completed"
+    cells = _outputs(Path(status["output"]))
+    summary = json.loads((run_dir / "eval.json").read_text())
+    assert summary["config"]["suffix_len"] == 8
+    assert repr(summary["exact_match_by_repetitions"])[1:40] in _text(cells[0])
+    assert _images(cells[1]) == 3  # exact match, extraction curve, ROC
+    shown = _text(cells[2])
+    top2 = canary_table(dataset).sort_values("repetitions", ascending=False, kind="stable")
+    for canary_id in top2["id"][:2]:
+        assert f"<b>{canary_id}</b>" in shown
+    assert shown.count("tokens reproduced") == 2
+
+
+def test_goldfish_mitigation_sweeps_k(tmp_path):
+    out = tmp_path / "goldfish"
+    status = run_notebook(NB / "goldfish_mitigation.ipynb",
+                          {"recipe": str(ROOT / "data_recipes" / "tiny.yaml"), "out": str(out),
+                           "goldfish_ks": [2, 4], "epochs": 0.25, "global_batch": 8},
+                          tmp_path / "results", "gf", progress=False)
+    assert status["state"] == "completed"
+    runs = sorted(p.name for p in out.iterdir() if (p / "eval.json").is_file())
+    assert runs == ["tiny-llama-goldfish-k2", "tiny-llama-goldfish-k4", "tiny-llama-standard"]
+    for name, k in (("tiny-llama-goldfish-k2", 2), ("tiny-llama-goldfish-k4", 4)):
+        cfg = json.loads((out / name / "config.json").read_text())
+        assert (cfg["loss"], cfg["goldfish_k"]) == ("goldfish", k)
+        assert "loss_dropped_tokens" in (out / name / "metrics.jsonl").read_text()
+    cells = _outputs(Path(status["output"]))
+    assert all(name in _text(cells[0]) for name in runs)
+    assert "'tiny-llama-standard': 0.0" in _text(cells[1])
+    assert _images(cells[2]) == 2
