@@ -155,6 +155,10 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--results", default="results")
     st.set_defaults(func=_slurm_status)
 
+    from axolab.perfmodel.cli import add_plan_parser
+
+    add_plan_parser(sub)
+
     rp = sub.add_parser("report", help="tables, plots and an HTML page over all runs found")
     rp.add_argument("dirs", nargs="*", metavar="RESULTS_DIR",
                     help="directories searched for runs, recursively (default: results)")

@@ -1,0 +1,246 @@
+"""Measure this machine: matmul throughput, memory bandwidth, kernel overhead, and gloo
+collectives per group size, with N CPU ranks running at once (as the ranks of a grid do).
+
+Every measurement runs on all ranks simultaneously, so it includes the contention of N
+processes sharing the cores and memory; collectives are timed on every group of a size at once,
+as the groups of one grid axis run. The result is a :class:`~axolab.perfmodel.machines.Machine`
+that ``axolab plan --machine-file`` and :func:`axolab.perfmodel.search` use.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import statistics
+import time
+from dataclasses import dataclass
+
+from .comm import ring_bytes
+from .machines import COLLECTIVE_OPS, Machine, MeasuredCollective
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """What ``axolab plan calibrate`` measures."""
+
+    ranks: int = 4
+    """CPU processes started at once (the planner's GPUs per node)."""
+    sizes_bytes: tuple[int, ...] = (4096, 262144, 2**22)
+    """Tensor sizes each collective is timed at; latency and bandwidth are fitted over them."""
+    repeats: int = 5
+    """Calls per timing (the mean is taken; the median over rounds is kept)."""
+    rounds: int = 3
+    """Timing rounds per size."""
+    matmul_size: int = 512
+    """Side of the square fp32 / bf16 matmuls timed for the FLOP/s."""
+    name: str = "this-machine"
+    """Name written into the machine file."""
+
+    def __post_init__(self):
+        if self.ranks < 1 or self.repeats < 1 or self.rounds < 1 or not self.sizes_bytes:
+            raise ValueError(f"calibration needs ranks, repeats and rounds >= 1 and at least one "
+                             f"size; got ranks={self.ranks}, repeats={self.repeats}, "
+                             f"rounds={self.rounds}, sizes={self.sizes_bytes}")
+
+
+def _timed(fn, min_time: float = 0.2, max_calls: int = 200) -> float:
+    """Seconds per call of ``fn`` over about ``min_time`` (after one warm-up call)."""
+    fn()
+    calls, t0 = 0, time.perf_counter()
+    while calls < max_calls and (calls < 3 or time.perf_counter() - t0 < min_time):
+        fn()
+        calls += 1
+    return (time.perf_counter() - t0) / calls
+
+
+def _attention_rate() -> tuple[float, float]:
+    """(FLOP/s, seconds per call) of causal attention forward + backward, fitted over two
+    sequence lengths: on CPUs small attention calls are dominated by a fixed cost."""
+    import torch
+    import torch.nn.functional as F
+
+    points = []
+    for seq in (128, 512):
+        q, k, v = (torch.randn(1, 8, seq, 32, requires_grad=True) for _ in range(3))
+
+        def call():
+            F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+
+        flops = 3 * 4 * seq * seq * 32 * 8 * 0.5  # forward + 2x backward, half masked
+        points.append((flops, _timed(call, min_time=0.1)))
+    latency, rate = fit_latency_bandwidth(points)
+    return rate, latency
+
+
+def _compute_rates(n: int) -> dict:
+    import torch
+
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        out[f"flops_{name}"] = 2 * n**3 / _timed(lambda: a @ b)
+    x, y = torch.randn(2**22), torch.empty(2**22)
+    out["bandwidth"] = 2 * x.numel() * 4 / _timed(lambda: torch.add(x, 1.0, out=y))
+    # A chain of tiny autograd ops, forward and backward: the per-kernel cost of eager
+    # PyTorch (dispatch, autograd bookkeeping) that small layers pay on every op.
+    w = torch.randn(8, requires_grad=True)
+
+    def chain():
+        h = w
+        for _ in range(20):
+            h = h * 1.0001
+        h.sum().backward()
+
+    out["op_overhead"] = _timed(chain) / 42
+    out["attention_flops"], out["attention_call"] = _attention_rate()
+    return out
+
+
+def _time_collective(op: str, nbytes: int, group, size: int, cfg: CalibrationConfig) -> float:
+    import torch
+    import torch.distributed as dist
+
+    # torch 2.13 renamed the flat collectives; older releases only have the *_tensor names.
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    numel = max(size, nbytes // 4 // size * size)
+    full = torch.randn(numel)
+    part = torch.empty(numel // size)
+
+    def call():
+        if op == "all_reduce":
+            dist.all_reduce(full, group=group)
+        elif op == "all_gather":
+            gather(full, part, group=group)
+        else:
+            scatter(part, full, group=group)
+
+    rounds = []
+    for _ in range(cfg.rounds):
+        dist.barrier()  # every group starts together, as one grid axis does
+        t0 = time.perf_counter()
+        for _ in range(cfg.repeats):
+            call()
+        rounds.append((time.perf_counter() - t0) / cfg.repeats)
+    return statistics.median(rounds)
+
+
+def measure_rank(cfg: CalibrationConfig) -> dict:
+    """Runs on every rank (inside :func:`~axolab.perfmodel.ranks.run_on_ranks`)."""
+    import torch.distributed as dist
+
+    world, rank = dist.get_world_size(), dist.get_rank()
+    dist.barrier()
+    rates = _compute_rates(cfg.matmul_size)
+    timings = []
+    for size in [g for g in range(2, world + 1) if world % g == 0]:
+        # Groups of neighbouring ranks; on one machine the stride makes no difference.
+        groups = [dist.new_group(list(range(s, s + size))) for s in range(0, world, size)]
+        mine = groups[rank // size]
+        for op in COLLECTIVE_OPS:
+            for nbytes in cfg.sizes_bytes:
+                timings.append((op, size, nbytes, _time_collective(op, nbytes, mine, size, cfg)))
+        for g in groups:
+            dist.destroy_process_group(g)
+    return {"rates": rates, "timings": timings}
+
+
+def fit_latency_bandwidth(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Fit ``t = latency + bytes / bandwidth`` to (ring bytes, seconds) points, minimizing
+    relative error (weights 1/t^2) so that small, latency-bound sizes count as much as large
+    ones; returns (latency_s, bandwidth B/s), latency clipped at 0."""
+    if len(points) < 2:
+        b, t = points[0]
+        return 0.0, b / t
+    w = [1.0 / t**2 for _, t in points]
+    sw = sum(w)
+    mx = sum(wi * x for wi, (x, _) in zip(w, points)) / sw
+    mt = sum(wi * t for wi, (_, t) in zip(w, points)) / sw
+    var = sum(wi * (x - mx) ** 2 for wi, (x, _) in zip(w, points))
+    cov = sum(wi * (x - mx) * (t - mt) for wi, (x, t) in zip(w, points))
+    slope = cov / var if var else 0.0
+    if slope <= 0:  # latency-bound over the whole range: bandwidth from the largest size
+        x, t = max(points)
+        return min(t for _, t in points), x / t
+    return max(0.0, mt - slope * mx), 1.0 / slope
+
+
+def machine_from_measurements(rounds: list[list[dict]], cfg: CalibrationConfig) -> Machine:
+    """Combine measurements: ``rounds`` of per-rank results of :func:`measure_rank`. A
+    collective takes as long as its slowest rank (max within a round, median over rounds);
+    rates are medians over ranks and rounds."""
+    every = [r for one in rounds for r in one]
+    rates = {k: statistics.median(r["rates"][k] for r in every) for k in every[0]["rates"]}
+    per_round: dict[tuple, list[float]] = {}
+    for one in rounds:
+        slowest: dict[tuple, float] = {}
+        for r in one:
+            for op, size, nbytes, t in r["timings"]:
+                slowest[(op, size, nbytes)] = max(slowest.get((op, size, nbytes), 0.0), t)
+        for key, t in slowest.items():
+            per_round.setdefault(key, []).append(t)
+    timing = {key: statistics.median(ts) for key, ts in per_round.items()}
+    measured = []
+    for op in COLLECTIVE_OPS:
+        for size in sorted({k[1] for k in timing}):
+            pts = [(ring_bytes(op, nb, size), t) for (o, s, nb), t in timing.items()
+                   if o == op and s == size]
+            latency, bandwidth = fit_latency_bandwidth(pts)
+            measured.append(MeasuredCollective(op, size, latency, bandwidth / 1e9))
+    bw = [m.bandwidth_gb_s for m in measured if m.op == "all_reduce"] or [1.0]
+    lat = [m.latency_s for m in measured if m.op == "all_reduce"] or [1e-4]
+    return Machine(
+        name=cfg.name, gpus_per_node=cfg.ranks,
+        memory_gib=_total_memory_bytes() / 2**30 / cfg.ranks,
+        peak_flops_bf16=rates["flops_bf16"], peak_flops_fp32=rates["flops_fp32"],
+        matmul_efficiency=1.0, memory_bandwidth_gb_s=rates["bandwidth"] / 1e9,
+        intra_node_gb_s=statistics.median(bw), inter_node_gb_s=statistics.median(bw),
+        intra_node_latency_s=statistics.median(lat), inter_node_latency_s=statistics.median(lat),
+        op_overhead_s=rates["op_overhead"],
+        attention_efficiency=min(1.0, rates["attention_flops"] / rates["flops_fp32"]),
+        attention_call_s=rates["attention_call"], collectives=tuple(measured),
+        foreach_optimizer=False,
+        source=f"measured by axolab plan calibrate on {socket.gethostname()} "
+               f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores) with "
+               f"{cfg.ranks} gloo ranks of 1 thread, {time.strftime('%Y-%m-%d %H:%M')}")
+
+
+def _total_memory_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def calibrate(cfg: CalibrationConfig | None = None) -> Machine:
+    """Start ``cfg.ranks`` gloo ranks, measure, and return the calibrated machine."""
+    from .ranks import run_on_ranks
+
+    cfg = cfg or CalibrationConfig()
+    return machine_from_measurements([run_on_ranks(measure_rank, cfg.ranks, cfg)], cfg)
+
+
+def quick_machine(ranks: int | None = None) -> Machine:
+    """This machine measured in this one process (no collectives): matmul rate and memory
+    bandwidth shared by ``ranks`` processes, and a guessed loopback bandwidth. For a real
+    answer, run ``axolab plan calibrate``."""
+    ranks = ranks or os.cpu_count() or 1
+    rates = _compute_rates(512)
+    share = min(ranks, os.cpu_count() or 1) / ranks  # cores per rank, at most 1
+    bandwidth = rates["bandwidth"] / 1e9 / ranks
+    return Machine(
+        name="this-machine", gpus_per_node=ranks,
+        memory_gib=_total_memory_bytes() / 2**30 / ranks,
+        peak_flops_bf16=rates["flops_bf16"] * share, peak_flops_fp32=rates["flops_fp32"] * share,
+        matmul_efficiency=1.0, memory_bandwidth_gb_s=bandwidth, intra_node_gb_s=bandwidth / 2,
+        inter_node_gb_s=bandwidth / 2, intra_node_latency_s=1e-4, inter_node_latency_s=1e-4,
+        op_overhead_s=rates["op_overhead"] / share,
+        attention_efficiency=min(1.0, rates["attention_flops"] / rates["flops_fp32"]),
+        attention_call_s=rates["attention_call"] / share, foreach_optimizer=False,
+        source="measured on the fly in one process (collectives guessed); run "
+               "`axolab plan calibrate` for measured collectives")

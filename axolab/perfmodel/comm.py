@@ -1,0 +1,213 @@
+"""Every collective of one axolab training step, the bytes it moves and the time it takes.
+
+The list follows the code, not an idealized algorithm (see DESIGN.md "The 4D grid" and
+axolab/parallel): per micro-step, each linear layer all-gathers its weight block over Z in
+forward and again in backward (and once more when activation checkpointing recomputes the
+layer), reduce-scatters the weight gradient over Z, all-reduces its output over its input axis
+in forward and its input gradient over its output axis in backward. Norms all-reduce a sum of
+squares over X; the vocab-parallel loss does three small all-reduces over Y. Per step,
+gradients are all-reduced over D (depth-sharded weights) and over D*Z (replicated vectors).
+
+Costs use ring algorithms: an all-reduce sends 2(g-1)/g of the tensor per rank, an all-gather
+or reduce-scatter (g-1)/g of the full (gathered) tensor. A group stays inside a node when its
+ranks, laid out X fastest, fit in one node; otherwise it is limited by the node's network share.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .grid import GridShape
+from .machines import COLLECTIVE_OPS, Machine
+from .shapes import LinearShape, ModelShapes
+from .workload import Workload
+
+
+@dataclass(frozen=True)
+class Collective:
+    """One kind of collective call in a step, repeated ``count`` times."""
+
+    op: str
+    """all_reduce, all_gather or reduce_scatter."""
+    axis: str
+    """Grid axis whose groups run it: x, y, z, data, batch (D*Z) or model (Z*Y*X)."""
+    full_bytes: int
+    """Bytes of the whole tensor: the reduced tensor, or the gathered output."""
+    count: int
+    """Calls per optimizer step."""
+    what: str
+    """What it carries (for reports)."""
+
+
+def ring_bytes(op: str, full_bytes: float, group_size: int) -> float:
+    """Bytes one rank sends in a ring ``op`` over ``group_size`` ranks."""
+    if op not in COLLECTIVE_OPS:
+        raise ValueError(f"collective op {op!r}: expected one of {COLLECTIVE_OPS}")
+    if group_size < 1:
+        raise ValueError(f"group size must be >= 1, got {group_size}")
+    factor = 2.0 if op == "all_reduce" else 1.0
+    return factor * (group_size - 1) / group_size * full_bytes
+
+
+def spans_one_node(group_size: int, stride: int, gpus_per_node: int, world: int) -> bool:
+    """Whether every group of ``group_size`` ranks ``stride`` apart lies inside one node.
+
+    Ranks fill nodes in order, so the groups of one axis interleave within blocks of
+    ``group_size * stride`` consecutive ranks; the groups are node-local iff such a block fits
+    in a node and nodes hold whole blocks (or the whole world fits in one node).
+    """
+    if group_size <= 1 or world <= gpus_per_node:
+        return True
+    span = group_size * stride
+    return span <= gpus_per_node and gpus_per_node % span == 0
+
+
+def link_bandwidth(machine: Machine, group_size: int, stride: int, world: int) -> float:
+    """Bytes/s per rank available to a ring over such groups.
+
+    Across nodes, the node's NICs are shared by the groups that leave the node at once: with
+    stride >= gpus_per_node every rank of a node is in a different group (each gets
+    ``inter_node_gb_s``); with a smaller stride only ``stride`` rings cross the node boundary,
+    so each gets ``gpus_per_node / stride`` shares (never more than the intra-node links).
+    """
+    if spans_one_node(group_size, stride, machine.gpus_per_node, world):
+        return machine.intra_node_gb_s * 1e9
+    crossing = min(stride, machine.gpus_per_node)
+    share = machine.inter_node_gb_s * machine.gpus_per_node / crossing
+    return min(share, machine.intra_node_gb_s) * 1e9
+
+
+def collective_time(machine: Machine, op: str, full_bytes: float, group_size: int, stride: int,
+                    world: int) -> float:
+    """Seconds for one ``op`` on every group of the axis at once (they run in parallel)."""
+    if group_size <= 1:
+        return 0.0
+    sent = ring_bytes(op, full_bytes, group_size)
+    local = spans_one_node(group_size, stride, machine.gpus_per_node, world)
+    measured = machine.measured(op, group_size) if local else None
+    if measured is not None:
+        return measured.latency_s + sent / (measured.bandwidth_gb_s * 1e9)
+    alpha = machine.intra_node_latency_s if local else machine.inter_node_latency_s
+    # Tree-like latency (NCCL switches to trees for small messages on large groups): a ring's
+    # 2(g-1) steps would charge milliseconds of latency to a 1024-rank data-parallel group.
+    steps = math.ceil(math.log2(group_size)) * (2 if op == "all_reduce" else 1)
+    return alpha * steps + sent / link_bandwidth(machine, group_size, stride, world)
+
+
+def block_elements(lin: LinearShape, grid: GridShape, rows: int | None = None) -> int:
+    """Elements of the ``[out/.., in/..]`` block rank (x, y) owns (``rows``: padded rows)."""
+    in_axis, out_axis = ("y", "x") if lin.transposed else ("x", "y")
+    rows = rows if rows is not None else lin.out_features
+    return (rows // grid.size(out_axis)) * (lin.in_features // grid.size(in_axis))
+
+
+def _block(lin: LinearShape, grid: GridShape, rows: int | None = None) -> tuple[int, int]:
+    """(elements of this rank's gathered block, of its Z chunk), Z-padding included."""
+    chunk = -(-block_elements(lin, grid, rows) // grid.z)
+    return chunk * grid.z, chunk
+
+
+def local_parameters(shapes: ModelShapes, grid: GridShape) -> int:
+    """Parameter elements one rank stores: Z chunks of every matrix, its slice of the norm
+    weights and biases (replicated over the other axes)."""
+    total = shapes.layers * sum(_block(lin, grid)[1] for lin in shapes.layer_linears)
+    vp = shapes.padded_vocab(grid.y)
+    total += _block(shapes.embedding, grid, vp)[1]
+    if not shapes.tied_embeddings:
+        total += _block(shapes.lm_head, grid, vp)[1]
+    total += shapes.norms * (shapes.hidden // grid.x)
+    if shapes.qkv_bias:
+        total += shapes.layers * (shapes.heads + 2 * shapes.kv_heads) * shapes.head_dim // grid.y
+    return total
+
+
+def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> list[Collective]:
+    """The collectives of one optimizer step on one rank (axes of size 1 have none)."""
+    micro = work.micro(grid.batch_shards)
+    steps = work.local_batch(grid.batch_shards) // micro
+    n = micro * work.seq_len  # tokens per micro-step on this rank
+    fwd = 2 if work.activation_checkpointing else 1  # forward passes of each decoder layer
+    pb, cb, L = work.param_bytes, work.compute_bytes, shapes.layers
+    vp = shapes.padded_vocab(grid.y)
+    out: list[Collective] = []
+
+    def add(op, axis, nbytes, count, what):
+        if grid.size(axis) > 1 and count > 0:
+            out.append(Collective(op, axis, int(nbytes), int(count), what))
+
+    def linear(lin: LinearShape, layers: int, passes: int, rows: int | None = None,
+               output_passes: int | None = None):
+        in_axis, out_axis = ("y", "x") if lin.transposed else ("x", "y")
+        rows = rows or lin.out_features
+        gathered, _ = _block(lin, grid, rows)
+        # Weights move in the parameter dtype (fp32): gather_block casts after gathering.
+        add("all_gather", "z", gathered * pb, layers * steps * (passes + 1), f"{lin.name} weight")
+        add("reduce_scatter", "z", gathered * pb, layers * steps, f"{lin.name} weight grad")
+        add("all_reduce", in_axis, n * rows // grid.size(out_axis) * cb,
+            layers * steps * (output_passes or passes), f"{lin.name} output")
+        grad_bytes = pb if lin.input_is_residual else cb
+        add("all_reduce", out_axis, n * lin.in_features // grid.size(in_axis) * grad_bytes,
+            layers * steps, f"{lin.name} input grad")
+
+    linears = shapes.layer_linears
+    for lin in linears:
+        # torch's non-reentrant checkpoint stops recomputing a layer once the last tensor
+        # backward needs is back: the last matmul runs again (it saves its input), but the
+        # all-reduce of its output does not.
+        linear(lin, L, fwd, output_passes=1 if lin is linears[-1] else None)
+    linear(shapes.lm_head, 1, 1, vp)
+    # Norm statistics: a [n, 1] fp32 sum over X in forward (each pass) and in backward.
+    add("all_reduce", "x", n * 4, steps * (2 * L * fwd + 1), "norm sum of squares")
+    add("all_reduce", "x", n * 4, steps * (2 * L + 1), "norm sum of squares grad")
+    # Embedding: gathered once per micro-step (its backward needs no weight), output summed
+    # over Y in the table's dtype, no backward all-reduce (reduce_from's backward is identity).
+    emb_gathered, _ = _block(shapes.embedding, grid, vp)
+    add("all_gather", "z", emb_gathered * pb, steps, "embedding weight")
+    add("reduce_scatter", "z", emb_gathered * pb, steps, "embedding weight grad")
+    add("all_reduce", "y", n * (shapes.hidden // grid.x) * pb, steps, "embedding output")
+    # Vocab-parallel cross-entropy: row max, sum of exp and target logit over Y, in fp32.
+    add("all_reduce", "y", n * 4, 3 * steps, "cross-entropy statistics")
+    add("all_reduce", "batch", 8, steps, "token id check")
+    add("all_reduce", "batch", 16, steps, "kept-token and bad-label counts")
+    add("all_reduce", "batch", 4, steps, "loss sum")
+    add("all_reduce", "batch", 8, 1, "kept tokens of the step")
+    # sync_gradients: one bucket per axis and dtype.
+    vectors = shapes.norms * (shapes.hidden // grid.x)
+    if shapes.qkv_bias:
+        vectors += L * (shapes.heads + 2 * shapes.kv_heads) * shapes.head_dim // grid.y
+    add("all_reduce", "data", (local_parameters(shapes, grid) - vectors) * pb, 1,
+        "weight gradients")
+    add("all_reduce", "batch", vectors * pb, 1, "norm/bias gradients")
+    if work.grad_clip:
+        add("all_reduce", "model", 4, 1, "gradient norm")
+    return out
+
+
+@dataclass(frozen=True)
+class CommTime:
+    """Communication time of one step, by axis."""
+
+    by_axis: dict
+    """Seconds per axis (x, y, z, data, batch, model)."""
+    bytes_by_axis: dict
+    """Bytes one rank sends per step, per axis (ring formulas)."""
+    calls: int
+    """Collective calls per step."""
+
+    @property
+    def total(self) -> float:
+        return sum(self.by_axis.values())
+
+
+def comm_time(shapes: ModelShapes, grid: GridShape, work: Workload, machine: Machine) -> CommTime:
+    by_axis: dict[str, float] = {}
+    sent: dict[str, float] = {}
+    calls = 0
+    for c in step_collectives(shapes, grid, work):
+        g, s = grid.size(c.axis), grid.stride(c.axis)
+        t = collective_time(machine, c.op, c.full_bytes, g, s, grid.world)
+        by_axis[c.axis] = by_axis.get(c.axis, 0.0) + c.count * t
+        sent[c.axis] = sent.get(c.axis, 0.0) + c.count * ring_bytes(c.op, c.full_bytes, g)
+        calls += c.count
+    return CommTime(by_axis, sent, calls)

@@ -1,0 +1,126 @@
+"""Computation time of one training step on one rank.
+
+Matmuls are timed one by one with a roofline (``max(flops / sustained peak, bytes / memory
+bandwidth)``), because tensor parallelism shrinks them until small ones are bandwidth-bound.
+Each rank multiplies its ``[out/.., in/..]`` blocks with its batch shard: forward, input
+gradient and weight gradient, plus one more forward per decoder layer under activation
+checkpointing. Attention runs on the rank's heads (heads / Y) for its whole batch shard and is
+repeated on every X rank. Elementwise work (norms, rotary, SiLU, softmax, casts, AdamW) is
+charged as memory traffic, and every kernel pays a fixed overhead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .comm import block_elements, local_parameters
+from .grid import GridShape
+from .machines import Machine
+from .shapes import ModelShapes
+from .workload import Workload
+
+# Memory passes (reads + writes, in elements) of the elementwise work per element of a
+# tensor, forward / backward, counted from the eager PyTorch ops axolab's Llama runs.
+RESIDUAL_PASSES = (14, 26)   # 2 RMSNorms (fp32 statistics) + 2 residual adds, on [n, H/X]
+HEAD_PASSES = (8, 16)        # rotary, transposes, attention in/out, on [n, (q+2kv)/Y]
+MLP_PASSES = (5, 11)         # SiLU(gate) * up, on [n, I/Y]
+LOSS_PASSES = 14             # fp32 cast, max, exp, sum, softmax, gather; backward, on logits
+ADAMW_PASSES = 18            # param, grad, 2 moments read/written, temporaries
+OPS_PER_LAYER = (45, 70)     # kernels per decoder layer, forward / backward
+CAUSAL_FRACTION = 0.5        # causal attention kernels skip the masked half
+
+
+@dataclass(frozen=True)
+class ComputeTime:
+    """Seconds of computation per step, by kind."""
+
+    matmul_s: float
+    """Linear layers and lm head (forward, recompute, input and weight gradients)."""
+    attention_s: float
+    """Attention scores and values on the local heads."""
+    elementwise_s: float
+    """Memory-bound kernels: norms, activations, loss, casts of gathered weights."""
+    optimizer_s: float
+    """AdamW and gradient bookkeeping on the local shard."""
+    overhead_s: float
+    """Fixed per-kernel cost."""
+
+    @property
+    def total(self) -> float:
+        return (self.matmul_s + self.attention_s + self.elementwise_s + self.optimizer_s
+                + self.overhead_s)
+
+
+def matmul_time(m: int, n: int, k: int, machine: Machine, work: Workload) -> float:
+    """Roofline time of an ``[m, k] @ [k, n]`` matmul in the compute dtype."""
+    flops = 2.0 * m * n * k
+    nbytes = (m * k + k * n + m * n) * work.compute_bytes
+    peak = machine.peak_flops(work.precision) * machine.matmul_efficiency
+    return max(flops / peak, nbytes / (machine.memory_bandwidth_gb_s * 1e9)) + \
+        machine.op_overhead_s
+
+
+def _linear_time(rows: int, cols: int, n: int, passes: int, machine, work) -> float:
+    """One rank's ``rows x cols`` block on n tokens: ``passes`` forwards + two backward matmuls."""
+    fwd = matmul_time(n, rows, cols, machine, work)
+    dx = matmul_time(n, cols, rows, machine, work)
+    dw = matmul_time(rows, cols, n, machine, work)
+    return passes * fwd + dx + dw
+
+
+def step_compute(shapes: ModelShapes, grid: GridShape, work: Workload,
+                 machine: Machine) -> ComputeTime:
+    micro = work.micro(grid.batch_shards)
+    steps = work.local_batch(grid.batch_shards) // micro
+    n = micro * work.seq_len
+    passes = 2 if work.activation_checkpointing else 1
+    pb, cb, L = work.param_bytes, work.compute_bytes, shapes.layers
+    X, Y = grid.x, grid.y
+    bw = machine.memory_bandwidth_gb_s * 1e9
+    peak = machine.peak_flops(work.precision) * machine.matmul_efficiency
+    vp = shapes.padded_vocab(Y)
+
+    matmul = 0.0
+    for lin in shapes.layer_linears:
+        in_div, out_div = (Y, X) if lin.transposed else (X, Y)
+        matmul += L * _linear_time(lin.out_features // out_div, lin.in_features // in_div, n,
+                                   passes, machine, work)
+    matmul += _linear_time(vp // Y, shapes.hidden // X, n, 1, machine, work)
+
+    # Scores and values: 4 * S * head_dim FLOPs per token and head forward, twice that backward.
+    local_heads = shapes.heads // Y
+    attn_fwd = 4.0 * n * work.seq_len * shapes.head_dim * local_heads * CAUSAL_FRACTION
+    attention = L * (attn_fwd * (passes + 2) / (peak * machine.attention_efficiency)
+                     + (passes + 1) / 2 * machine.attention_call_s)
+
+    h, heads_w, i = shapes.hidden // X, \
+        (shapes.heads + 2 * shapes.kv_heads) * shapes.head_dim // Y, shapes.intermediate // Y
+
+    def traffic(elements, fb_passes, nbytes):
+        f, b = fb_passes
+        return elements * (passes * f + b) * nbytes
+
+    per_layer = traffic(n * h, RESIDUAL_PASSES, pb) + traffic(n * heads_w, HEAD_PASSES, cb) \
+        + traffic(n * i, MLP_PASSES, cb)
+    elementwise = L * per_layer + n * (vp // Y) * LOSS_PASSES * 4
+    # Gathered weights are cast to the compute dtype each pass, and weight gradients are
+    # padded and cast back to fp32 (axolab/parallel/linear.py).
+    blocks = sum(block_elements(lin, grid) for lin in shapes.layer_linears)
+    cast = (pb + cb) if work.precision == "bf16" else 0
+    elementwise += L * blocks * (cast * (passes + 1) + 2 * pb + (cb + pb if cast else 0))
+    elementwise *= steps
+    elementwise /= bw
+
+    local = local_parameters(shapes, grid)
+    grad_copies = 3 if grid.data > 1 else 0  # sync_gradients: cat, all-reduce, copy back
+    optimizer = local * pb * (ADAMW_PASSES + grad_copies) / bw
+
+    kernels = steps * (L * (OPS_PER_LAYER[0] * passes + OPS_PER_LAYER[1]) + 60)
+    overhead = kernels * machine.op_overhead_s
+    return ComputeTime(matmul * steps, attention * steps, elementwise, optimizer, overhead)
+
+
+def model_flops_per_step(shapes: ModelShapes, work: Workload) -> float:
+    """Model FLOPs of one step (no recomputation), as axolab.metrics.flops_per_token counts."""
+    per_token = 6.0 * shapes.matmul_params + 12.0 * shapes.layers * shapes.hidden * work.seq_len
+    return per_token * work.global_batch * work.seq_len

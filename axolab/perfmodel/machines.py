@@ -1,0 +1,193 @@
+"""Machines the planner knows: GPU nodes of a few supercomputers, and this one, calibrated.
+
+Figures are per GPU (a GCD on Frontier) and public: vendor data sheets and facility user
+guides, cited next to each preset. Link bandwidths are per direction and what a ring collective
+can hope to use; sustained matmul efficiencies are approximate and are what ``axolab plan
+calibrate`` (or a user's own measurement) should replace. A calibrated machine is a JSON file
+holding the same fields plus measured collective costs per group size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import write_json_atomic
+
+COLLECTIVE_OPS = ("all_reduce", "all_gather", "reduce_scatter")
+
+
+@dataclass(frozen=True)
+class MeasuredCollective:
+    """Measured cost of one collective kind on groups of one size: ``latency_s + ring_bytes /
+    (bandwidth_gb_s * 1e9)``, where ring_bytes is what one rank sends (see perfmodel.comm)."""
+
+    op: str
+    """all_reduce, all_gather or reduce_scatter."""
+    group_size: int
+    """Ranks per group; all groups of this size in the world ran at once, as in a grid."""
+    latency_s: float
+    """Fixed cost per call (seconds)."""
+    bandwidth_gb_s: float
+    """Effective bandwidth per rank over ring bytes (GB/s, 1e9 bytes)."""
+
+    def __post_init__(self):
+        if self.op not in COLLECTIVE_OPS:
+            raise ValueError(f"collective op {self.op!r}: expected one of {COLLECTIVE_OPS}")
+        if self.group_size < 2 or self.latency_s < 0 or self.bandwidth_gb_s <= 0:
+            raise ValueError(f"measured {self.op} over {self.group_size} ranks: need group size "
+                             f">= 2, latency >= 0 and bandwidth > 0, got {self.latency_s} s and "
+                             f"{self.bandwidth_gb_s} GB/s")
+
+
+@dataclass(frozen=True)
+class Machine:
+    """One kind of GPU node, replicated: everything the model needs to time a step."""
+
+    name: str
+    """Preset or calibration name."""
+    gpus_per_node: int
+    """Ranks (GPUs, GCDs, or CPU processes) per node; collectives inside a node use the
+    intra-node bandwidth."""
+    memory_gib: float
+    """Device memory per GPU (GiB)."""
+    peak_flops_bf16: float
+    """Dense bf16 matmul peak per GPU (FLOP/s)."""
+    peak_flops_fp32: float
+    """Dense fp32 matmul peak per GPU (FLOP/s), what PyTorch's default fp32 matmul gets."""
+    matmul_efficiency: float
+    """Sustained fraction of peak on large matmuls (approximate unless calibrated)."""
+    memory_bandwidth_gb_s: float
+    """Device memory bandwidth (GB/s): elementwise kernels, the optimizer, small matmuls."""
+    intra_node_gb_s: float
+    """Per-GPU, per-direction bandwidth a ring collective gets inside a node (GB/s)."""
+    inter_node_gb_s: float
+    """Per-GPU share of the node's network injection bandwidth when every GPU of the node
+    sends at once (node NIC bandwidth / gpus_per_node), GB/s."""
+    intra_node_latency_s: float = 10e-6
+    """Fixed cost of a collective step inside a node (seconds)."""
+    inter_node_latency_s: float = 20e-6
+    """Fixed cost of a collective step across nodes (seconds)."""
+    op_overhead_s: float = 5e-6
+    """Fixed cost per kernel (launch, Python and autograd bookkeeping)."""
+    attention_efficiency: float = 0.6
+    """Attention (scores and values, forward and backward) throughput as a fraction of the
+    sustained matmul rate; fused flash kernels reach roughly 0.5-0.7 on GPUs (approximate)."""
+    attention_call_s: float = 0.0
+    """Fixed cost of one attention forward + backward (large on CPUs, where the fused kernel is
+    overhead-bound at short sequences)."""
+    collectives: tuple[MeasuredCollective, ...] = ()
+    """Measured collective costs by op and group size (calibrated machines); when present
+    they replace the bandwidth/latency formula for groups inside a node."""
+    foreach_optimizer: bool = True
+    """Whether AdamW runs its multi-tensor (foreach) path, which holds one parameter-sized
+    temporary; PyTorch uses it on GPUs and the per-tensor loop on CPUs."""
+    source: str = ""
+    """Where the figures come from."""
+
+    def __post_init__(self):
+        positive = ("gpus_per_node", "memory_gib", "peak_flops_bf16", "peak_flops_fp32",
+                    "memory_bandwidth_gb_s", "intra_node_gb_s", "inter_node_gb_s")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"machine {self.name}: {name} must be > 0, got "
+                                 f"{getattr(self, name)!r}")
+        for name in ("matmul_efficiency", "attention_efficiency"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"machine {self.name}: {name} must be in (0, 1], got "
+                                 f"{getattr(self, name)}")
+
+    def peak_flops(self, precision: str) -> float:
+        return self.peak_flops_bf16 if precision == "bf16" else self.peak_flops_fp32
+
+    def measured(self, op: str, group_size: int) -> MeasuredCollective | None:
+        """The measurement for ``op`` closest in group size (reduce_scatter falls back to
+        all_gather, its mirror image), or None on an uncalibrated machine."""
+        for kind in (op, "all_gather" if op == "reduce_scatter" else None):
+            rows = [c for c in self.collectives if c.op == kind]
+            if rows:
+                return min(rows, key=lambda c: (abs(c.group_size - group_size), c.group_size))
+        return None
+
+
+def presets() -> dict[str, Machine]:
+    """The built-in machines, freshly built (callers may not change a shared table)."""
+    return {m.name: m for m in (
+        # NERSC Perlmutter GPU node: 4x A100 fully connected by NVLink3 (4 links = 100 GB/s per
+        # direction per pair; NCCL rings over 3 peers reach ~200 GB/s, approximate), 4x HPE
+        # Slingshot-11 NICs at 25 GB/s per node (docs.nersc.gov/systems/perlmutter/architecture).
+        # A100 data sheet: 312 TFLOP/s bf16 dense, 19.5 fp32, 1555 GB/s (40 GB) / 2039 (80 GB).
+        Machine("perlmutter", 4, 40, 312e12, 19.5e12, 0.7, 1555, 200, 25,
+                source="NERSC Perlmutter architecture page; NVIDIA A100 data sheet (40 GB)"),
+        Machine("perlmutter-80gb", 4, 80, 312e12, 19.5e12, 0.7, 2039, 200, 25,
+                source="NERSC Perlmutter architecture page; NVIDIA A100 data sheet (80 GB)"),
+        # OLCF Frontier: 4x MI250X = 8 GCDs of 64 GB HBM2E; GCD pairs on one MI250X 200 GB/s,
+        # across MI250X 50-100 GB/s (Frontier User Guide), so a ring is held to ~50 GB/s per
+        # direction; 4x Slingshot NICs of 25 GB/s = 100 GB/s per node (OLCF Crusher/Frontier
+        # guides). MI250X: 383 TFLOP/s bf16 and 95.7 fp32 matrix per package (half per GCD),
+        # 3.2 TB/s per package. rocBLAS sustains less of peak than cuBLAS (the AxoNN paper tunes
+        # it): 0.5, approximate.
+        Machine("frontier", 8, 64, 191.5e12, 47.9e12, 0.5, 1600, 50, 12.5,
+                source="OLCF Frontier User Guide; AMD MI250X data sheet"),
+        # CSCS Alps GH200 node: 4x GH200 (96 GB HBM3, 4 TB/s), NVLink4 between all pairs
+        # (~150 GB/s per direction, approximate), 4x Slingshot-11 at 25 GB/s (one per GPU).
+        # H100: 989 TFLOP/s bf16 dense, 67 fp32.
+        Machine("alps", 4, 96, 989e12, 67e12, 0.7, 4000, 150, 25,
+                source="CSCS Alps hardware docs; NVIDIA GH200 data sheet (approximate links)"),
+        # A generic 8x H100 SXM 80 GB node: NVSwitch, NVLink4 450 GB/s per direction per GPU,
+        # 8x 400 Gb/s InfiniBand = 50 GB/s per GPU; 3.35 TB/s HBM3.
+        Machine("h100-node", 8, 80, 989e12, 67e12, 0.7, 3350, 450, 50,
+                intra_node_latency_s=8e-6, inter_node_latency_s=15e-6,
+                source="NVIDIA H100 SXM / DGX H100 data sheets"),
+    )}
+
+
+def get_machine(name: str) -> Machine:
+    """A preset by name (``frontier``, ``perlmutter``, ``alps``, ``h100-node`` ...)."""
+    table = presets()
+    if name not in table:
+        raise ValueError(f"unknown machine {name!r}; presets: {', '.join(table)}, or "
+                         "'this-machine' with --machine-file from `axolab plan calibrate`")
+    return table[name]
+
+
+def machine_to_dict(machine: Machine) -> dict:
+    return dataclasses.asdict(machine)
+
+
+def machine_from_dict(data: dict) -> Machine:
+    """Inverse of :func:`machine_to_dict`; unknown or missing fields are a ValueError."""
+    names = {f.name for f in dataclasses.fields(Machine)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"machine file has unknown field(s) {unknown}; expected {sorted(names)}")
+    required = {f.name for f in dataclasses.fields(Machine)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - set(data))
+    if missing:
+        raise ValueError(f"machine file lacks field(s) {missing}")
+    values = dict(data)
+    values["collectives"] = tuple(MeasuredCollective(**c) for c in data.get("collectives", ()))
+    return Machine(**values)
+
+
+def save_machine(machine: Machine, path: str | Path) -> Path:
+    """Write ``machine`` as JSON (atomically) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, machine_to_dict(machine))
+    return path
+
+
+def load_machine(path: str | Path) -> Machine:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"machine file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"machine file {path} must hold a JSON object")
+    return machine_from_dict(data)
+

@@ -1,0 +1,140 @@
+"""Peak memory of one rank during an axolab training step.
+
+Persistent: the rank's parameter shard, AdamW's two moments (axolab trains fp32 parameters,
+which are their own master copy: 4 + 8 bytes per parameter), and, from the first backward to
+``zero_grad``, fp32 gradients (4 more). On top of that the step passes through three phases,
+and the peak is the largest:
+
+- forward/backward of a micro-step: saved activations, the vocab-sharded logits and the
+  cross-entropy's fp32 softmax, the transient gathered weight block of the largest layer
+  (with its bf16 copy and the weight-gradient buffers of backward), and the gradients
+  already accumulated by earlier micro-steps;
+- ``sync_gradients``: the gradients plus the flat buffer they are concatenated into;
+- ``optimizer.step``: the gradients plus the foreach temporaries (GPU) of AdamW.
+
+Activations are counted tensor by tensor from what autograd saves in axolab's Llama layer (norm
+inputs in the residual dtype, the inputs each matmul keeps in the compute dtype, attention
+q/k/v/output and log-sum-exp, four MLP intermediates), at their sharded sizes: ``[b, S, H/X]``
+for the residual stream, ``/Y`` for heads and the MLP, on ``b = micro-batch`` rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from .comm import block_elements, local_parameters
+from .grid import GridShape
+from .machines import Machine
+from .shapes import ModelShapes
+from .workload import Workload
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes per rank; ``total`` is the modelled peak."""
+
+    parameters: float
+    """The rank's parameter shard (fp32)."""
+    gradients: float
+    """Its gradient (fp32, same shape)."""
+    optimizer: float
+    """AdamW exp_avg and exp_avg_sq."""
+    activations: float
+    """Saved activations of one micro-step at the start of backward, including the layer
+    being recomputed under activation checkpointing."""
+    logits: float
+    """Logits shard ``[b, S, V/Y]`` and the loss's fp32 softmax/temporaries."""
+    weight_buffers: float
+    """The largest layer's gathered block, its compute-dtype copy and gradient buffers."""
+    step_buffers: float
+    """The larger of the flat gradient bucket of sync_gradients and AdamW temporaries."""
+    total: float
+    """Modelled peak (persistent + the largest phase)."""
+
+    def as_gib(self) -> dict:
+        return {f.name: getattr(self, f.name) / GIB for f in fields(self)}
+
+
+def layer_activation_bytes(shapes: ModelShapes, grid: GridShape, work: Workload,
+                           tokens: int) -> float:
+    """Bytes autograd saves for one decoder layer on ``tokens`` tokens of this rank."""
+    pb, cb = work.param_bytes, work.compute_bytes
+    h = shapes.hidden // grid.x
+    q = shapes.heads * shapes.head_dim // grid.y
+    kv = shapes.kv_heads * shapes.head_dim // grid.y
+    i = shapes.intermediate // grid.y
+
+    def norm(consumers: int) -> float:
+        # input and normalized value in the residual dtype; the output is kept by each
+        # consumer matmul as its compute-dtype copy (one shared tensor when no cast happens).
+        out = consumers * h * cb if work.precision == "bf16" else h * pb
+        return 2 * h * pb + out
+
+    attention = (2 * q + 2 * kv) * cb + q * cb + (shapes.heads // grid.y) * 4
+    mlp = 4 * i * cb
+    return tokens * (norm(3) + norm(2) + attention + mlp)
+
+
+def activation_bytes(shapes: ModelShapes, grid: GridShape, work: Workload, tokens: int) -> float:
+    """Saved activations at the start of backward (the last layer recomputed if checkpointing),
+    plus the final norm and the backward's transient gradients of one layer."""
+    pb, cb = work.param_bytes, work.compute_bytes
+    h = shapes.hidden // grid.x
+    layer = layer_activation_bytes(shapes, grid, work, tokens)
+    if work.activation_checkpointing:
+        saved = shapes.layers * tokens * h * pb + layer  # layer inputs + one recomputed layer
+    else:
+        saved = shapes.layers * layer
+    final_norm = tokens * (2 * h * pb + (h * cb if work.precision == "bf16" else h * pb))
+    widest = max(h, shapes.intermediate // grid.y,
+                 shapes.heads * shapes.head_dim // grid.y)
+    transient = 2 * tokens * widest * pb  # gradients flowing through the layer in backward
+    return saved + final_norm + transient
+
+
+def logits_bytes(shapes: ModelShapes, grid: GridShape, work: Workload, tokens: int) -> float:
+    """Logits ``[tokens, V/Y]`` in the compute dtype (kept in the model output) and the loss's
+    fp32 copy, shifted values and softmax while the cross-entropy runs."""
+    cast = 4 if work.precision == "bf16" else 0
+    return tokens * (shapes.padded_vocab(grid.y) // grid.y) * (work.compute_bytes + cast + 8)
+
+
+def weight_buffer_bytes(shapes: ModelShapes, grid: GridShape, work: Workload) -> float:
+    """The largest block gathered over Z (a view when Z == 1), its compute-dtype copy, and in
+    backward the block-sized weight gradient (compute dtype, cast to fp32) and its padded copy."""
+    pb, cb = work.param_bytes, work.compute_bytes
+    vp = shapes.padded_vocab(grid.y)
+    block = max([block_elements(lin, grid) for lin in shapes.layer_linears]
+                + [block_elements(shapes.lm_head, grid, vp)])
+    copies = 2 * cb if work.precision == "bf16" else 0  # forward cast, bf16 weight gradient
+    gathered = pb if grid.z > 1 else 0
+    return block * (copies + gathered + 2 * pb)  # + fp32 weight gradient and its padded copy
+
+
+def memory_per_rank(shapes: ModelShapes, grid: GridShape, work: Workload,
+                    machine: Machine | None = None) -> MemoryBreakdown:
+    """Modelled peak memory of one rank (every rank holds the same sizes, up to padding)."""
+    micro = work.micro(grid.batch_shards)
+    steps = work.local_batch(grid.batch_shards) // micro
+    tokens = micro * work.seq_len
+    pb = work.param_bytes
+    local = local_parameters(shapes, grid)
+    params, grads, optimizer = local * pb, local * pb, 2 * local * pb
+    acts = activation_bytes(shapes, grid, work, tokens)
+    logits = logits_bytes(shapes, grid, work, tokens)
+    weights = weight_buffer_bytes(shapes, grid, work)
+    # Gradients already there during a micro-step's backward: all of them after the first
+    # micro-step; in a single micro-step, the lm head's and embedding's come first and the
+    # rest replace activations as backward frees them.
+    vp = shapes.padded_vocab(grid.y)
+    head_grads = 2 * (vp // grid.y) * (shapes.hidden // grid.x) // grid.z * pb
+    grads_live = grads if steps > 1 else min(grads, head_grads)
+    fwd_bwd = grads_live + acts + logits + weights
+    flat = grads if grid.data > 1 else \
+        (shapes.norms * (shapes.hidden // grid.x) * pb if grid.batch_shards > 1 else 0)
+    foreach = params if (machine is None or machine.foreach_optimizer) else 0
+    step = max(flat, foreach)
+    total = params + optimizer + max(fwd_bwd, grads + step)
+    return MemoryBreakdown(params, grads, optimizer, acts, logits, weights, step, total)

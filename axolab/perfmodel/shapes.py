@@ -1,0 +1,151 @@
+"""The matrices of a Llama-like model, as axolab parallelizes them.
+
+Everything the performance and memory models need about a model is here: per decoder layer the
+seven linear layers (q, k, v, o, gate, up, down) with their orientation in the 4D algorithm, the
+embedding table and lm head, head counts and norm sizes. Shapes come from a Hugging Face config
+(or a preset name of :mod:`axolab.presets`); no model is built and no weight is touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LinearShape:
+    """One weight matrix ``out_features x in_features`` and how axolab splits it."""
+
+    name: str
+    """Module name inside a decoder layer (``q_proj``) or of the model (``lm_head``)."""
+    out_features: int
+    """Rows of the weight (outputs)."""
+    in_features: int
+    """Columns of the weight (inputs)."""
+    transposed: bool
+    """False: a forward layer (``in`` over X, ``out`` over Y); True: transposed (``in`` over Y,
+    ``out`` over X). See DESIGN.md, "The 4D grid"."""
+    input_is_residual: bool
+    """Whether its input comes from a norm of the residual stream. axolab keeps the residual
+    stream in the parameter dtype (fp32), so the backward all-reduce of this layer's input
+    gradient moves parameter-dtype bytes even under bf16 autocast."""
+    bias: bool = False
+    """Whether the layer has a bias (Qwen2's q/k/v)."""
+
+    @property
+    def params(self) -> int:
+        return self.out_features * self.in_features + (self.out_features if self.bias else 0)
+
+
+@dataclass(frozen=True)
+class ModelShapes:
+    """Sizes of a decoder-only Llama-like model (Llama, Mistral, Qwen2)."""
+
+    name: str
+    """Preset name or the config's ``model_type``; used in messages only."""
+    hidden: int
+    """Hidden size H (the residual stream)."""
+    intermediate: int
+    """MLP intermediate size I."""
+    layers: int
+    """Number of decoder layers L."""
+    heads: int
+    """Attention (query) heads."""
+    kv_heads: int
+    """Key/value heads (grouped-query attention)."""
+    head_dim: int
+    """Size of one head."""
+    vocab: int
+    """Vocabulary size V (padded to a multiple of Y by axolab, see :meth:`padded_vocab`)."""
+    tied_embeddings: bool
+    """Whether the lm head shares the embedding table (one parameter, one gradient)."""
+    qkv_bias: bool = False
+    """Whether q/k/v carry biases (Qwen2)."""
+
+    def __post_init__(self):
+        for field_name in ("hidden", "intermediate", "layers", "heads", "kv_heads", "head_dim",
+                           "vocab"):
+            value = getattr(self, field_name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"model {self.name}: {field_name} must be a positive integer, "
+                                 f"got {value!r}")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"model {self.name}: {self.heads} attention heads do not group "
+                             f"over {self.kv_heads} key/value heads")
+
+    @property
+    def layer_linears(self) -> tuple[LinearShape, ...]:
+        """The seven matrices of one decoder layer, in execution order."""
+        h, i, q, kv = self.hidden, self.intermediate, self.heads * self.head_dim, \
+            self.kv_heads * self.head_dim
+        b = self.qkv_bias
+        return (LinearShape("q_proj", q, h, False, True, b),
+                LinearShape("k_proj", kv, h, False, True, b),
+                LinearShape("v_proj", kv, h, False, True, b),
+                LinearShape("o_proj", h, q, True, False),
+                LinearShape("gate_proj", i, h, False, True),
+                LinearShape("up_proj", i, h, False, True),
+                LinearShape("down_proj", h, i, True, False))
+
+    @property
+    def lm_head(self) -> LinearShape:
+        """A forward layer over the vocabulary (rows padded to a multiple of Y)."""
+        return LinearShape("lm_head", self.vocab, self.hidden, False, True)
+
+    @property
+    def embedding(self) -> LinearShape:
+        """The table ``[V, H]``: rows (vocab) over Y, columns (hidden) over X, like the lm head."""
+        return LinearShape("embed_tokens", self.vocab, self.hidden, True, False)
+
+    def padded_vocab(self, y: int) -> int:
+        return -(-self.vocab // y) * y
+
+    @property
+    def norms(self) -> int:
+        """RMSNorm weights of size H: two per layer plus the final norm."""
+        return 2 * self.layers + 1
+
+    @property
+    def params(self) -> int:
+        """Parameters of the serial model (what ``model.num_parameters()`` reports)."""
+        per_layer = sum(lin.params for lin in self.layer_linears) + 2 * self.hidden
+        head = 0 if self.tied_embeddings else self.vocab * self.hidden
+        return self.layers * per_layer + self.vocab * self.hidden + head + self.hidden
+
+    @property
+    def matmul_params(self) -> int:
+        """Parameters that take part in matmuls each token (all but the embedding and norms),
+        as :func:`axolab.metrics.flops_per_token` counts them."""
+        return self.layers * sum(lin.params for lin in self.layer_linears) + \
+            self.vocab * self.hidden
+
+
+def _from_config(config, name: str | None) -> ModelShapes:
+    h = config.hidden_size
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    return ModelShapes(
+        name=name or getattr(config, "model_type", "model"), hidden=h,
+        intermediate=config.intermediate_size, layers=config.num_hidden_layers, heads=heads,
+        kv_heads=kv, head_dim=head_dim, vocab=config.vocab_size,
+        tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+        qkv_bias=bool(getattr(config, "attention_bias", False))
+        or getattr(config, "model_type", "") == "qwen2")
+
+
+def model_shapes(model) -> ModelShapes:
+    """Shapes of ``model``: a preset name (``llama-3.1-405b``), a transformers config, or
+    :class:`ModelShapes` (returned as is)."""
+    if isinstance(model, ModelShapes):
+        return model
+    if isinstance(model, str):
+        from ..presets import PRESETS, model_config
+
+        if model not in PRESETS:
+            raise ValueError(f"unknown model {model!r}; presets: {', '.join(PRESETS)} (or pass a "
+                             "transformers config)")
+        return _from_config(model_config(model), model)
+    if hasattr(model, "hidden_size") and hasattr(model, "num_hidden_layers"):
+        return _from_config(model, getattr(model, "name_or_path", None) or None)
+    raise ValueError(f"expected a preset name, a transformers config or ModelShapes, got "
+                     f"{type(model).__name__}")

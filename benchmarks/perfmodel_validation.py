@@ -1,0 +1,310 @@
+"""Validate axolab's performance and memory model against real CPU training on every grid.
+
+For each world size (``--ranks 4,8``) one set of gloo ranks builds a small Llama with axolab's
+own code path (``axolab.train.build_model``, ``_train_step``, ``sync_gradients``,
+``clip_grad_norm_``, AdamW) on every valid (data, z, y, x) grid, then runs rounds: each round
+calibrates the machine (``axolab.perfmodel.calibrate.measure_rank``: matmul and attention
+rates, memory bandwidth, per-op cost, gloo collectives per group size) and times one step of
+every grid, barrier to barrier, in a rotating order. Interleaving matters on a shared machine:
+background load changes within minutes, and this way it weighs on every grid and on the
+calibration alike. The calibration is saved as OUT/machine-N.json. Per grid it records:
+
+  step time   median over ``--steps`` rounds after ``--warmup`` rounds (slowest rank)
+  bytes       what each grid axis's collectives sent in one step, counted by wrapping the
+              collectives axolab calls, against the model's ring-formula bytes
+  memory      peak bytes of live tensors in one step: the profiler's allocation events of the
+              CPU allocator (torch.profiler, profile_memory) on top of the parameters,
+              buffers and AdamW states alive before the step. This is what a GPU's
+              max_memory_allocated measures; it leaves out the interpreter and libraries
+              (metrics.jsonl's memory_mb on CPU is the process's peak RSS, ~400 MB of which
+              is torch itself) and gloo's internal buffers.
+
+It prints per grid predicted vs measured time and memory, then the Spearman rank correlation of
+predicted and measured step times (target >= 0.8), whether the predicted-best grid is within
+10% of the measured best, and the memory model's error (target within 20%). Measurements are
+kept in OUT/measured-N-<settings>.json; a rerun with the same settings reuses a world size
+already measured (delete the file to measure again).
+
+Usage:
+  python benchmarks/perfmodel_validation.py [--ranks 4,8] [--steps 3] [--warmup 1]
+      [--model small-llama] [--seq-len 128] [--global-batch 8] [--micro-batch M]
+      [--precision fp32] [--checkpointing] [--grids 1x1x2x2,2x1x1x2]
+      [--out results/perfmodel_validation]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+
+class RandomTokens:
+    """Stands in for a PackedDataset: fixed random sequences, read by row index."""
+
+    def __init__(self, rows: int, seq_len: int, vocab: int, seed: int = 0):
+        gen = torch.Generator().manual_seed(seed)
+        self.table = torch.randint(0, vocab, (rows, seq_len), generator=gen)
+        self.rows, self.seq_len = rows, seq_len
+
+    def read(self, rows) -> torch.Tensor:
+        return self.table[torch.as_tensor(rows)]
+
+
+def _count_collectives(grid, counts):
+    """Wrap the collectives axolab's comm module calls; returns a function that unwraps."""
+    import torch.distributed as dist
+
+    import axolab.parallel.comm as pc
+
+    axis_of = {id(a.group): a.name for a in (grid.world, grid.model, grid.batch, grid.data,
+                                             grid.z, grid.y, grid.x) if a.group is not None}
+    originals = (dist.all_reduce, pc._ALL_GATHER, pc._REDUCE_SCATTER)
+
+    def wrap(fn, op, which):
+        def counted(*args, **kw):
+            t = args[which]
+            counts[(axis_of.get(id(kw.get("group")), "?"), op)] += t.numel() * t.element_size()
+            counts[(axis_of.get(id(kw.get("group")), "?"), "calls")] += 1
+            return fn(*args, **kw)
+        return counted
+
+    dist.all_reduce = wrap(originals[0], "all_reduce", 0)
+    pc._ALL_GATHER = wrap(originals[1], "all_gather", 0)       # (output, input): gathered size
+    pc._REDUCE_SCATTER = wrap(originals[2], "reduce_scatter", 1)  # (output, input): full size
+
+    def restore():
+        dist.all_reduce, pc._ALL_GATHER, pc._REDUCE_SCATTER = originals
+    return restore
+
+
+def _peak_step_bytes(step) -> float:
+    """Largest rise of live CPU-allocator bytes during ``step()``, from profiler events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return float(peak)
+
+
+def _live_state_bytes(model, opt) -> float:
+    tensors = list(model.parameters()) + list(model.buffers()) + \
+        [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
+    seen = {}
+    for t in tensors:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return float(sum(seen.values()))
+
+
+def _build(dims, s: dict):
+    """A grid, axolab's model and AdamW on it, and one training step (axolab.train.run's loop
+    body without logging and checkpoints)."""
+    from axolab.parallel import Grid, clip_grad_norm_, sync_gradients
+    from axolab.train import _param_groups, _train_step, build_model
+
+    grid = Grid.init(*dims)
+    cfg = SimpleNamespace(model=s["model"], seed=0, global_batch=s["global_batch"],
+                          loss="standard", precision=s["precision"])
+    model = build_model(cfg, grid, 0)
+    if s["checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    opt = torch.optim.AdamW(_param_groups(model, 0.1), lr=1e-4)
+    data = RandomTokens(256, s["seq_len"], model.config.vocab_size)
+    micro = s["micro_batch"] or s["global_batch"] // grid.batch_shards
+    step_no = iter(range(10**6))
+
+    def step():
+        _train_step(cfg, model, grid, data, next(step_no), micro)
+        sync_gradients(model)
+        clip_grad_norm_(model, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return grid, model, opt, step
+
+
+def session(grids: list, s: dict, calibration) -> dict:
+    """On every rank: build every grid, then in each round calibrate the machine and time one
+    step of every grid (rotating the order), so that the background load of a shared machine
+    weighs on all grids and on the calibration alike. Then count one step's collective bytes
+    and profile one step's memory per grid."""
+    import torch.distributed as dist
+
+    from axolab.perfmodel.calibrate import measure_rank
+
+    built = {dims: _build(dims, s) for dims in grids}
+    times = {dims: [] for dims in grids}
+    rounds = []
+    for r in range(s["warmup"] + s["steps"]):
+        if r >= s["warmup"]:
+            rounds.append(measure_rank(calibration))
+        for dims in grids[r % len(grids):] + grids[:r % len(grids)]:
+            dist.barrier()
+            t0 = time.perf_counter()
+            built[dims][3]()
+            dist.barrier()
+            if r >= s["warmup"]:
+                times[dims].append(time.perf_counter() - t0)
+    out = {"calibration": rounds, "grids": {}}
+    for dims, (grid, model, opt, step) in built.items():
+        counts = defaultdict(float)
+        restore = _count_collectives(grid, counts)
+        try:
+            step()
+        finally:
+            restore()
+        before = _live_state_bytes(model, opt)
+        peak = before + _peak_step_bytes(step)
+        sizes = {a.name: a.size for a in (grid.x, grid.y, grid.z, grid.data, grid.batch,
+                                          grid.model, grid.world)}
+        out["grids"]["x".join(map(str, dims))] = {
+            "times": times[dims], "peak_bytes": peak, "state_bytes": before, "sizes": sizes,
+            "counts": {f"{a}/{op}": v for (a, op), v in counts.items()}}
+    for grid, *_ in built.values():
+        grid.destroy()
+    return out
+
+
+def combine(per_rank: list) -> tuple[list, list]:
+    """Per grid: slowest rank's step times and largest peak; calibration rounds by rank."""
+    rows = []
+    for key, mine in per_rank[0]["grids"].items():
+        every = [r["grids"][key] for r in per_rank]
+        rows.append({"grid": [int(v) for v in key.split("x")],
+                     "step_times": [max(e["times"][i] for e in every)
+                                    for i in range(len(mine["times"]))],
+                     "peak_bytes": max(e["peak_bytes"] for e in every),
+                     "state_bytes": max(e["state_bytes"] for e in every),
+                     "counts": mine["counts"], "sizes": mine["sizes"]})
+    rounds = [[r["calibration"][i] for r in per_rank]
+              for i in range(len(per_rank[0]["calibration"]))]
+    return rows, rounds
+
+
+def _measured_bytes(row) -> dict:
+    """Ring bytes per axis from the counted full-tensor bytes (as the model counts them)."""
+    from axolab.perfmodel.comm import ring_bytes
+
+    out = defaultdict(float)
+    for key, full in row["counts"].items():
+        axis, op = key.split("/")
+        if op != "calls":
+            out[axis] += ring_bytes(op, full, row["sizes"][axis])
+    return dict(out)
+
+
+def compare(world: int, rows: list, machine, s: dict) -> dict:
+    from scipy.stats import spearmanr
+
+    from axolab.perfmodel import GridShape, Workload, model_shapes, predict
+
+    shapes = model_shapes(s["model"])
+    work = Workload(s["global_batch"], s["seq_len"], s["micro_batch"], s["precision"],
+                    s["checkpointing"])
+    table = []
+    for row in rows:
+        grid = GridShape(*row["grid"])
+        p = predict(shapes, grid, work, machine, memory_fraction=1.0)
+        measured_bytes = _measured_bytes(row)
+        bytes_ok = all(abs(measured_bytes.get(a, 0.0) - p.comm.bytes_by_axis.get(a, 0.0))
+                       <= 1e-6 * max(1.0, p.comm.bytes_by_axis.get(a, 0.0))
+                       for a in set(measured_bytes) | set(p.comm.bytes_by_axis))
+        table.append({"grid": str(grid), "predicted_s": p.step_time_s,
+                      "measured_s": statistics.median(row["step_times"]),
+                      "compute_s": p.compute.total, "comm_s": p.comm.total,
+                      "predicted_gib": p.memory.total / 2**30,
+                      "measured_gib": row["peak_bytes"] / 2**30, "bytes_match": bytes_ok,
+                      "bytes": {a: (p.comm.bytes_by_axis.get(a, 0.0), measured_bytes.get(a, 0.0))
+                                for a in sorted(set(measured_bytes) | set(p.comm.bytes_by_axis))}})
+    print(f"\n{world} ranks, {s['model']}, batch {s['global_batch']} x {s['seq_len']}, "
+          f"{s['precision']}, checkpointing {'on' if s['checkpointing'] else 'off'}")
+    print(f"{'grid':>10} {'pred s':>8} {'meas s':>8} {'compute':>8} {'comm':>8} "
+          f"{'pred MiB':>9} {'meas MiB':>9} {'mem err':>8} bytes")
+    for r in sorted(table, key=lambda r: r["measured_s"]):
+        err = r["predicted_gib"] / r["measured_gib"] - 1
+        print(f"{r['grid']:>10} {r['predicted_s']:8.3f} {r['measured_s']:8.3f} "
+              f"{r['compute_s']:8.3f} {r['comm_s']:8.3f} {r['predicted_gib'] * 1024:9.1f} "
+              f"{r['measured_gib'] * 1024:9.1f} {err:+8.1%} "
+              f"{'match' if r['bytes_match'] else 'DIFFER ' + json.dumps(r['bytes'])}")
+    summary = {"world": world, "grids": len(table)}
+    if len(table) >= 2:
+        rho = spearmanr([r["predicted_s"] for r in table], [r["measured_s"] for r in table])[0]
+        best_pred = min(table, key=lambda r: r["predicted_s"])
+        best = min(r["measured_s"] for r in table)
+        gap = best_pred["measured_s"] / best - 1
+        summary.update(spearman=float(rho), predicted_best=best_pred["grid"], best_gap=gap)
+        print(f"Spearman rank correlation {rho:.3f} (target >= 0.8); predicted best "
+              f"{best_pred['grid']} is {gap:.1%} slower than the measured best "
+              f"({'within' if gap <= 0.10 else 'NOT within'} 10%)")
+    errs = [abs(r["predicted_gib"] / r["measured_gib"] - 1) for r in table]
+    summary.update(memory_max_error=max(errs), memory_median_error=statistics.median(errs),
+                   bytes_match=all(r["bytes_match"] for r in table), rows=table)
+    print(f"memory model error: median {summary['memory_median_error']:.1%}, max "
+          f"{summary['memory_max_error']:.1%} (target within 20%); collective bytes per axis "
+          f"{'match the model on every grid' if summary['bytes_match'] else 'DIFFER'}")
+    return summary
+
+
+def main(argv=None) -> int:
+    from axolab.perfmodel import enumerate_grids, load_machine, model_shapes, save_machine
+    from axolab.perfmodel.calibrate import CalibrationConfig, machine_from_measurements
+    from axolab.perfmodel.ranks import run_on_ranks
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ranks", default="4,8", help="world sizes, comma-separated (4,8)")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per grid (3)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (1)")
+    ap.add_argument("--model", default="small-llama")
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--global-batch", type=int, default=8)
+    ap.add_argument("--micro-batch", type=int)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
+    ap.add_argument("--grids", help="only these grids, e.g. 1x1x2x2,2x1x1x2")
+    ap.add_argument("--out", default="results/perfmodel_validation")
+    a = ap.parse_args(argv)
+    s = dict(model=a.model, seq_len=a.seq_len, global_batch=a.global_batch,
+             micro_batch=a.micro_batch, precision=a.precision, checkpointing=a.checkpointing,
+             steps=a.steps, warmup=a.warmup)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = (f"{a.model}-b{a.global_batch}-s{a.seq_len}-m{a.micro_batch or 0}-{a.precision}"
+           f"{'-ckpt' if a.checkpointing else ''}")
+    summaries = []
+    for world in [int(w) for w in a.ranks.split(",")]:
+        grids = [(g.data, g.z, g.y, g.x) for g in
+                 enumerate_grids(world, model_shapes(a.model), a.global_batch)]
+        if a.grids:
+            wanted = {tuple(int(v) for v in g.split("x")) for g in a.grids.split(",")}
+            grids = [g for g in grids if g in wanted]
+        measured_file = out / f"measured-{world}-{tag}.json"
+        if measured_file.exists():  # resumable: a world size already measured is reused
+            saved = json.loads(measured_file.read_text())
+            rows = [r for r in saved["rows"] if tuple(r["grid"]) in grids]
+        else:
+            print(f"{world} ranks: {len(grids)} grids, {a.warmup} + {a.steps} rounds", flush=True)
+            cal = CalibrationConfig(ranks=world, rounds=1, repeats=3)
+            rows, rounds = combine(run_on_ranks(session, world, grids, s, cal))
+            machine = machine_from_measurements(rounds, cal)
+            save_machine(machine, out / f"machine-{world}.json")
+            measured_file.write_text(json.dumps({"settings": s, "rows": rows}) + "\n")
+        machine = load_machine(out / f"machine-{world}.json")
+        summaries.append(compare(world, rows, machine, s))
+    (out / f"summary-{tag}.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

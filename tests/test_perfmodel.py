@@ -1,0 +1,292 @@
+"""The performance/memory model and the grid search (axolab.perfmodel): hand-computed
+collective bytes, node locality by stride, grid enumeration against brute force, published
+memory facts, the paper's 405B-on-Frontier settings, machine files and the `plan` CLI.
+Measured validation against real CPU training is benchmarks/perfmodel_validation.py."""
+
+import argparse
+import itertools
+import json
+from collections import defaultdict
+
+import pytest
+
+from axolab.perfmodel import (GridShape, Machine, MeasuredCollective, ModelShapes, Workload,
+                              collective_time, enumerate_grids, get_machine, grid_problems,
+                              load_machine, memory_per_rank, model_shapes, predict, presets,
+                              ring_bytes, save_machine, search, spans_one_node,
+                              step_collectives)
+from axolab.perfmodel.calibrate import CalibrationConfig, fit_latency_bandwidth, \
+    machine_from_measurements
+from axolab.perfmodel.cli import add_plan_parser
+from axolab.perfmodel.comm import comm_time
+
+GIB = 2**30
+# One layer, H=8, I=16, 2 heads of 4 (q/k/v all 8 wide), vocab 10, untied.
+TINY = ModelShapes("tiny", hidden=8, intermediate=16, layers=1, heads=2, kv_heads=2, head_dim=4,
+                   vocab=10, tied_embeddings=False)
+
+
+def _bytes_by(collectives, key):
+    out = defaultdict(int)
+    for c in collectives:
+        out[key(c)] += c.full_bytes * c.count
+    return dict(out)
+
+
+def test_tensor_parallel_collective_bytes_by_hand():
+    # grid D,Z,Y,X = 1,1,2,2; batch 2 x 3 tokens in one micro-step: n = 6 tokens; fp32 (4 B).
+    work = Workload(global_batch=2, seq_len=3, precision="fp32", activation_checkpointing=False,
+                    grad_clip=False)
+    got = _bytes_by(step_collectives(TINY, GridShape(1, 1, 2, 2), work), lambda c: c.axis)
+    # Forward layers (q, k, v, gate, up, lm head): output [n, out/Y] summed over X in forward,
+    # input grad [n, in/X] summed over Y in backward. Transposed (o, down): output [n, out/X]
+    # over Y, input grad [n, in/Y] over X. Norm statistics [n, 1] over X, 3 norms x fwd + bwd.
+    x = (3 * 6 * 4 * 4       # q, k, v outputs: [6, 8/2] fp32 = 96 B each
+         + 2 * 6 * 8 * 4     # gate, up outputs: [6, 16/2] = 192 B each
+         + 6 * 4 * 4         # o_proj input grad: [6, 8/2]
+         + 6 * 8 * 4         # down_proj input grad: [6, 16/2]
+         + 6 * 5 * 4         # lm head logits: [6, 10/2]
+         + 6 * 6 * 4)        # norm sums of squares: 6 calls of [6, 1]
+    y = (3 * 6 * 4 * 4       # q, k, v input grads: [6, 8/2]
+         + 2 * 6 * 4 * 4     # gate, up input grads: [6, 8/2]
+         + 6 * 4 * 4         # o_proj output: [6, 8/2]
+         + 6 * 4 * 4         # down_proj output: [6, 8/2]
+         + 6 * 4 * 4         # lm head input grad: [6, 8/2]
+         + 6 * 4 * 4         # embedding output: [6, 8/2]
+         + 3 * 6 * 4)        # cross-entropy max, sum of exp, target logit: [6] each
+    assert (x, y) == (1224, 936)
+    assert got == {"x": x, "y": y}  # no Z, data or batch traffic on a 1x1x2x2 grid
+    sent = comm_time(TINY, GridShape(1, 1, 2, 2), work, get_machine("frontier")).bytes_by_axis
+    assert sent == {"x": 1224.0, "y": 936.0}  # ring all-reduce over 2: 2*(2-1)/2 = 1x
+
+
+def test_depth_parallel_collective_bytes_by_hand():
+    # grid 1,2,1,1: batch 2 over D*Z = 2 -> 1 sequence of 3 tokens per rank.
+    work = Workload(global_batch=2, seq_len=3, precision="fp32", activation_checkpointing=False,
+                    grad_clip=True)
+    got = _bytes_by(step_collectives(TINY, GridShape(1, 2, 1, 1), work),
+                    lambda c: (c.op, c.axis))
+    # Layer blocks (elements): q, k, v, o 8x8 = 64; gate, up, down 16x8 = 128 -> 640, fp32.
+    layer = 640 * 4
+    head, emb = 10 * 8 * 4, 10 * 8 * 4
+    assert got[("all_gather", "z")] == 2 * layer + 2 * head + emb  # fwd + bwd; embedding fwd
+    assert got[("reduce_scatter", "z")] == layer + head + emb
+    # Over the batch group: id check (8 B), counts (16), loss (4), kept tokens (8), and the
+    # norm-weight gradient bucket: 3 norms x 8 x 4 B. Over the model group: the grad norm.
+    assert got[("all_reduce", "batch")] == 8 + 16 + 4 + 8 + 3 * 8 * 4
+    assert got[("all_reduce", "model")] == 4
+    assert set(got) == {("all_gather", "z"), ("reduce_scatter", "z"), ("all_reduce", "batch"),
+                        ("all_reduce", "model")}
+
+
+def test_checkpointing_regathers_and_skips_the_last_output_all_reduce():
+    grid = GridShape(1, 2, 2, 1)
+    base = Workload(4, 3, precision="fp32", activation_checkpointing=False, grad_clip=False)
+    ckpt = Workload(4, 3, precision="fp32", activation_checkpointing=True, grad_clip=False)
+    calls = {w: {c.what: c.count for c in step_collectives(TINY, grid, w)} for w in (base, ckpt)}
+    assert calls[base]["q_proj weight"] == 2 and calls[ckpt]["q_proj weight"] == 3
+    assert calls[ckpt]["o_proj output"] == 2 * calls[base]["o_proj output"]
+    assert calls[ckpt]["down_proj output"] == calls[base]["down_proj output"]
+
+
+def test_ring_formulas():
+    assert ring_bytes("all_reduce", 1000, 4) == 1500
+    assert ring_bytes("all_gather", 1000, 4) == 750
+    assert ring_bytes("reduce_scatter", 1000, 1) == 0
+    with pytest.raises(ValueError, match="broadcast"):
+        ring_bytes("broadcast", 1, 2)
+
+
+def _brute_force_local(grid: GridShape, axis: str, gpn: int) -> bool:
+    """Every group of ``axis`` on one node, from the explicit rank layout."""
+    D, Z, Y, X = grid.data, grid.z, grid.y, grid.x
+    coords = list(itertools.product(range(D), range(Z), range(Y), range(X)))
+    rank = {c: ((c[0] * Z + c[1]) * Y + c[2]) * X + c[3] for c in coords}
+    key = {"x": lambda c: (c[0], c[1], c[2]), "y": lambda c: (c[0], c[1], c[3]),
+           "z": lambda c: (c[0], c[2], c[3]), "data": lambda c: (c[1], c[2], c[3]),
+           "batch": lambda c: (c[2], c[3]), "model": lambda c: (c[0],)}[axis]
+    groups = defaultdict(set)
+    for c in coords:
+        groups[key(c)].add(rank[c] // gpn)
+    return all(len(nodes) == 1 for nodes in groups.values())
+
+
+def test_intra_or_inter_node_by_stride():
+    assert spans_one_node(4, 1, gpus_per_node=4, world=16)       # X=4 on 4-GPU nodes
+    assert spans_one_node(2, 2, gpus_per_node=4, world=16)       # Y=2 after X=2
+    assert not spans_one_node(2, 4, gpus_per_node=4, world=16)   # Y=2 after X=4
+    assert not spans_one_node(3, 1, gpus_per_node=4, world=12)   # groups straddle nodes
+    assert spans_one_node(8, 1, gpus_per_node=8, world=8)
+    for world, gpn in ((16, 4), (32, 8), (24, 8), (12, 4)):
+        for grid in enumerate_grids(world):
+            for axis in ("x", "y", "z", "data", "batch", "model"):
+                assert spans_one_node(grid.size(axis), grid.stride(axis), gpn, world) == \
+                    _brute_force_local(grid, axis, gpn), (world, gpn, grid, axis)
+
+
+def test_inter_node_collective_is_slower():
+    m = get_machine("frontier")
+    local = collective_time(m, "all_reduce", 2**26, 8, 1, 64)
+    remote = collective_time(m, "all_reduce", 2**26, 8, 8, 64)
+    assert remote > 3 * local
+
+
+def _all_products(n):
+    """Every (d, z, y, x) of positive integers with d*z*y*x == n, by exhaustive search."""
+    return [(d, z, y, n // (d * z * y)) for d, z, y in itertools.product(range(1, n + 1), repeat=3)
+            if n % (d * z * y) == 0]
+
+
+def test_grid_enumeration_matches_brute_force():
+    for n in range(1, 33):
+        assert sorted((g.data, g.z, g.y, g.x) for g in enumerate_grids(n)) == \
+            sorted(_all_products(n))
+    assert len(enumerate_grids(4)) == 10 and len(enumerate_grids(8)) == 20
+    tiny = model_shapes("tiny-llama")  # H=64, I=172, 4 heads, 2 kv heads
+    for n, batch in ((8, 8), (16, 4), (12, 6)):
+        expected = [d for d in _all_products(n) if 2 % d[2] == 0 and 4 % d[2] == 0
+                    and 64 % d[3] == 0 and 172 % d[2] == 0 and batch % (d[0] * d[1]) == 0]
+        got = [(g.data, g.z, g.y, g.x) for g in enumerate_grids(n, tiny, batch)]
+        assert sorted(got) == sorted(expected)
+
+
+def test_grid_problems_name_the_numbers():
+    problems = grid_problems(model_shapes("tiny-llama"), GridShape(1, 3, 8, 1), 8)
+    assert "4 attention heads do not divide by y=8" in problems
+    assert "global batch 8 does not divide by data*z = 3" in problems
+    with pytest.raises(ValueError, match="grid dimension z must be a positive integer, got 0"):
+        GridShape(1, 0, 1, 1)
+    with pytest.raises(ValueError, match="global_batch must be a positive integer, got -1"):
+        Workload(-1, 8)
+
+
+def test_monotonic_sanity():
+    shapes, m = model_shapes("llama-3.1-8b"), get_machine("h100-node")
+    work = Workload(16, 4096)
+    small, big = predict(shapes, GridShape(2, 1, 2, 2), work, m), \
+        predict(shapes, GridShape(2, 1, 2, 2), Workload(32, 4096), m)
+    assert big.step_time_s > small.step_time_s and big.compute.total > small.compute.total
+    deeper = [memory_per_rank(shapes, GridShape(1, z, 2, 2), Workload(16, 4096)).parameters
+              for z in (1, 2, 4)]
+    assert deeper[0] > deeper[1] > deeper[2]
+    no_ckpt = Workload(16, 4096, activation_checkpointing=False)
+    assert memory_per_rank(shapes, GridShape(1, 2, 2, 2), no_ckpt).activations > \
+        4 * memory_per_rank(shapes, GridShape(1, 2, 2, 2), work).activations
+    assert predict(shapes, GridShape(1, 2, 2, 2), no_ckpt, m).compute.total < \
+        predict(shapes, GridShape(1, 2, 2, 2), work, m).compute.total
+    slow = Machine(**{**m.__dict__, "name": "slow", "intra_node_gb_s": m.intra_node_gb_s / 10})
+    assert comm_time(shapes, GridShape(1, 1, 2, 4), work, slow).total > \
+        comm_time(shapes, GridShape(1, 1, 2, 4), work, m).total
+    hidden = predict(shapes, GridShape(1, 1, 2, 4), Workload(16, 4096, overlap=1.0), m)
+    assert hidden.exposed_comm_s == 0 and hidden.step_time_s == pytest.approx(
+        hidden.compute.total)
+
+
+def test_published_memory_facts():
+    big, small = model_shapes("llama-3.1-405b"), model_shapes("llama-3.1-8b")
+    assert big.params == pytest.approx(405.85e9, rel=1e-3)
+    assert 2 * big.params / 1e9 == pytest.approx(810, rel=0.01)    # bf16 weights ~810 GB
+    assert 2 * small.params / 1e9 == pytest.approx(16.06, rel=0.01)  # ~16 GB
+    mem = memory_per_rank(small, GridShape(1, 1, 1, 1), Workload(1, 4096))
+    # axolab's fp32 parameters are AdamW's master copy: 4 + 2 x 4 bytes, plus 4 for grads.
+    assert mem.parameters + mem.optimizer == 12 * small.params
+    assert mem.gradients == 4 * small.params
+    sharded = memory_per_rank(big, GridShape(1, 8, 8, 8), Workload(512, 4096))
+    assert sharded.parameters == pytest.approx(4 * big.params / 512, rel=0.01)
+
+
+@pytest.mark.parametrize("gpus,seq", [(1024, 4096), (4096, 8192)])
+def test_405b_fine_tuning_fits_on_frontier(gpus, seq):
+    rows = search("llama-3.1-405b", gpus, "frontier", seq_len=seq, top_k=5)
+    assert rows and all(r.fits for r in rows)
+    assert all(r.memory.total <= 64 * GIB for r in rows)
+    assert rows[0].step_time_s <= rows[-1].step_time_s
+
+
+def test_405b_on_8_gcds_does_not_fit():
+    rows = search("llama-3.1-405b", 8, "frontier", seq_len=4096)
+    assert rows and not any(r.fits for r in rows)
+    assert min(r.memory.total for r in rows) > 12 * 405e9 / 8  # weights + Adam alone
+
+
+def test_config_and_preset_agree():
+    from axolab.presets import model_config
+
+    by_name = search("tiny-llama", 4, "perlmutter", global_batch=8, seq_len=256)
+    by_config = search(model_config("tiny-llama"), 4, "perlmutter", global_batch=8, seq_len=256)
+    assert [(r.grid, r.step_time_s) for r in by_name] == \
+        [(r.grid, r.step_time_s) for r in by_config]
+
+
+def test_machine_file_round_trip(tmp_path):
+    for machine in presets().values():
+        assert load_machine(save_machine(machine, tmp_path / f"{machine.name}.json")) == machine
+    calibrated = Machine("cpu", 4, 8, 1e9, 2e10, 1.0, 10, 1, 1, collectives=(
+        MeasuredCollective("all_reduce", 2, 1e-3, 0.5),
+        MeasuredCollective("all_gather", 4, 2e-3, 0.25)))
+    path = save_machine(calibrated, tmp_path / "cpu.json")
+    assert load_machine(path) == calibrated
+    assert calibrated.measured("reduce_scatter", 4).op == "all_gather"
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "gpus": 4}))
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['gpus'\]"):
+        load_machine(path)
+
+
+def test_calibration_fit_and_assembly():
+    latency, bandwidth = fit_latency_bandwidth([(b, 1e-3 + b / 2e9) for b in (1e3, 1e5, 1e7)])
+    assert latency == pytest.approx(1e-3) and bandwidth == pytest.approx(2e9)
+    rates = dict(flops_fp32=2e10, flops_bf16=1e9, bandwidth=5e9, op_overhead=1e-5,
+                 attention_flops=1e9, attention_call=1e-3)
+    timings = [(op, g, b, 1e-3 * g + b / 1e9) for op in ("all_reduce", "all_gather",
+                                                          "reduce_scatter")
+               for g in (2, 4) for b in (4096, 2**20)]
+    rank = {"rates": rates, "timings": timings}
+    machine = machine_from_measurements([[rank, rank]], CalibrationConfig(ranks=4))
+    assert machine.gpus_per_node == 4 and machine.peak_flops_fp32 == 2e10
+    assert machine.measured("all_reduce", 4).latency_s == pytest.approx(4e-3, rel=1e-3)
+
+
+def _plan(argv):
+    parser = argparse.ArgumentParser(prog="axolab")
+    add_plan_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["plan", *argv])
+    return args.func(args)
+
+
+def test_cli_ranks_grids_as_json(capsys):
+    code = _plan(["--model", "llama-3.1-405b", "--gpus", "1024", "--machine", "frontier",
+                  "--seq-len", "4096", "--top", "3", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["fits"] and len(out["rows"]) == 3
+    first = out["rows"][0]
+    assert first["data"] * first["z"] * first["y"] * first["x"] == 1024
+    assert first["memory_gib"]["total"] <= 64 and first["fits"]
+
+
+def test_cli_table_and_hopeless_case(capsys):
+    assert _plan(["--model", "tiny-llama", "--gpus", "4", "--machine", "alps",
+                  "--global-batch", "8", "--seq-len", "512"]) == 0
+    table = capsys.readouterr().out
+    assert "tiny-llama on 4 GPUs of alps" in table and "D x Z x Y x X" in table
+    code = _plan(["--model", "llama-3.1-405b", "--gpus", "8", "--machine", "frontier"])
+    out = capsys.readouterr().out
+    assert code == 2
+    assert "llama-3.1-405b does not fit on 8 GPUs of frontier: the best grid" in out
+    assert "GiB usable of 64 GiB; needs at least" in out and "Traceback" not in out
+
+
+def test_cli_bad_input_is_a_message(capsys):
+    assert _plan(["--model", "llama-3.1-8b", "--gpus", "8", "--machine", "summit"]) == 2
+    assert "unknown machine 'summit'" in capsys.readouterr().err
+    assert _plan(["--gpus", "8"]) == 2
+    assert "--model and --gpus are required" in capsys.readouterr().err
+
+
+def test_cli_calibrate_subcommand_parses():
+    parser = argparse.ArgumentParser(prog="axolab")
+    add_plan_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["plan", "calibrate", "--out", "m.json", "--ranks", "2"])
+    assert (args.plan_command, args.out, args.ranks) == ("calibrate", "m.json", 2)
+    with pytest.raises(ValueError, match="ranks, repeats and rounds >= 1"):
+        CalibrationConfig(ranks=0)
