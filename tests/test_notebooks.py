@@ -100,3 +100,28 @@ def test_goldfish_mitigation_sweeps_k(tmp_path):
     assert all(name in _text(cells[0]) for name in runs)
     assert "'tiny-llama-standard': 0.0" in _text(cells[1])
     assert _images(cells[2]) == 2
+
+
+def test_finetune_405b_runs_with_a_tiny_stand_in(tmp_path, dataset):
+    from transformers import AutoModelForCausalLM
+
+    from axolab.presets import model_config
+
+    checkpoint = tmp_path / "stand-in"
+    AutoModelForCausalLM.from_config(model_config("tiny-llama")).save_pretrained(checkpoint)
+    status = run_notebook(NB / "finetune_405b.ipynb",
+                          {"model_dir": str(checkpoint), "data": str(dataset), "gpus": 2,
+                           "machine": "h100-node", "global_batch": 4, "seq_len": 128,
+                           "precision": "fp32", "steps": 4, "prefix_len": 4, "suffix_len": 8},
+                          tmp_path / "results", "ft", progress=False)
+    assert status["state"] == "completed"
+    run_dir = tmp_path / "results" / "ft"
+    cfg = json.loads((run_dir / "config.json").read_text())
+    # The grid the planner picked is the one that trained, with the goldfish loss.
+    cells = _outputs(Path(status["output"]))
+    assert f"grid (data, z, y, x): {cfg['grid']}" in _text(cells[1])
+    assert cfg["loss"] == "goldfish" and cfg["model"] == str(checkpoint)
+    assert sum(cfg["grid"][i] for i in range(4)) == 5  # two ranks: one axis of 2
+    assert [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+            ] == [1, 2, 3, 4]
+    assert (run_dir / "eval.json").is_file() and _images(cells[3]) == 1

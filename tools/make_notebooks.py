@@ -144,9 +144,65 @@ plots = report_plots(out)
 display(plots["exact_by_repetitions"], plots["loss_curves"])'''),
 ]
 
+FINETUNE_405B = [
+    ("parameters", '''\
+# Parameters. On a cluster: a downloaded Hugging Face checkpoint and the allocation's GPUs.
+# On a laptop: a tiny stand-in checkpoint, gpus=2, precision="fp32" (same cells, same code).
+model_dir = "checkpoints/Llama-3.1-405B"  # config.json + *.safetensors
+data = "results/data/wikipedia-canaries"  # a dataset built by `axolab data build`
+run_dir = "results/finetune-405b"  # set by `axolab run`
+gpus = 1024  # ranks of the job
+machine = "frontier"  # planner preset (axolab plan --help) or a calibrated machine file
+global_batch = 1024  # sequences per step
+seq_len = 4096  # for the plan; the dataset's own length is used in training
+precision = "bf16"  # "bf16" on GPUs, "fp32" on CPUs
+goldfish_k = 4  # one token in k left out of the loss
+steps = 100  # optimizer steps
+lr = 1e-5  # peak learning rate
+prefix_len = 32  # memorization probe: prompt tokens
+suffix_len = 32  # memorization probe: tokens to reproduce'''),
+    (None, '''\
+# Plan: every valid grid for these GPUs, ranked by predicted step time, memory checked.
+import pandas as pd
+from transformers import AutoConfig
+
+from axolab.perfmodel import search
+
+plans = search(AutoConfig.from_pretrained(model_dir), gpus, machine, global_batch, seq_len,
+               precision=precision)
+best = plans[0]
+if not best.fits:
+    raise SystemExit(f"no grid of {gpus} GPUs fits: the best needs "
+                     f"{best.memory.total / 2**30:.1f} GiB per GPU")
+pd.DataFrame([p.to_dict() for p in plans[:5]])'''),
+    (None, '''\
+# Memory per GPU of the chosen grid (GiB).
+grid = [best.grid.data, best.grid.z, best.grid.y, best.grid.x]
+print("grid (data, z, y, x):", grid, "micro-batch", best.micro_batch)
+{k: round(v, 3) for k, v in best.memory.as_gib().items()}'''),
+    (None, '''\
+# Fine-tune with the goldfish loss: the checkpoint is loaded sharded (no rank holds a copy).
+from axolab.launch import run
+
+last = run(dict(model=model_dir, data=data, run_dir=run_dir, grid=grid, steps=steps, lr=lr,
+                global_batch=global_batch, precision=precision, loss="goldfish",
+                goldfish_k=goldfish_k, activation_checkpointing=True, warmup_steps=min(10, steps),
+                checkpoint_interval=max(1, steps // 4), eval_interval=max(1, steps // 4)))
+last'''),
+    (None, '''\
+# Memorization of the fine-tuned model on the dataset's canaries.
+from axolab.memorization import EvalConfig, evaluate
+from axolab.report import report_plots
+
+summary = evaluate(run_dir, data, EvalConfig(prefix_len=prefix_len, suffix_len=suffix_len))
+display(report_plots(run_dir)["exact_by_repetitions"])
+summary["exact_match_by_repetitions"]'''),
+]
+
 
 NOTEBOOKS = {"train.ipynb": TRAIN, "canary_injection.ipynb": CANARY_INJECTION,
-             "memorization.ipynb": MEMORIZATION, "goldfish_mitigation.ipynb": GOLDFISH}
+             "memorization.ipynb": MEMORIZATION, "goldfish_mitigation.ipynb": GOLDFISH,
+             "finetune_405b.ipynb": FINETUNE_405B}
 
 if __name__ == "__main__":
     for name, cells in NOTEBOOKS.items():

@@ -14,8 +14,9 @@ def write_notebook(path: str | Path, cells: list[tuple[str | None, str]]) -> Pat
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
-    for tag, source in cells:
+    for i, (tag, source) in enumerate(cells):
         cell = nbformat.v4.new_code_cell(source)
+        cell["id"] = f"cell-{i}"  # stable ids: regenerating a notebook changes only its code
         if tag:
             cell.metadata["tags"] = [tag]
         nb.cells.append(cell)
