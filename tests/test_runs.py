@@ -138,9 +138,11 @@ def test_shipped_notebooks_match_their_sources():
 
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "tools"))
-    from make_notebooks import TRAIN
+    from make_notebooks import NOTEBOOKS
 
-    nb = nbformat.read(str(root / "notebooks" / "train.ipynb"), as_version=4)
-    assert [c.source for c in nb.cells] == [source for _, source in TRAIN], \
-        "notebooks/ is stale: run python tools/make_notebooks.py"
-    assert "parameters" in nb.cells[0].metadata["tags"]
+    assert sorted(NOTEBOOKS) == sorted(p.name for p in (root / "notebooks").glob("*.ipynb"))
+    for name, cells in NOTEBOOKS.items():
+        nb = nbformat.read(str(root / "notebooks" / name), as_version=4)
+        assert [c.source for c in nb.cells] == [source for _, source in cells], \
+            f"notebooks/{name} is stale: run python tools/make_notebooks.py"
+        assert "parameters" in nb.cells[0].metadata["tags"]
