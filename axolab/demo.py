@@ -1,103 +1,92 @@
-"""`make demo`: a small 4D-parallel training run on 4 CPU ranks over the embedded Austen corpus.
+"""`make demo`: a complete small memorization study on 4 CPU ranks, report included.
 
-The parent process starts the ranks with torchrun (``--standalone``: rendezvous on localhost);
-each rank builds the same tiny Llama, parallelizes it on the grid, and trains on its batch shard.
-Rank 0 prints the loss and, before the first step, checks it against the serial model.
+1. builds the ``demo`` recipe: Austen paragraphs with random-token, PIN-secret and paragraph
+   canaries injected 1, 4, 16, 32 and 64 times (and never-injected controls);
+2. trains Llamas of two sizes from scratch, each with the standard and the goldfish loss, on a
+   4D grid of 4 ranks (each run a real torchrun job through ``axolab.launch``);
+3. evaluates every canary of every run (exact match, exposure, membership inference);
+4. writes ``results/demo/report/`` (``axolab report``) and ``results/demo/summary.md``.
+
+Runs already evaluated are kept, so an interrupted demo continues where it stopped; delete
+``results/demo`` to start over.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
-import subprocess
+import math
 import sys
 import time
 from pathlib import Path
 
-CORPUS = Path(__file__).resolve().parent.parent / "data_recipes" / "corpora" / "austen.txt.gz"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--grid", default="1,2,1,2", help="data,z,y,x (product = number of ranks)")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--global-batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p = argparse.ArgumentParser(prog="python -m axolab.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("results") / "demo")
+    p.add_argument("--recipe", type=Path, default=ROOT / "data_recipes" / "demo.yaml")
+    p.add_argument("--sizes", default="tiny-llama,small-llama", help="model presets")
+    p.add_argument("--grid", default="1,2,1,2", help="data,z,y,x of every run (4 ranks)")
+    p.add_argument("--epochs", type=float, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--global-batch", type=int, default=32)
+    p.add_argument("--goldfish-k", type=int, default=4)
     return p.parse_args(argv)
 
 
-def _byte_batches(seq_len: int, batch: int, steps: int, seed: int = 0):
-    """Random windows of the corpus as byte ids (vocab 256); the same on every rank."""
-    import torch
+def summary_markdown(rows: list[dict]) -> str:
+    """The study as a markdown table: one row per run, random canaries' exact-match rate per
+    repetition count, the goldfish runs' validation-loss cost against the standard run of the
+    same size, exposure of the PIN secrets and membership-inference AUC."""
+    reps = sorted({int(n) for r in rows for n in r["exact_random_by_repetitions"] if int(n) > 0})
+    standard = {r["model"]: r["val_loss"] for r in rows if r["loss"] == "standard"}
+    top = str(max(reps)) if reps else None
+    head = ["run", "val loss", *(f"random x{n}" for n in reps), f"paragraphs x{top}",
+            f"PIN exposure x{top} (bits)", "MIA AUC (loss)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cost = ""
+        if r["loss"] != "standard" and r["model"] in standard:
+            cost = f" ({100 * (r['val_loss'] / standard[r['model']] - 1):+.1f}%)"
+        exact = r["exact_random_by_repetitions"]
+        paragraphs = r.get("exact_by_kind", {}).get("document", {}).get(top)
+        exposure = r["exposure_by_repetitions"].get(top)
+        cells = [r["run"], f"{r['val_loss']:.3f}{cost}",
+                 *(_fmt(exact.get(str(n))) for n in reps), _fmt(paragraphs),
+                 _fmt(exposure, "{:.1f}"), _fmt(r["mia_auc"].get("loss"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
-    data = torch.frombuffer(bytearray(gzip.decompress(CORPUS.read_bytes())), dtype=torch.uint8)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        starts = torch.randint(0, data.numel() - seq_len - 1, (batch,), generator=g)
-        yield torch.stack([data[s:s + seq_len].long() for s in starts.tolist()])
 
-
-def _tiny_llama():
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    return LlamaForCausalLM(cfg)
-
-
-def worker(args) -> None:
-    import copy
-
-    import torch
-    from tqdm import tqdm
-
-    from axolab.parallel import Grid, clip_grad_norm_, parallelize, sync_gradients
-
-    torch.set_num_threads(1)
-    grid = Grid.init(*(int(v) for v in args.grid.split(",")))
-    serial = _tiny_llama()
-    model = parallelize(copy.deepcopy(serial), grid)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
-    lead = grid.rank == 0
-    bar = tqdm(total=args.steps, disable=not lead, desc=f"train grid {grid.shape}", unit="step")
-    t0 = time.perf_counter()
-    for step, batch in enumerate(_byte_batches(args.seq_len, args.global_batch, args.steps)):
-        out = model(input_ids=grid.shard_batch(batch), labels=grid.shard_batch(batch))
-        if step == 0 and lead:
-            with torch.no_grad():
-                ref = serial(input_ids=batch, labels=batch).loss.item()
-            tqdm.write(f"step 0: parallel loss {out.loss.item():.6f}, serial model {ref:.6f}")
-        out.loss.backward()
-        sync_gradients(model)
-        norm = clip_grad_norm_(model, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        bar.update()
-        if lead and (step + 1) % 10 == 0:
-            tqdm.write(f"step {step + 1:4d}  loss {out.loss.item():.4f}  grad norm {norm.item():.3f}")
-    bar.close()
-    if lead:
-        tokens = args.steps * args.global_batch * args.seq_len
-        print(f"done: {args.steps} steps, {tokens / (time.perf_counter() - t0):,.0f} tokens/s on "
-              f"{grid.size} CPU ranks, final loss {out.loss.item():.4f} "
-              f"(uniform over bytes would be {torch.log(torch.tensor(256.0)).item():.4f})")
+def _fmt(value, spec: str = "{:.2f}") -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) \
+        else spec.format(value)
 
 
 def main(argv=None) -> int:
     args = _args(argv)
-    if args.worker:
-        worker(args)
-        return 0
-    ranks = 1
-    for v in args.grid.split(","):
-        ranks *= int(v)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={ranks}", "-m", "axolab.demo", "--worker", *(argv or sys.argv[1:])]
-    return subprocess.call(cmd)
+    from .report import build_report
+    from .study import run_study
+
+    grid = [int(v) for v in args.grid.split(",")]
+    sizes = args.sizes.split(",")
+    t0 = time.perf_counter()
+    print(f"axolab demo: recipe {args.recipe.name}, models {', '.join(sizes)}, standard and "
+          f"goldfish (k={args.goldfish_k}) loss, grid (data, z, y, x) = {tuple(grid)} on "
+          f"{math.prod(grid)} ranks, {args.epochs:g} epochs -> {args.out}/", flush=True)
+    rows = run_study(args.recipe, args.out, sizes, ["standard", "goldfish"], args.epochs,
+                     args.lr, args.global_batch, args.goldfish_k, grid=grid)
+    report = build_report([args.out], args.out / "report")
+    table = summary_markdown(rows)
+    (args.out / "summary.md").write_text(
+        "Exact-match rate of random canaries by repetitions in training, the paragraph "
+        "canaries seen most often, exposure of the PIN secrets and membership-inference AUC.\n\n"
+        + table)
+    minutes = (time.perf_counter() - t0) / 60
+    print(f"\n{table}\nreport: {report / 'index.html'}   ({minutes:.1f} minutes)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -70,6 +70,8 @@ def run_study(recipe: Path, out: Path, sizes: list[str], losses: list[str], epoc
                          "train_loss": read_metrics(run_dir)[-1]["loss"],
                          "exact_by_repetitions": summary["exact_match_by_repetitions"],
                          "exact_random_by_repetitions": _exact_by_repetitions(run_dir, "random"),
+                         "exact_by_kind": {kind: _exact_by_repetitions(run_dir, kind)
+                                           for kind in _kinds(run_dir)},
                          "exposure_by_repetitions": summary["exposure_by_repetitions"],
                          "mia_auc": {k: v["auc"] for k, v in summary["mia"].items()}})
     (out / "study.json").write_text(json.dumps(rows, indent=2))
@@ -85,6 +87,11 @@ def _exact_by_repetitions(run_dir: Path, kind: str) -> dict[str, float]:
         if record["kind"] == kind:
             hits.setdefault(record["repetitions"], []).append(bool(record["exact"]))
     return {str(n): sum(v) / len(v) for n, v in sorted(hits.items())}
+
+
+def _kinds(run_dir: Path) -> list[str]:
+    lines = (run_dir / "memorization.jsonl").read_text().splitlines()
+    return sorted({json.loads(line)["kind"] for line in lines})
 
 
 def _val_loss(run_dir: Path, data: Path) -> float:

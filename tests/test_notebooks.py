@@ -125,3 +125,43 @@ def test_finetune_405b_runs_with_a_tiny_stand_in(tmp_path, dataset):
     assert [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()
             ] == [1, 2, 3, 4]
     assert (run_dir / "eval.json").is_file() and _images(cells[3]) == 1
+
+
+def test_scaling_sweep_measures_every_grid_next_to_its_prediction(tmp_path, dataset):
+    import statistics
+
+    import pandas as pd
+
+    from axolab.data.loader import PackedDataset
+    from axolab.perfmodel import get_machine, predict
+    from axolab.perfmodel.grid import GridShape, enumerate_grids
+    from axolab.perfmodel.shapes import model_shapes
+    from axolab.perfmodel.workload import Workload
+
+    status = run_notebook(NB / "scaling_sweep.ipynb",
+                          {"data": str(dataset), "models": ["tiny-llama"], "rank_counts": [1, 2],
+                           "steps": 3, "global_batch": 4, "machine": "h100-node"},
+                          tmp_path / "results", "scaling", progress=False)
+    assert status["state"] == "completed"
+    out = tmp_path / "results" / "scaling"
+    table = pd.read_csv(out / "scaling.csv")
+    shapes = model_shapes("tiny-llama")
+    expected = ["1x1x1x1"] + sorted("x".join(map(str, (g.data, g.z, g.y, g.x)))
+                                    for g in enumerate_grids(2, shapes, 4))
+    assert len(expected) == 5 and sorted(table["grid"]) == sorted(expected)
+    for row in table.itertuples():
+        # Each point really trained on its grid, and the table's medians are its metrics'.
+        cfg = json.loads((out / row.run / "config.json").read_text())
+        assert "x".join(map(str, cfg["grid"])) == row.grid and cfg["steps"] == 3
+        steps = [json.loads(x) for x in (out / row.run / "metrics.jsonl").read_text().splitlines()]
+        assert [s["step"] for s in steps] == [1, 2, 3]
+        assert row.measured_tokens_per_s == pytest.approx(
+            statistics.median(s["tokens_per_s"] for s in steps[1:]))
+        grid = GridShape(*map(int, row.grid.split("x")))
+        want = predict(shapes, grid, Workload(4, PackedDataset(dataset, "train").seq_len, None,
+                                              "fp32", False), get_machine("h100-node"))
+        assert row.predicted_step_s == pytest.approx(want.step_time_s)
+    cells = _outputs(Path(status["output"]))
+    assert "predicted_tokens_per_s" in _text(cells[0])
+    assert _images(cells[1]) == 1
+    assert "spearman" in _text(cells[2]) and "predicted_best_gap" in _text(cells[2])

@@ -78,7 +78,11 @@ def _eval(seed: int) -> dict:
             "exposure_by_repetitions": {r: float(rng.uniform(0, 9)) for r in reps[:3]},
             "mia": {s: {"auc": float(rng.uniform()), "tpr_at_0.01_fpr": 0.1, "members": 8,
                         "nonmembers": 8} for s in SCORES},
-            "extraction_curve": {"4": 0.25, "8": float(rng.uniform())}}
+            "extraction_curve": {"4": 0.25, "8": float(rng.uniform())},
+            # Only the first run has rates per kind, as runs evaluated before by_kind existed.
+            **({"by_kind": {kind: {"exact_match_by_repetitions":
+                                   {r: float(rng.uniform()) for r in reps}}
+                            for kind in ("random", "secret")}} if seed == 1 else {})}
 
 
 def write_run(path: Path, config=None, metrics=None, evaluation=None, memorization=None,
@@ -182,7 +186,13 @@ def test_long_tables_agree_with_the_run_files(study):
         "tiny-standard", "sweep/small-goldfish"}
     for name in ("tiny-standard", "sweep/small-goldfish"):
         ev = runs[name]["evaluation"]
-        mine = by_reps[by_reps["run"] == name].set_index("repetitions")
+        mine = by_reps[by_reps["run"] == name]
+        assert set(mine["kind"]) == {"all", *ev.get("by_kind", {})}
+        for kind, rates in ev.get("by_kind", {}).items():
+            got = mine[mine["kind"] == kind].set_index("repetitions")["exact"].to_dict()
+            assert got == pytest.approx({int(k): v for k, v in
+                                         rates["exact_match_by_repetitions"].items()}), kind
+        mine = mine[mine["kind"] == "all"].set_index("repetitions")
         for key, column in (("exact_match_by_repetitions", "exact"),
                             ("token_match_by_repetitions", "token_match"),
                             ("exposure_by_repetitions", "exposure")):

@@ -199,10 +199,48 @@ display(report_plots(run_dir)["exact_by_repetitions"])
 summary["exact_match_by_repetitions"]'''),
 ]
 
+SCALING_SWEEP = [
+    ("parameters", '''\
+# Parameters (`axolab run notebooks/scaling_sweep.ipynb -p rank_counts "[1,2,4,8]"`)
+recipe = "data_recipes/tiny.yaml"  # dataset recipe the short runs train on
+data = ""  # a built dataset directory; empty: results/data/<recipe name>
+models = ["tiny-llama", "small-llama"]  # model presets
+rank_counts = [1, 2, 4]  # every valid (data, z, y, x) grid of each count is run
+grids = []  # or only these grids, e.g. [[1, 1, 2, 2], [2, 1, 1, 2]]
+steps = 8  # timed steps per run (the first quarter is warm-up)
+global_batch = 8  # sequences per step
+precision = "fp32"  # "bf16" on GPUs
+machine = "calibrate"  # prediction machine: "calibrate" (measure here), "quick", a preset or file
+run_dir = "results/scaling"  # set by `axolab run`; one run directory per point inside'''),
+    (None, '''\
+from pathlib import Path
+
+from axolab.data import build
+from axolab.scaling import rank_agreement, scaling_sweep
+
+if not data:
+    data = f"results/data/{Path(recipe).stem}"
+if not (Path(data) / "train").is_dir():
+    build(recipe, data)
+table = scaling_sweep(run_dir, data, models, rank_counts, grids or None, steps=steps,
+                      global_batch=global_batch, precision=precision, machine=machine)
+table[["model", "ranks", "grid", "measured_tokens_per_s", "predicted_tokens_per_s",
+       "measured_mfu", "predicted_mfu", "measured_step_s", "predicted_step_s"]]'''),
+    (None, '''\
+from axolab.report.scaling_plots import scaling_plot
+
+scaling_plot(table)'''),
+    (None, '''\
+# Does the model order the grids as measured? Spearman correlation per model and rank count,
+# and how much slower the grid it would pick ran than the fastest one.
+rank_agreement(table)'''),
+]
+
 
 NOTEBOOKS = {"train.ipynb": TRAIN, "canary_injection.ipynb": CANARY_INJECTION,
              "memorization.ipynb": MEMORIZATION, "goldfish_mitigation.ipynb": GOLDFISH,
-             "finetune_405b.ipynb": FINETUNE_405B}
+             "finetune_405b.ipynb": FINETUNE_405B,
+             "scaling_sweep.ipynb": SCALING_SWEEP}
 
 if __name__ == "__main__":
     for name, cells in NOTEBOOKS.items():

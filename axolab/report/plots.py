@@ -151,26 +151,35 @@ def throughput(runs: pd.DataFrame) -> Plot:
 
 
 def exact_by_repetitions(table: pd.DataFrame) -> Plot:
-    """Exact-match rate against how often a canary was repeated in training."""
+    """Exact-match rate against how often a canary was repeated in training, a panel per
+    canary kind."""
     plot = Plot("exact_by_repetitions", "Exact match by repetitions",
                 "Share of canaries whose suffix greedy decoding reproduced exactly, against "
                 "how many times each was repeated in the training data (log2 axis), a line per "
-                "run: colour is the model, line style the loss. Controls (never in the "
-                "training data) cannot sit on a log axis; their rate is exact_controls in the "
-                "runs table.")
+                "run: colour is the model, line style the loss. One panel for all canaries, "
+                "then one per canary kind. Controls (never in the training data) cannot sit on "
+                "a log axis; their rate is exact_controls in the runs table.")
     data = table[pd.to_numeric(table["repetitions"], errors="coerce") > 0]
     if not has_values(data, "repetitions", "exact"):
         return _skip(plot, "no run has exact_match_by_repetitions for injected canaries "
                            "(eval.json)")
     data = _labelled(_numbers(data, "repetitions", "exact"))
+    if "kind" not in data:
+        data = data.assign(kind="all")
+    kinds = sorted(data["kind"].astype(str).unique(), key=lambda k: (k != "all", k))
+    if len(kinds) == 2:
+        kinds = [k for k in kinds if k != "all"]  # one kind: its panel is the "all" panel
     with _style():
-        fig, (ax,) = _figure(width=7)
-        sns.lineplot(data=data, x="repetitions", y="exact", hue="model", style="loss",
-                     units="run", estimator=None, markers=True, ax=ax)
-        _log2_axis(ax, data["repetitions"])
-        ax.set(xlabel="repetitions in training data", ylabel="exact-match rate",
-               ylim=(-0.02, 1.02))
-        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1))
+        fig, axes = _figure(len(kinds), ncols=min(4, len(kinds)), width=4.6, height=3.8)
+        for i, (ax, kind) in enumerate(zip(axes, kinds)):
+            sns.lineplot(data=data[data["kind"] == kind], x="repetitions", y="exact",
+                         hue="model", style="loss", units="run", estimator=None, markers=True,
+                         legend=i == len(kinds) - 1, ax=ax)
+            _log2_axis(ax, data["repetitions"])
+            ax.set(title="all canaries" if kind == "all" else f"{kind} canaries",
+                   xlabel="repetitions in training data", ylabel="exact-match rate",
+                   ylim=(-0.02, 1.02))
+        sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1))
         return _done(plot, fig)
 
 

@@ -28,7 +28,7 @@ COUNT_COLUMNS = ("goldfish_k", "ranks", "global_batch", "steps", "total_steps", 
 COLUMNS = {
     "metrics": ["run", "step"],
     "memorization": ["run", "id"],
-    "exact_by_repetitions": ["run", "model", "loss", "repetitions"]
+    "exact_by_repetitions": ["run", "model", "loss", "kind", "repetitions"]
                             + [c for _, c in BY_REPETITIONS],
     "extraction_curves": ["run", "model", "loss", "prefix_len", "exact"],
     "mia_roc": ["run", "model", "loss", "score", "fpr", "tpr"],
@@ -111,11 +111,13 @@ def _training_summary(run: Run) -> dict:
     return out
 
 
-def _by_repetitions(run: Run) -> dict[int, dict]:
-    """eval.json's per-repetition rates as {repetitions: {column: rate}}."""
+def _by_repetitions(run: Run, source: dict | None = None) -> dict[int, dict]:
+    """eval.json's per-repetition rates (or those of one of its ``by_kind`` entries) as
+    {repetitions: {column: rate}}."""
+    source = run.eval if source is None else source
     out: dict[int, dict] = {}
     for key, column in BY_REPETITIONS:
-        rates = run.eval.get(key) or {}
+        rates = source.get(key) or {}
         if not isinstance(rates, dict):
             raise ReportError(f"{run.path / 'eval.json'}: {key} is not an object")
         for reps, rate in rates.items():
@@ -172,9 +174,20 @@ def memorization_table(runs: list[Run]) -> pd.DataFrame:
 
 
 def exact_by_repetitions_table(runs: list[Run]) -> pd.DataFrame:
-    """eval.json's rates by repetition count (0 = controls), one row per run and count."""
-    rows = [{**_identity(r), "repetitions": reps, **rates}
-            for r in runs if r.eval is not None for reps, rates in _by_repetitions(r).items()]
+    """eval.json's rates by repetition count (0 = controls), one row per run, canary kind and
+    count: kind "all" over every canary, then one kind at a time where eval.json has
+    ``by_kind`` (kinds differ a lot: a random string is far harder to guess than a paragraph
+    of prose, so a mixed rate hides what each does)."""
+    rows = []
+    for run in runs:
+        if run.eval is None:
+            continue
+        sources = {"all": run.eval, **(run.eval.get("by_kind") or {})}
+        for kind, source in sources.items():
+            if not isinstance(source, dict):
+                raise ReportError(f"{run.path / 'eval.json'}: by_kind[{kind!r}] is not an object")
+            rows += [{**_identity(run), "kind": kind, "repetitions": reps, **rates}
+                     for reps, rates in _by_repetitions(run, source).items()]
     return pd.DataFrame(rows, columns=COLUMNS["exact_by_repetitions"])
 
 
