@@ -31,7 +31,8 @@ from .config import TrainConfig, load_config, write_json_atomic
 from .data.loader import PackedDataset, global_batch_rows, shard_rows
 from .goldfish import apply_goldfish
 from .metrics import MetricsLog, device_peak, flops_per_token, memory_mb
-from .parallel import (Grid, clip_grad_norm_, comm, parallel_parameters, parallelize,
+from .parallel import (Grid, clip_grad_norm_, comm, no_data_sync, parallel_parameters,
+                       parallelize,
                        sync_gradients, vocab_parallel_cross_entropy)
 
 
@@ -147,7 +148,10 @@ def _train_step(cfg, model, grid, data, step, micro) -> tuple[float, float | Non
         with _autocast(cfg, grid):
             out = model(input_ids=ids[start:start + micro], labels=labels[start:start + micro],
                         num_items_in_batch=kept)
-        out.loss.backward()
+        last = start + micro >= ids.shape[0]
+        # Data-parallel gradients are reduced once, in the last micro-step's backward.
+        with nullcontext() if last else no_data_sync(model):
+            out.loss.backward()
         loss += out.loss.item()
         if cfg.loss == "goldfish":
             with torch.no_grad():  # what the model would pay on the tokens it never trains on

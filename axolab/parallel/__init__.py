@@ -9,6 +9,8 @@
 
 from .grads import clip_grad_norm_, global_grad_norm, sync_gradients
 from .grid import Axis, Grid
+from .options import Optimizations
+from .overlap import no_data_sync
 from .parallelize import grid_of, parallel_modules, parallelize, vocab_shard
 from .plans import PLANS, Plan
 from .state import full_state_dict, parallel_parameters
@@ -17,8 +19,8 @@ from .vocab import (VocabShard, gather_logits, vocab_parallel_argmax,
 
 __all__ = [
     "Axis", "Grid", "PLANS", "Plan", "VocabShard", "clip_grad_norm_", "full_state_dict",
-    "gather_logits", "global_grad_norm", "grid_of", "parallel_modules", "parallel_parameters",
-    "parallelize",
+    "Optimizations", "gather_logits", "global_grad_norm", "grid_of", "no_data_sync",
+    "parallel_modules", "parallel_parameters", "parallelize",
     "sync_gradients", "vocab_parallel_argmax", "vocab_parallel_cross_entropy",
     "vocab_parallel_logprobs", "vocab_shard",
 ]

@@ -37,18 +37,22 @@ _ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_t
 _REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
-def all_gather_flat(t: torch.Tensor, axis: Axis) -> torch.Tensor:
+def all_gather_flat(t: torch.Tensor, axis: Axis, async_op: bool = False):
+    """The ranks' flat tensors concatenated in axis order; with ``async_op``, ``(out, work)``:
+    ``out`` is valid after ``work.wait()``."""
     t = t.contiguous()
     out = t.new_empty(t.numel() * axis.size)
-    _ALL_GATHER(out, t.view(-1), group=axis.group)
-    return out
+    work = _ALL_GATHER(out, t.view(-1), group=axis.group, async_op=async_op)
+    return (out, work) if async_op else out
 
 
-def reduce_scatter_flat(t: torch.Tensor, axis: Axis) -> torch.Tensor:
+def reduce_scatter_flat(t: torch.Tensor, axis: Axis, async_op: bool = False):
+    """This rank's 1/size slice of the sum of the ranks' flat tensors; with ``async_op``,
+    ``(out, work)`` (``t`` must stay untouched until ``work.wait()``)."""
     t = t.contiguous().view(-1)
     out = t.new_empty(t.numel() // axis.size)
-    _REDUCE_SCATTER(out, t, group=axis.group)
-    return out
+    work = _REDUCE_SCATTER(out, t, group=axis.group, async_op=async_op)
+    return (out, work) if async_op else out
 
 
 class _CopyTo(torch.autograd.Function):

@@ -37,6 +37,10 @@ def sync_gradients(model: nn.Module) -> None:
     vectors and data == 1 for weights.
     """
     grid = grid_of(model)
+    runtime = getattr(model, "axolab_runtime", None)
+    if runtime is not None and runtime.data_reduced:
+        runtime.data_reduced = False  # the backward hooks already did it, bucket by bucket
+        return
     buckets: dict[tuple[str, torch.dtype], list[torch.Tensor]] = {}
     for spec in grad_specs(model):
         axis = grid.data if spec.reduce == "data" else grid.batch

@@ -58,6 +58,62 @@ class _DepthShardedMatmul(torch.autograd.Function):
         return dx, dshard, None
 
 
+class _LinearInGrid(torch.autograd.Function):
+    """``copy_to(x, out_axis) @ block^T`` as one Function, so backward can order its work
+    around the collectives (:class:`axolab.parallel.overlap.Runtime` holds what is in flight):
+
+    - the block comes from a prefetched Z all-gather when there is one;
+    - the input gradient's all-reduce over the output axis (``copy_to``'s backward) starts
+      before the weight-gradient matmul and is waited for after it;
+    - the weight gradient's Z reduce-scatter is left running; the runtime adds it to
+      ``param.grad`` a few layers later.
+    """
+
+    @staticmethod
+    def forward(ctx, x, shard, module):
+        runtime = module.runtime
+        dtype = _compute_dtype(x)
+        xc = x.to(dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            block = runtime.block(module, shard, backward=False, dtype=dtype)
+            y = runtime.matmul("forward", xc.reshape(-1, xc.shape[-1]), block)
+        ctx.module, ctx.dtype, ctx.in_dtype = module, dtype, x.dtype
+        ctx.save_for_backward(xc, shard)
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, g):
+        xc, shard = ctx.saved_tensors
+        module = ctx.module
+        runtime, layout, options = module.runtime, module.layout, module.runtime.options
+        runtime.begin_backward()
+        g2 = g.to(ctx.dtype).reshape(-1, g.shape[-1])
+        x2 = xc.reshape(-1, xc.shape[-1])
+        dx = work = None
+        if ctx.needs_input_grad[0]:
+            block = runtime.block(module, shard, backward=True, dtype=ctx.dtype)
+            dx = runtime.matmul("input_grad", g2, block).to(ctx.in_dtype)
+            axis = module.out_axis
+            if axis.size > 1:
+                if options.overlap_input_grad:
+                    work = torch.distributed.all_reduce(dx, group=axis.group, async_op=True)
+                else:
+                    comm.all_reduce_sum_(dx, axis)
+            dx = dx.view(*g.shape[:-1], dx.shape[-1])
+        dshard = None
+        if ctx.needs_input_grad[1]:
+            dblock = runtime.matmul("weight_grad", g2, x2).to(shard.dtype)
+            if runtime.defers_depth_grad(module):
+                flat = F.pad(dblock.reshape(-1),
+                             (0, layout.chunk * layout.depth.size - layout.block_numel))
+                runtime.reduce_scatter_later(module.weight, flat)
+            else:
+                dshard = layout.scatter_block_grad(dblock)
+        if work is not None:
+            work.wait()
+        return dx, dshard, None
+
+
 class ParallelLinear(ParallelModule):
     """``y = x W^T + b`` with W block-split over X/Y and depth-sharded over Z.
 
@@ -83,6 +139,8 @@ class ParallelLinear(ParallelModule):
         self.bias_layout = VectorLayout(padded_out, out_axis, out_features) if bias else None
         self.bias = self._new_param((padded_out // out_axis.size,), None, device, dtype) if bias \
             else None
+        # Set by parallelize: the model's overlap runtime (None: plain blocking collectives).
+        self.runtime = None
 
     def extra_repr(self) -> str:
         kind = "transposed" if self.transposed else "forward"
@@ -95,8 +153,11 @@ class ParallelLinear(ParallelModule):
         return self.layout.local_block(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = comm.copy_to(x, self.out_axis)
-        y = comm.reduce_from(_DepthShardedMatmul.apply(x, self.weight, self.layout), self.in_axis)
+        if self.runtime is not None:
+            y = _LinearInGrid.apply(x, self.weight, self)
+        else:
+            y = _DepthShardedMatmul.apply(comm.copy_to(x, self.out_axis), self.weight, self.layout)
+        y = comm.reduce_from(y, self.in_axis)
         return y if self.bias is None else y + self.bias
 
     def grad_specs(self) -> list[GradSpec]:

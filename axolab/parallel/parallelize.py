@@ -18,6 +18,8 @@ from .grid import Grid
 from .layout import padded_size
 from .linear import ParallelLinear
 from .norm import ParallelLayerNorm, ParallelRMSNorm
+from .options import Optimizations
+from .overlap import Runtime
 from .plans import Plan, plan_for
 from .vocab import ParallelCausalLMLoss, VocabShard
 
@@ -88,13 +90,16 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
 
 
-def parallelize(model: nn.Module, grid: Grid, plan: Plan | None = None) -> nn.Module:
+def parallelize(model: nn.Module, grid: Grid, plan: Plan | None = None,
+                optimizations: Optimizations | None = None) -> nn.Module:
     """Convert ``model`` in place for ``grid`` and return it.
 
     Each rank must pass the same serial weights (same seed or checkpoint) or a meta-device model.
     Afterwards ``model(input_ids=shard, labels=shard)`` takes this rank's batch shard
     (``grid.shard_batch``); ``.loss`` equals the serial loss of the global batch and ``.logits``
-    is ``[B/(D*Z), S, V_pad/Y]`` (see :mod:`axolab.parallel.vocab`).
+    is ``[B/(D*Z), S, V_pad/Y]`` (see :mod:`axolab.parallel.vocab`). ``optimizations``
+    switches the overlap of collectives and matmul tuning (default: every overlap on, tuning
+    off); none of them changes the results.
     """
     if getattr(model, "axolab_grid", None) is not None:
         raise ValueError("model is already parallelized")
@@ -132,6 +137,11 @@ def parallelize(model: nn.Module, grid: Grid, plan: Plan | None = None) -> nn.Mo
     layout = lm_head.layout
     model.loss_function = ParallelCausalLMLoss(
         grid, VocabShard(grid.y, layout.row_start, layout.local_rows, layout.rows))
+    runtime = Runtime(grid, optimizations or Optimizations(), model)
+    for module in converted.values():
+        if isinstance(module, ParallelLinear):
+            module.runtime = runtime
+    model.axolab_runtime = runtime
     model.axolab_grid = grid
     model.generate = _generate_unsupported
     return model

@@ -1,0 +1,45 @@
+"""Switches of the performance optimizations; none of them changes what is computed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Optimizations:
+    """How a parallelized model overlaps communication with computation and picks matmul
+    layouts. Every switch leaves losses and gradients unchanged (to fp32 rounding)."""
+
+    overlap_input_grad: bool = True
+    """Start the all-reduce of a linear layer's input gradient before computing its weight
+    gradient, and wait for it after: the two are independent."""
+    overlap_depth_grad: bool = True
+    """Reduce-scatter weight gradients over Z without waiting: the backward of earlier layers
+    runs meanwhile; at most ``max_in_flight`` are outstanding, the rest complete at the end of
+    backward."""
+    prefetch_weights: bool = True
+    """All-gather the next layer's Z-sharded weights while this layer computes, in forward, in
+    activation-checkpoint recompute and in backward (where the order is reversed)."""
+    bucket_data_grads: bool = True
+    """All-reduce gradients over the data-parallel axes in buckets launched from backward
+    hooks as soon as a bucket's gradients are complete, instead of all at once afterwards.
+    As with DDP, each backward outside :func:`axolab.parallel.no_data_sync` reduces the
+    gradients accumulated so far: wrap all but the last micro-step in it."""
+    bucket_mb: float = 16.0
+    """Bucket size for ``bucket_data_grads``, in MiB of gradients."""
+    max_in_flight: int = 2
+    """Depth reduce-scatters outstanding at once; each holds a full weight-block gradient."""
+    tune_matmul: bool = False
+    """Time the equivalent layouts of each matmul shape (``x W^T`` as NT, NN on a transposed
+    copy, or the transposed problem) once and use the fastest in forward and backward."""
+
+    def __post_init__(self):
+        if self.bucket_mb <= 0 or self.max_in_flight < 1:
+            raise ValueError(f"bucket_mb must be > 0 and max_in_flight >= 1, got "
+                             f"{self.bucket_mb} and {self.max_in_flight}")
+
+    @classmethod
+    def none(cls) -> "Optimizations":
+        """Every optimization off: blocking collectives in program order."""
+        return cls(overlap_input_grad=False, overlap_depth_grad=False, prefetch_weights=False,
+                   bucket_data_grads=False, tune_matmul=False)

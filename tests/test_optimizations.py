@@ -1,0 +1,159 @@
+"""Every performance optimization leaves losses, gradients and trained parameters unchanged.
+
+On several grids, each switch of :class:`axolab.parallel.Optimizations` alone, all of them
+together, and all with matmul tuning train a tiny Llama (tied and untied embeddings) for two
+SGD steps of two accumulated micro-batches, with and without activation checkpointing. Every
+run is compared with the serial model trained on the same global batches in one process.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+from models import rel_err, tiny_model
+
+# Against the blocking run: only the order of floating-point sums may differ.
+TOL = 2e-5
+TOL_SERIAL = 2e-5
+# SGD, not AdamW: Adam's first step moves every weight by about lr * sign(gradient), so a
+# gradient that is 0 in one run and 1e-12 in the other (an embedding row no token used)
+# would look like a large difference that says nothing about the optimizations.
+GRIDS = [(2, 2, 1, 2), (2, 2, 2, 1), (1, 2, 2, 2), (2, 1, 2, 2)]
+SWITCHES = ("overlap_input_grad", "overlap_depth_grad", "prefetch_weights", "bucket_data_grads",
+            "tune_matmul")
+
+
+def _settings():
+    from axolab.parallel import Optimizations
+
+    none = Optimizations.none()
+    out = {"none": none}
+    for name in SWITCHES:
+        out[f"only-{name}"] = dataclasses.replace(none, **{name: True})
+    out["all"] = Optimizations()
+    out["all+tune, small buckets"] = Optimizations(tune_matmul=True, bucket_mb=0.001,
+                                                   max_in_flight=1)
+    return out
+
+
+def _batches(vocab: int, steps: int = 2, rows: int = 8, seq: int = 10):
+    g = torch.Generator().manual_seed(7)
+    out = []
+    for _ in range(steps):
+        ids = torch.randint(0, vocab, (rows, seq), generator=g)
+        labels = ids.clone()
+        labels[torch.rand(labels.shape, generator=g) < 0.2] = -100
+        out.append((ids, labels))
+    return out
+
+
+def _serial_run(model, batches, checkpointing: bool):
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    losses = []
+    for ids, labels in batches:
+        out = model(input_ids=ids, labels=labels)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        opt.step()
+        opt.zero_grad()
+        losses.append(out.loss.detach())
+    return losses, grads, model.state_dict()
+
+
+def _parallel_run(model, grid, batches, checkpointing: bool, micro: int = 2):
+    from axolab.parallel import full_state_dict, no_data_sync, parallel_parameters, \
+        sync_gradients
+    from axolab.parallel import comm
+
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    losses = []
+    for ids, labels in batches:
+        ids, labels = grid.shard_batch(ids, pad_value=0), grid.shard_batch(labels, pad_value=-100)
+        kept = comm.all_reduce_sum_((labels[:, 1:] != -100).sum().double(), grid.batch)
+        step_loss = 0.0
+        size = ids.shape[0] // micro
+        for m in range(micro):
+            part = slice(m * size, (m + 1) * size)
+            out = model(input_ids=ids[part], labels=labels[part], num_items_in_batch=kept)
+            if m < micro - 1:
+                with no_data_sync(model):
+                    out.loss.backward()
+            else:
+                out.loss.backward()
+            step_loss += out.loss.detach()
+        sync_gradients(model)
+        grads = {key: module.full_tensor(attr, local=param.grad)
+                 for key, module, attr, param in parallel_parameters(model)}
+        opt.step()
+        opt.zero_grad()
+        losses.append(step_loss)
+    return losses, grads, full_state_dict(model)
+
+
+def check_optimizations(shape, names):
+    from axolab.parallel import Grid, parallelize
+
+    grid = Grid.init(*shape, ranks=range(shape[0] * shape[1] * shape[2] * shape[3]))
+    if grid is None:
+        return {}
+    settings = _settings()
+    report = {}
+    # Every switch on untied weights without recompute; the blocking and the fully optimized
+    # runs also with tied embeddings (the lm head's gradient then comes from two places) and
+    # with activation checkpointing (recompute gathers weights again, inside backward).
+    cases = [(name, False, False) for name in names]
+    cases += [(name, tied, ckpt) for tied, ckpt in ((True, False), (False, True), (True, True))
+              for name in ("none", "all")]
+    for tied in (False, True):
+        serial = tiny_model("llama", tied)
+        batches = _batches(serial.config.vocab_size)
+        for checkpointing in (False, True):
+            todo = [name for name, t, c in cases if (t, c) == (tied, checkpointing)]
+            serial_run = _serial_run(copy.deepcopy(serial), batches, checkpointing)
+            blocking = None
+            for name in todo:
+                model = parallelize(copy.deepcopy(serial), grid, optimizations=settings[name])
+                run = _parallel_run(model, grid, batches, checkpointing)
+                blocking = blocking or run
+                for against, ref in (("serial", serial_run), ("none", blocking)):
+                    report[f"{name} vs {against}, tied={tied} ckpt={checkpointing}"] = \
+                        _errors(run, ref)
+    return report
+
+
+def _errors(run, ref) -> dict:
+    (losses, grads, params), (ref_losses, ref_grads, ref_params) = run, ref
+    return {"loss": max(rel_err(a, b) for a, b in zip(losses, ref_losses)),
+            "grads": max(rel_err(grads[k], ref_grads[k]) for k in grads),
+            "params": max(rel_err(params[k], ref_params[k]) for k in ref_params)}
+
+
+@pytest.mark.parametrize("shape", GRIDS, ids=lambda s: "dzyx%d%d%d%d" % s)
+def test_every_optimization_matches_the_serial_model(pool8, shape):
+    names = list(_settings())
+    report = pool8.run(check_optimizations, shape, names, timeout=600)
+    assert report[0], "rank 0 is always in the grid"
+    for rank, per_rank in enumerate(report):
+        for run, errs in per_rank.items():
+            tol = TOL_SERIAL if "vs serial" in run else TOL
+            for what, err in errs.items():
+                assert err < tol, f"rank {rank} {run} {what}: rel err {err:.2e}"
+
+
+def test_options_are_checked():
+    from axolab.parallel import Optimizations
+
+    with pytest.raises(ValueError, match="bucket_mb must be > 0"):
+        Optimizations(bucket_mb=0)
+    with pytest.raises(ValueError, match="max_in_flight >= 1"):
+        Optimizations(max_in_flight=0)
