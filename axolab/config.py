@@ -57,6 +57,12 @@ class TrainConfig:
     """"fp32", or "bf16": bf16 autocast with fp32 master weights and fp32 gradient reduction."""
     activation_checkpointing: bool = False
     """Recompute each transformer block in backward instead of storing its activations."""
+    overlap_communication: bool = True
+    """Overlap collectives with computation (axolab.parallel.Optimizations: the input-gradient
+    all-reduce behind the weight-gradient matmul, deferred Z reduce-scatters, weight prefetch,
+    data-parallel buckets reduced from backward hooks). Results are unchanged."""
+    tune_matmul: bool = False
+    """Time the layouts of each matmul shape once and use the fastest (results unchanged)."""
     loss: str = "standard"
     """"standard" cross-entropy or "goldfish" (drop 1/goldfish_k of the tokens from the loss)."""
     goldfish_k: int = 4

@@ -28,6 +28,11 @@ PRESETS: dict[str, dict] = {
                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                        max_position_embeddings=2048, rms_norm_eps=1e-5, tie_word_embeddings=False,
                        initializer_range=0.02),
+    # About a million parameters: the demo's second size, four times tiny-llama.
+    "mini-llama": dict(model_type="llama", vocab_size=1024, hidden_size=128,
+                       intermediate_size=344, num_hidden_layers=4, num_attention_heads=4,
+                       num_key_value_heads=2, max_position_embeddings=2048, rms_norm_eps=1e-5,
+                       tie_word_embeddings=False, initializer_range=0.02),
     "small-llama": dict(model_type="llama", vocab_size=1024, hidden_size=256,
                         intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
                         num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5,

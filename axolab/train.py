@@ -9,6 +9,7 @@ Rank 0 writes metrics.jsonl; all ranks write checkpoints together.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 import os
@@ -31,9 +32,9 @@ from .config import TrainConfig, load_config, write_json_atomic
 from .data.loader import PackedDataset, global_batch_rows, shard_rows
 from .goldfish import apply_goldfish
 from .metrics import MetricsLog, device_peak, flops_per_token, memory_mb
-from .parallel import (Grid, clip_grad_norm_, comm, no_data_sync, parallel_parameters,
-                       parallelize,
-                       sync_gradients, vocab_parallel_cross_entropy)
+from .parallel import (Grid, Optimizations, clip_grad_norm_, comm, no_data_sync,
+                       parallel_parameters, parallelize, sync_gradients,
+                       vocab_parallel_cross_entropy)
 
 
 def _model_config(cfg: TrainConfig):
@@ -75,11 +76,13 @@ def build_model(cfg: TrainConfig, grid: Grid, vocab_needed: int):
     if vocab_needed > config.vocab_size:
         raise ValueError(f"the dataset's tokenizer has {vocab_needed} tokens but model "
                          f"{cfg.model!r} has vocab_size={config.vocab_size}")
+    opts = Optimizations(tune_matmul=cfg.tune_matmul) if cfg.overlap_communication else \
+        dataclasses.replace(Optimizations.none(), tune_matmul=cfg.tune_matmul)
     if weights is not None:
-        return load_pretrained(weights, grid, dtype=torch.float32)
+        return load_pretrained(weights, grid, dtype=torch.float32, optimizations=opts)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    parallelize(model, grid)
+    parallelize(model, grid, optimizations=opts)
     materialize(model, grid.device)
     init_weights(model, cfg.seed)
     return model
@@ -97,7 +100,7 @@ def _param_groups(model, weight_decay: float):
 RESUMABLE_CHANGES = {"grid", "micro_batch", "stop_at_step", "resume", "progress", "log_interval",
                      "eval_interval", "eval_batches", "checkpoint_interval", "keep_checkpoints",
                      "collective_timeout_s", "peak_flops_per_device", "activation_checkpointing",
-                     "run_dir"}
+                     "run_dir", "overlap_communication", "tune_matmul"}
 
 
 def _check_resumable(cfg: TrainConfig, saved: dict, ckpt: Path) -> None:

@@ -159,9 +159,11 @@ def materialize(model: nn.Module, device) -> None:
             setattr(model.get_submodule(parent) if parent else model, child, rebuilt)
 
 
-def load_pretrained(path: str | Path, grid: Grid, dtype: torch.dtype | None = torch.float32):
+def load_pretrained(path: str | Path, grid: Grid, dtype: torch.dtype | None = torch.float32,
+                    optimizations=None):
     """A Hugging Face checkpoint directory as a parallelized model on ``grid``; each rank reads
-    only its slices (``safe_open(...).get_slice``). ``dtype=None`` keeps the checkpoint's."""
+    only its slices (``safe_open(...).get_slice``). ``dtype=None`` keeps the checkpoint's;
+    ``optimizations`` as in :func:`axolab.parallel.parallelize`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
@@ -169,7 +171,7 @@ def load_pretrained(path: str | Path, grid: Grid, dtype: torch.dtype | None = to
     config = AutoConfig.from_pretrained(str(path))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype or config.dtype)
-    parallelize(model, grid)
+    parallelize(model, grid, optimizations=optimizations)
     materialize(model, grid.device)
     load_weights(model, path)
     return model
