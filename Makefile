@@ -3,7 +3,7 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.stamp
 
-.PHONY: venv test demo clean
+.PHONY: venv test demo bench clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,12 @@ test: venv
 
 demo: venv
 	$(VPY) -m axolab.demo
+
+# Speed, side by side: axolab vs plain HF, vs DTensor tensor parallelism, vs AxoNN 0.2.0,
+# overlap and tuning on vs off. Tables on stdout, JSON in results/bench/.
+bench: venv
+	$(VPY) benchmarks/training_speed.py --out results/bench/training_speed.json
+	$(VPY) benchmarks/axonn_compare.py --out results/bench/axonn_compare.json
 
 # Leaves .venv and results/ alone: one is slow to rebuild, the other is the work.
 clean:

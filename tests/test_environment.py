@@ -72,10 +72,11 @@ def read_pyproject(path: Path) -> dict:
 
 
 def declared_ranges(pyproject: dict) -> dict[str, SpecifierSet]:
-    """Normalized name -> range, over runtime dependencies and the test extra."""
+    """Normalized name -> range, over runtime dependencies and the test and bench extras."""
     project = pyproject["project"]
     reqs = list(project.get("dependencies", []))
-    reqs += project.get("optional-dependencies", {}).get("test", [])
+    for extra in ("test", "bench"):
+        reqs += project.get("optional-dependencies", {}).get(extra, [])
     ranges: dict[str, SpecifierSet] = {}
     for line in reqs:
         req = Requirement(line)
@@ -102,7 +103,7 @@ def check_pins_within_ranges(pins: dict[str, str], ranges: dict[str, SpecifierSe
         if name not in ranges:
             problems.append(
                 f"{name}: pinned to {pins[name]} in {pins_src} but not declared in pyproject.toml "
-                "(dependencies or the test extra)"
+                "(dependencies or the test and bench extras)"
             )
         elif name not in pins:
             # The dev venv installs axolab with --no-deps, so this would be absent there.

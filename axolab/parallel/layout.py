@@ -137,7 +137,8 @@ class BlockLayout:
 
     def scatter_block_grad(self, grad_block: torch.Tensor) -> torch.Tensor:
         """Gradient of the block -> gradient of this rank's chunk, summed over Z."""
-        flat = F.pad(grad_block.reshape(-1), (0, self.chunk * self.depth.size - self.block_numel))
+        pad = self.chunk * self.depth.size - self.block_numel
+        flat = F.pad(grad_block.reshape(-1), (0, pad)) if pad else grad_block.reshape(-1)
         return comm.reduce_scatter_flat(flat, self.depth) if self.depth.size > 1 else flat
 
     @torch.no_grad()

@@ -59,8 +59,8 @@ class _DepthShardedMatmul(torch.autograd.Function):
 
 
 class _LinearInGrid(torch.autograd.Function):
-    """``copy_to(x, out_axis) @ block^T`` as one Function, so backward can order its work
-    around the collectives (:class:`axolab.parallel.overlap.Runtime` holds what is in flight):
+    """``reduce_from(copy_to(x, out_axis) @ block^T, in_axis)`` as one Function, so backward
+    can order its work around the collectives (:class:`axolab.parallel.overlap.Runtime` holds what is in flight):
 
     - the block comes from a prefetched Z all-gather when there is one;
     - the input gradient's all-reduce over the output axis (``copy_to``'s backward) starts
@@ -79,6 +79,8 @@ class _LinearInGrid(torch.autograd.Function):
             y = runtime.matmul("forward", xc.reshape(-1, xc.shape[-1]), block)
         ctx.module, ctx.dtype, ctx.in_dtype = module, dtype, x.dtype
         ctx.save_for_backward(xc, shard)
+        # reduce_from, in place: y is this Function's own fresh output and nothing saved it.
+        comm.all_reduce_sum_(y, module.in_axis)
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
@@ -157,7 +159,7 @@ class ParallelLinear(ParallelModule):
             y = _LinearInGrid.apply(x, self.weight, self)
         else:
             y = _DepthShardedMatmul.apply(comm.copy_to(x, self.out_axis), self.weight, self.layout)
-        y = comm.reduce_from(y, self.in_axis)
+            y = comm.reduce_from(y, self.in_axis)
         return y if self.bias is None else y + self.bias
 
     def grad_specs(self) -> list[GradSpec]:

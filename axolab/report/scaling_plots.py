@@ -43,8 +43,10 @@ def scaling_plot(table: pd.DataFrame) -> Plot:
                 ax.annotate(f"{100 * mfu:.0f}%", (i, tps), ha="center", va="bottom",
                             fontsize="x-small", xytext=(0, 2), textcoords="offset points")
             ax.tick_params(axis="x", rotation=60, labelsize="small")
-            ax.set(title=model, xlabel="ranks | grid (data x z x y x x)", ylabel="tokens / s")
-            ax.legend(loc="upper right", fontsize="small")
+            top = max(rows["measured_tokens_per_s"].max(), rows["predicted_tokens_per_s"].max())
+            ax.set(title=model, xlabel="ranks | grid (data x z x y x x)", ylabel="tokens / s",
+                   ylim=(0, 1.25 * top))  # headroom so the legend hides no marker
+            ax.legend(loc="upper left", fontsize="small")
         ax = axes[-1]
         sns.scatterplot(data=data, x="measured_step_s", y="predicted_step_s", hue="ranks",
                         style="model", palette="crest", s=60, ax=ax)
