@@ -24,7 +24,9 @@ class Optimizations:
     """All-reduce gradients over the data-parallel axes in buckets launched from backward
     hooks as soon as a bucket's gradients are complete, instead of all at once afterwards.
     As with DDP, each backward outside :func:`axolab.parallel.no_data_sync` reduces the
-    gradients accumulated so far: wrap all but the last micro-step in it."""
+    gradients accumulated so far: wrap all but the last micro-step in it. Like DDP's, the
+    end-of-backward bookkeeping assumes non-reentrant activation checkpointing
+    (``use_reentrant=False``, what axolab's training loop uses)."""
     bucket_mb: float = 16.0
     """Bucket size for ``bucket_data_grads``, in MiB of gradients."""
     max_in_flight: int = 2
