@@ -127,6 +127,19 @@ def test_finetune_405b_runs_with_a_tiny_stand_in(tmp_path, dataset):
     assert (run_dir / "eval.json").is_file() and _images(cells[3]) == 1
 
 
+def test_scaling_sweep_points_are_every_valid_grid():
+    from axolab.perfmodel.grid import enumerate_grids
+    from axolab.perfmodel.shapes import model_shapes
+    from axolab.scaling import sweep_points
+
+    points = sweep_points(["tiny-llama"], [1, 2, 4], 8)
+    expected = [(g.data, g.z, g.y, g.x) for n in (1, 2, 4)
+                for g in enumerate_grids(n, model_shapes("tiny-llama"), 8)]
+    assert [p.grid for p in points] == expected and len(expected) > 8
+    with pytest.raises(ValueError, match="grid \\[1, 1, 3, 1\\] cannot run tiny-llama"):
+        sweep_points(["tiny-llama"], [], 8, [[1, 1, 3, 1]])
+
+
 def test_scaling_sweep_measures_every_grid_next_to_its_prediction(tmp_path, dataset):
     import statistics
 
@@ -134,21 +147,20 @@ def test_scaling_sweep_measures_every_grid_next_to_its_prediction(tmp_path, data
 
     from axolab.data.loader import PackedDataset
     from axolab.perfmodel import get_machine, predict
-    from axolab.perfmodel.grid import GridShape, enumerate_grids
+    from axolab.perfmodel.grid import GridShape
     from axolab.perfmodel.shapes import model_shapes
     from axolab.perfmodel.workload import Workload
 
     status = run_notebook(NB / "scaling_sweep.ipynb",
-                          {"data": str(dataset), "models": ["tiny-llama"], "rank_counts": [1, 2],
+                          {"data": str(dataset), "models": ["tiny-llama"], "rank_counts": [],
+                           "grids": [[1, 1, 1, 1], [1, 1, 1, 2], [2, 1, 1, 1]],
                            "steps": 3, "global_batch": 4, "machine": "h100-node"},
                           tmp_path / "results", "scaling", progress=False)
     assert status["state"] == "completed"
     out = tmp_path / "results" / "scaling"
     table = pd.read_csv(out / "scaling.csv")
     shapes = model_shapes("tiny-llama")
-    expected = ["1x1x1x1"] + sorted("x".join(map(str, (g.data, g.z, g.y, g.x)))
-                                    for g in enumerate_grids(2, shapes, 4))
-    assert len(expected) == 5 and sorted(table["grid"]) == sorted(expected)
+    assert sorted(table["grid"]) == ["1x1x1x1", "1x1x1x2", "2x1x1x1"]
     for row in table.itertuples():
         # Each point really trained on its grid, and the table's medians are its metrics'.
         cfg = json.loads((out / row.run / "config.json").read_text())
