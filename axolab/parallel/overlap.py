@@ -50,7 +50,7 @@ class Runtime:
         self.grid, self.options, self.model = grid, options, model
         self._attached: tuple = ()
         self.matmul = MatmulTuner() if options.tune_matmul else plain
-        self.order: list = []  # depth-sharded layers in first-forward order
+        self.order: list = []  # the model's linear layers in first-forward order
         self.index: dict[int, int] = {}
         self.prefetched: dict[int, _Prefetch] = {}
         self.pending: deque = deque()  # (work, out, param, flat) of deferred reduce-scatters
@@ -84,15 +84,15 @@ class Runtime:
         self._hooks: list = []
         self.deferred, self.buckets, self.bucket_of = set(), [], {}
         modules = [m for _, m in parallel_modules(self.model)]
-        autograd_users: dict[int, int] = {}
+        autograd_users: set[int] = set()
         for module in modules:
             for spec in module.grad_specs():
                 if isinstance(module, ParallelLinear) and spec.param is module.weight \
                         and self.defers_depth_grad(module):
                     self.deferred.add(id(spec.param))
                 else:
-                    autograd_users[id(spec.param)] = 1
-        self.shared = self.deferred & set(autograd_users)
+                    autograd_users.add(id(spec.param))
+        self.shared = self.deferred & autograd_users
         self.shared_params = list({id(s.param): s.param for s in specs
                                    if id(s.param) in self.shared}.values())
         if self.options.bucket_data_grads:
