@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     from axolab.data import RecipeError
     from axolab.launch import LaunchError
     from axolab.report import ReportError
+    from axolab.runlock import RunDirLocked
     from axolab.runs import ParameterError, RunFailed
     from axolab.slurm import SlurmError
 
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (RecipeError, ParameterError, SlurmError, ReportError, ValueError,
-            FileNotFoundError) as e:
+            FileNotFoundError, RunDirLocked) as e:
         print(f"axolab {args.command}: {e}", file=sys.stderr)
         return 2
     except (RunFailed, LaunchError) as e:

@@ -12,6 +12,9 @@ import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+from .typecheck import check_field_types
 
 
 @dataclass
@@ -53,7 +56,7 @@ class TrainConfig:
     """AdamW epsilon."""
     grad_clip: float | None = 1.0
     """Clip the global gradient norm to this value (None: no clipping)."""
-    precision: str = "fp32"
+    precision: Literal["fp32", "bf16"] = "fp32"
     """"fp32", or "bf16": bf16 autocast with fp32 master weights and fp32 gradient reduction."""
     activation_checkpointing: bool = False
     """Recompute each transformer block in backward instead of storing its activations."""
@@ -63,13 +66,13 @@ class TrainConfig:
     data-parallel buckets reduced from backward hooks). Results are unchanged."""
     tune_matmul: bool = False
     """Time the layouts of each matmul shape once and use the fastest (results unchanged)."""
-    loss: str = "standard"
+    loss: Literal["standard", "goldfish"] = "standard"
     """"standard" cross-entropy or "goldfish" (drop 1/goldfish_k of the tokens from the loss)."""
     goldfish_k: int = 4
     """Goldfish: one token in k is left out of the loss."""
     goldfish_h: int = 13
     """Goldfish: context width of the hash that picks dropped tokens."""
-    goldfish_strategy: str = "hash"
+    goldfish_strategy: Literal["hash", "static"] = "hash"
     """Goldfish: "hash" (same passage, same mask) or "static" (every k-th position)."""
     eval_interval: int = 50
     """Validation loss every this many steps (0: never)."""
@@ -93,22 +96,47 @@ class TrainConfig:
     """tqdm progress bar on rank 0."""
 
     def validate(self) -> None:
+        """Refuse, with the field and the numbers, anything that would fail or silently
+        misbehave once ranks are running (every check here is cheap and torch-free)."""
+        check_field_types(self, "train config")
         g = self.grid
-        if len(g) != 4 or any((not isinstance(v, int)) or v < 1 for v in g):
+        if len(g) != 4 or any(v < 1 for v in g):
             raise ValueError(f"grid must be four positive integers [data, z, y, x], got {g}")
+        at_least = {"global_batch": 1, "warmup_steps": 0, "eval_interval": 0, "eval_batches": 1,
+                    "checkpoint_interval": 0, "keep_checkpoints": 1, "log_interval": 1,
+                    "seed": 0, "goldfish_h": 1}
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least {low}")
+        for name in ("steps", "stop_at_step", "micro_batch"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1 (or null)")
+        positive = ("lr", "eps", "collective_timeout_s")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"epochs={self.epochs} must be positive (or null)")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip={self.grad_clip} must be positive, or null for no "
+                             "clipping (a negative norm would reverse the gradient)")
+        if self.peak_flops_per_device is not None and not self.peak_flops_per_device > 0:
+            raise ValueError(f"peak_flops_per_device={self.peak_flops_per_device} must be positive")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio={self.min_lr_ratio} must be within [0, 1]")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay} must be at least 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas={self.betas} must be two numbers in [0, 1)")
         shards = g[0] * g[1]
         if self.global_batch % shards:
             raise ValueError(f"global_batch={self.global_batch} does not split over data*z = "
                              f"{shards} batch shards")
         local = self.global_batch // shards
-        if self.micro_batch is not None and (self.micro_batch < 1 or local % self.micro_batch):
+        if self.micro_batch is not None and local % self.micro_batch:
             raise ValueError(f"micro_batch={self.micro_batch} must divide the {local} sequences "
                              f"per batch shard (global_batch {self.global_batch} / data*z "
                              f"{shards})")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision={self.precision!r}: expected fp32 or bf16")
-        if self.loss not in ("standard", "goldfish"):
-            raise ValueError(f"loss={self.loss!r}: expected standard or goldfish")
         if self.steps is None and self.epochs is None:
             raise ValueError("give steps or epochs")
         if self.loss == "goldfish" and self.goldfish_k < 2:
@@ -120,6 +148,9 @@ class TrainConfig:
 
 def config_from_dict(cls, data: dict, where: str = "config"):
     """Build dataclass ``cls`` from a mapping, refusing unknown keys."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping of field names to values, got "
+                         f"{type(data).__name__}")
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
@@ -127,6 +158,7 @@ def config_from_dict(cls, data: dict, where: str = "config"):
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"{where}: unknown field {key!r}{hint}")
     obj = cls(**data)
+    check_field_types(obj, where)
     if hasattr(obj, "validate"):
         obj.validate()
     return obj
@@ -136,12 +168,15 @@ def load_config(cls, path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {path} does not exist")
-    return config_from_dict(cls, json.loads(path.read_text()), path.name)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+    return config_from_dict(cls, data, path.name)
 
 
 def write_json_atomic(path: str | Path, data) -> None:
     """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    from .files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")

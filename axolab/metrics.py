@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import resource
 import time
 from pathlib import Path
 
 import torch
+
+from .files import append_jsonl, drop_torn_tail, read_jsonl, rewrite_jsonl
 
 # Dense bf16 tensor-core peak per device (FLOP/s), from vendor data sheets.
 GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12,
@@ -57,28 +58,28 @@ def memory_mb(device: torch.device) -> float:
 
 
 class MetricsLog:
-    """metrics.jsonl, appended by one rank; on resume, lines past the checkpoint are dropped so
-    the file reads as one uninterrupted run."""
+    """metrics.jsonl, appended by one rank (the run directory's lock holder). On resume, lines
+    past the checkpoint are dropped (an atomic rewrite) so the file reads as one uninterrupted
+    run; a line torn by a kill is dropped before anything is appended."""
 
     def __init__(self, path: Path, resume_step: int | None, enabled: bool):
         self.path, self.enabled = Path(path), enabled
         if not enabled:
             return
+        drop_torn_tail(self.path)
         if resume_step is not None and self.path.is_file():
-            keep = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text("".join(line + "\n" for line in keep))
-            tmp.replace(self.path)
+            rewrite_jsonl(self.path, lambda r: r.get("step", 0) <= resume_step)
         elif resume_step is None and self.path.exists():
             self.path.unlink()
 
     def write(self, record: dict) -> None:
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_jsonl(self.path, record)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """Every complete record of RUN_DIR/metrics.jsonl (a torn last line is left out)."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    return read_jsonl(path)

@@ -8,13 +8,10 @@ Rank 0 writes metrics.jsonl; all ranks write checkpoints together.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import math
 import os
-import pickle
-import random
 import socket
 import sys
 import time
@@ -27,14 +24,19 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import latest_checkpoint, load_checkpoint, load_pretrained, save_checkpoint
+from .checkpoint.files import pretrained_weights
 from .checkpoint.load import materialize
+from .checkpoint.rng import rng_state, set_rng_state
 from .config import TrainConfig, load_config, write_json_atomic
+from .files import append_jsonl, drop_torn_tail
+from .launch.preemption import PREEMPTED_EXIT, StopRequest
 from .data.loader import PackedDataset, global_batch_rows, shard_rows
 from .goldfish import apply_goldfish
 from .metrics import MetricsLog, device_peak, flops_per_token, memory_mb
 from .parallel import (Grid, Optimizations, clip_grad_norm_, comm, no_data_sync,
                        parallel_parameters, parallelize, sync_gradients,
                        vocab_parallel_cross_entropy)
+from .runlock import RunDirLock, RunDirLocked
 
 
 def _model_config(cfg: TrainConfig):
@@ -48,8 +50,9 @@ def _model_config(cfg: TrainConfig):
     if not path.exists():
         raise ValueError(f"model {cfg.model!r} is neither a preset ({', '.join(PRESETS)}) nor a "
                          "directory with a config.json")
-    has_weights = path.is_dir() and any(path.glob("*.safetensors"))
-    return AutoConfig.from_pretrained(str(path)), (path if has_weights else None)
+    # Refuses a directory whose only weights are pickles rather than training from random init.
+    weights = pretrained_weights(path) if path.is_dir() else None
+    return AutoConfig.from_pretrained(str(path)), weights
 
 
 @torch.no_grad()
@@ -110,18 +113,6 @@ def _check_resumable(cfg: TrainConfig, saved: dict, ckpt: Path) -> None:
     if changed:
         raise ValueError(f"cannot resume from {ckpt}: the config changes the run ("
                          + "; ".join(changed) + "); use a new run_dir or set resume=false")
-
-
-def _rng_state() -> str:
-    state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-    return base64.b64encode(pickle.dumps(state)).decode()
-
-
-def _set_rng_state(blob: str) -> None:
-    py, npy, th = pickle.loads(base64.b64decode(blob))  # written by this code, in this run
-    random.setstate(py)
-    np.random.set_state(npy)
-    torch.set_rng_state(th)
 
 
 def _labels(cfg: TrainConfig, ids: torch.Tensor) -> torch.Tensor:
@@ -193,17 +184,50 @@ def _record_session(run_dir: Path, start: int, grid: Grid) -> None:
     record = {"start_step": start, "time": time.time(), "host": socket.gethostname(),
               "grid": list(grid.shape), "slurm_job_id": env.get("SLURM_JOB_ID"),
               "slurm_restart_count": int(env.get("SLURM_RESTART_COUNT", 0))}
-    with open(run_dir / "sessions.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    drop_torn_tail(run_dir / "sessions.jsonl")
+    append_jsonl(run_dir / "sessions.jsonl", record)
+
+
+def _lock_run_dir(run_dir: Path, grid: Grid, lead: bool) -> RunDirLock | None:
+    """The lead rank takes the run directory's lock (waiting a little for a predecessor that is
+    still exiting); every rank raises together if it is held by another run."""
+    lock, refused = None, None
+    if lead:
+        try:
+            lock = RunDirLock(run_dir, wait_s=30.0).acquire()
+        except RunDirLocked as e:
+            refused = str(e)
+    refused = next((r for r in comm.all_gather_objects(refused, grid.world) if r), None)
+    if refused:
+        raise RunDirLocked(refused)
+    return lock
+
+
+def _stop_agreed(stop: StopRequest, grid: Grid) -> bool:
+    """Whether any rank was asked to stop: every rank must leave after the same step."""
+    flag = torch.tensor([1.0 if stop.requested else 0.0], device=grid.device)
+    return bool(comm.all_reduce_max(flag, grid.world).item() > 0)
 
 
 def run(cfg: TrainConfig, grid: Grid | None = None) -> dict:
-    """Train as configured; returns the last step's metrics. Collective over the grid's ranks."""
+    """Train as configured; returns the last step's metrics (with ``"preempted": True`` when a
+    stop signal ended the session early, after a checkpoint). Collective over the grid's ranks.
+    """
     cfg.validate()
-    grid = grid or Grid.init(*cfg.grid, timeout_s=cfg.collective_timeout_s)
-    if list(grid.shape) != list(cfg.grid):
-        raise ValueError(f"config grid {cfg.grid} but the given grid is {list(grid.shape)}")
-    lead = grid.rank == grid.ranks[0]
+    with StopRequest() as stop:  # from the start: a signal during set-up is kept for later
+        grid = grid or Grid.init(*cfg.grid, timeout_s=cfg.collective_timeout_s)
+        if list(grid.shape) != list(cfg.grid):
+            raise ValueError(f"config grid {cfg.grid} but the given grid is {list(grid.shape)}")
+        lead = grid.rank == grid.ranks[0]
+        lock = _lock_run_dir(Path(cfg.run_dir), grid, lead)
+        try:
+            return _train(cfg, grid, lead, stop)
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def _train(cfg: TrainConfig, grid: Grid, lead: bool, stop: StopRequest) -> dict:
     run_dir = Path(cfg.run_dir)
     train, val = PackedDataset(cfg.data, "train"), PackedDataset(cfg.data, "validation")
     from transformers import AutoTokenizer
@@ -227,7 +251,7 @@ def run(cfg: TrainConfig, grid: Grid | None = None) -> dict:
         manifest = load_checkpoint(ckpt, model, opt)
         start, resumed = manifest["step"], manifest["step"]
         sched.load_state_dict(manifest["scheduler"])
-        _set_rng_state(manifest["rng"])
+        set_rng_state(manifest["rng"])
     if lead:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / "config.json", cfg.to_dict())
@@ -265,12 +289,19 @@ def run(cfg: TrainConfig, grid: Grid | None = None) -> dict:
             model.train()
         if done % cfg.log_interval == 0 or done == total or "val_loss" in record:
             log.write(record)
-        if (cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0) or done == end:
+        preempted = done < end and _stop_agreed(stop, grid)
+        if (cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0) or done == end \
+                or preempted:
             save_checkpoint(ckpt_root, done, model, opt, keep_last=cfg.keep_checkpoints, state={
                 "data_position": done * cfg.global_batch, "scheduler": sched.state_dict(),
-                "rng": _rng_state(), "config": cfg.to_dict()})
+                "rng": rng_state(), "config": cfg.to_dict()})
         bar.set_postfix(loss=f"{loss:.4f}")
         bar.update()
+        if preempted:
+            print(f"axolab: stopped by {stop.signal_name or 'a peer rank'} after step {done} "
+                  f"of {total}; checkpoint saved, a rerun resumes here", flush=True)
+            record = {**record, "preempted": True}
+            break
     bar.close()
     return record
 
@@ -281,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m axolab.train CONFIG.json", file=sys.stderr)
         return 2
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    run(load_config(TrainConfig, argv[0]))
-    return 0
+    record = run(load_config(TrainConfig, argv[0]))
+    return PREEMPTED_EXIT if record.get("preempted") else 0
 
 
 if __name__ == "__main__":

@@ -49,9 +49,13 @@ def _worker(rank: int, world: int, port: int, tasks, results) -> None:
 
 def _release_subgroups(dist) -> None:
     """Checks create grids (and their process groups) freely; dropping them after each check
-    keeps a long session from piling up gloo connections and threads."""
+    keeps a long session from piling up gloo connections and threads. A model a check built
+    is freed by the collector (modules refer to each other), and its groups' threads with it."""
+    import gc
+
     from torch.distributed import distributed_c10d as c10d
 
+    gc.collect()
     dist.barrier()
     for group in list(getattr(getattr(c10d, "_world", None), "pg_map", {})):
         if group is not c10d.GroupMember.WORLD:

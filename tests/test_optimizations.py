@@ -158,3 +158,35 @@ def test_options_are_checked():
         Optimizations(bucket_mb=0)
     with pytest.raises(ValueError, match="max_in_flight >= 1"):
         Optimizations(max_in_flight=0)
+
+
+def check_dropped_model_is_freed(shape):
+    """A model trained with every optimization on is freed once dropped, and with it its
+    grid's process groups and their threads (gradient hooks must not keep it alive)."""
+    import gc
+    import os
+    import weakref
+
+    from axolab.parallel import Grid, parallelize
+
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    gc.collect()
+    before = threads()
+    grid = Grid.init(*shape, ranks=range(shape[0] * shape[1] * shape[2] * shape[3]))
+    model = parallelize(tiny_model("llama", False), grid)
+    _parallel_run(model, grid, _batches(model.config.vocab_size, steps=1), checkpointing=False)
+    during = threads()
+    alive = weakref.ref(model)
+    grid.destroy()
+    del model, grid
+    gc.collect()
+    return {"freed": alive() is None, "threads": (before, during, threads())}
+
+
+def test_a_dropped_model_is_freed(pool8):
+    for rank, report in enumerate(pool8.run(check_dropped_model_is_freed, (2, 2, 1, 2))):
+        before, during, after = report["threads"]
+        assert report["freed"], f"rank {rank}: the model outlived every reference to it"
+        assert during > before and after <= before, f"rank {rank}: threads {report['threads']}"

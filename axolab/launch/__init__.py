@@ -1,7 +1,7 @@
 """Starting jobs: ranks from torchrun or srun, watched from a notebook cell or the CLI."""
 
 from .environment import SlurmAllocation, slurm_allocation
-from .spmd import LaunchError, spmd
+from .spmd import JobPreempted, LaunchError, spmd
 from .training import run
 
-__all__ = ["LaunchError", "SlurmAllocation", "run", "slurm_allocation", "spmd"]
+__all__ = ["JobPreempted", "LaunchError", "SlurmAllocation", "run", "slurm_allocation", "spmd"]

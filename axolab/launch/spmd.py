@@ -24,7 +24,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .environment import SlurmAllocation, first_slurm_host, slurm_allocation
-from .worker import error_path, log_path
+from .preemption import preempted_path
+from .worker import LAUNCHER_HOST, LAUNCHER_PID, error_path, log_path
 
 
 class LaunchError(RuntimeError):
@@ -37,6 +38,11 @@ class LaunchError(RuntimeError):
         self.rank, self.exitcode, self.log_dir = rank, exitcode, log_dir
 
 
+class JobPreempted(LaunchError):
+    """The ranks stopped early on request (a Slurm time-limit warning, a requeue, SIGTERM) after
+    saving their state; running the same job again resumes where it stopped."""
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
@@ -47,7 +53,9 @@ def launch_command(module: str, args: Sequence[str], nprocs: int, log_dir: Path,
                    allocation: SlurmAllocation | None) -> tuple[list[str], dict[str, str]]:
     """The command that starts ``nprocs`` ranks, and the environment variables it adds."""
     worker = ["-m", "axolab.launch.worker", str(log_dir), module, *map(str, args)]
-    env = {"PYTHONUNBUFFERED": "1"}
+    # The ranks watch this process and stop if it dies (worker._follow_launcher).
+    env = {"PYTHONUNBUFFERED": "1", LAUNCHER_PID: str(os.getpid()),
+           LAUNCHER_HOST: socket.gethostname()}
     if allocation is None:
         # torchrun would set OMP_NUM_THREADS=1 and warn; share the cores out instead.
         env["OMP_NUM_THREADS"] = os.environ.get(
@@ -84,6 +92,12 @@ class _Tail:
 
 
 def _failure(log_dir: Path, nprocs: int, rc: int, launcher_log: Path) -> LaunchError:
+    stopped = [r for r in range(nprocs) if preempted_path(log_dir, r).exists()]
+    if stopped:
+        return JobPreempted(
+            f"the job stopped early on request (a time-limit warning, requeue or SIGTERM): "
+            f"{len(stopped)} of {nprocs} ranks saved their state and exited; run it again to "
+            f"resume (logs in {log_dir})", rank=None, exitcode=rc, log_dir=log_dir)
     reports = []
     for rank in range(nprocs):
         path = error_path(log_dir, rank)
@@ -150,6 +164,7 @@ def spmd(module: str, args: Sequence[str] = (), nprocs: int = 1, log_dir: str | 
     log_dir.mkdir(parents=True, exist_ok=True)
     for rank in range(nprocs):  # reports of an earlier attempt in this directory
         error_path(log_dir, rank).unlink(missing_ok=True)
+        preempted_path(log_dir, rank).unlink(missing_ok=True)
     cmd, extra_env = launch_command(module, args, nprocs, log_dir, allocation)
     launcher_log = log_dir / "launcher.log"
     rank0 = _Tail(log_path(log_dir, 0))

@@ -7,32 +7,24 @@ import json
 from pathlib import Path
 
 from ..config import TrainConfig, config_from_dict, load_config, write_json_atomic
+from ..files import JsonlFollower
+from ..runlock import check_unlocked
 from .spmd import spmd
 
 
 class _MetricsProgress:
     """A progress bar fed by the run's metrics.jsonl (rank 0 writes it as steps finish), so
-    the ranks need no terminal and the notebook gets a real widget."""
+    the ranks need no terminal and the notebook gets a real widget. The file is followed
+    across a resume's rewrite and a torn last line; nothing it reads can stop the job."""
 
     def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled, self.offset, self.bar = path, enabled, 0, None
+        self.enabled, self.bar = enabled, None
+        self.follower = JsonlFollower(path)
         self.last: dict | None = None
-        if path.exists():
-            self.offset = path.stat().st_size
 
     def __call__(self) -> None:
-        if not self.path.exists():
-            return
-        if self.path.stat().st_size < self.offset:  # rewritten by a resume: read it afresh
-            self.offset = 0
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            chunk = f.read()
-        complete = chunk[: chunk.rfind(b"\n") + 1]
-        self.offset += len(complete)
-        for line in complete.decode().splitlines():
-            if line.strip():
-                self._show(json.loads(line))
+        for record in self.follower.records():
+            self._show(record)
 
     def _show(self, record: dict) -> None:
         self.last = record
@@ -43,8 +35,9 @@ class _MetricsProgress:
 
             self.bar = tqdm(total=record.get("total_steps"), initial=record["step"] - 1,
                             desc="train", unit="step")
-        self.bar.update(record["step"] - self.bar.n)
-        shown = {"loss": f"{record['loss']:.4f}"}
+        if record["step"] > self.bar.n:  # a rewrite after a resume replays earlier steps
+            self.bar.update(record["step"] - self.bar.n)
+        shown = {"loss": f"{record.get('loss', float('nan')):.4f}"}
         if record.get("val_loss") is not None:
             shown["val"] = f"{record['val_loss']:.4f}"
         self.bar.set_postfix(shown, refresh=False)
@@ -79,6 +72,7 @@ def run(config, nprocs: int | None = None, *, launcher: str = "auto",
     if nprocs != ranks:
         raise ValueError(f"nprocs={nprocs} but grid {cfg.grid} needs {ranks} ranks")
     run_dir = Path(cfg.run_dir).resolve()
+    check_unlocked(run_dir)  # a second writer is refused before any rank starts
     run_dir.mkdir(parents=True, exist_ok=True)
     # The ranks draw no bar of their own: this process shows one from metrics.jsonl.
     cfg = dataclasses.replace(cfg, run_dir=str(run_dir), progress=False)

@@ -11,13 +11,19 @@ from __future__ import annotations
 import json
 import os
 import runpy
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
 
 from .environment import rank_of_this_process
+from .preemption import PREEMPTED_EXIT, write_preempted
+
+LAUNCHER_PID = "AXOLAB_LAUNCHER_PID"
+LAUNCHER_HOST = "AXOLAB_LAUNCHER_HOST"
 
 
 def error_path(log_dir: Path, rank: int) -> Path:
@@ -37,6 +43,42 @@ def _write_error(log_dir: Path, rank: int, exc: BaseException) -> None:
     os.replace(tmp, error_path(log_dir, rank))
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    # A launcher killed while we run is re-parented and reaped; a zombie still counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _follow_launcher(grace_s: float = 60.0, poll_s: float = 1.0) -> None:
+    """Die with the launcher: a notebook kernel or CLI that is killed (not stopped politely)
+    cannot stop its ranks, and orphaned ranks would go on training beside the next attempt.
+    When the launching process (same host) is gone, ask this rank to stop (SIGTERM: a training
+    rank checkpoints at its next step boundary), then kill it after ``grace_s``."""
+    pid = os.environ.get(LAUNCHER_PID)
+    if not pid or os.environ.get(LAUNCHER_HOST) != socket.gethostname():
+        return
+    pid = int(pid)
+
+    def watch() -> None:
+        while _process_alive(pid):
+            time.sleep(poll_s)
+        print(f"axolab: the launcher (pid {pid}) is gone: stopping this rank", flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        os._exit(137)
+
+    threading.Thread(target=watch, name="axolab-launcher-watch", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print("usage: python -m axolab.launch.worker LOG_DIR MODULE [ARGS ...]", file=sys.stderr)
@@ -51,11 +93,15 @@ def main(argv: list[str]) -> int:
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
     sys.argv = [module, *args]
+    _follow_launcher()
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as exc:
         if exc.code in (None, 0):
             return 0
+        if exc.code == PREEMPTED_EXIT:
+            write_preempted(log_dir, rank)
+            return PREEMPTED_EXIT
         _write_error(log_dir, rank, exc)
         return exc.code if isinstance(exc.code, int) else 1
     except BaseException as exc:  # noqa: BLE001 - every failure must reach the launcher

@@ -17,6 +17,7 @@ and FSDP do), so once ``loss.backward()`` returns every gradient is complete.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections import deque
 from dataclasses import dataclass
 
@@ -26,6 +27,20 @@ import torch.distributed as dist
 from . import comm
 from .matmul import MatmulTuner, plain
 from .options import Optimizations
+
+
+def _weak_hook(method):
+    """A tensor hook that reaches its runtime through a weak reference. The parameter owns the
+    hook and the runtime owns the model that owns the parameter: a strong reference would close
+    a cycle through the tensor that Python's collector cannot see, and a dropped model (with its
+    process groups and their threads) would never be freed."""
+    ref = weakref.WeakMethod(method)
+
+    def hook(*args):
+        bound = ref()
+        return None if bound is None else bound(*args)
+
+    return hook
 
 
 @dataclass
@@ -121,8 +136,8 @@ class Runtime:
             sizes[key] += nbytes
             self.bucket_of[id(spec.param)] = bucket
             if id(spec.param) not in self.deferred or id(spec.param) in self.shared:
-                self._hooks.append(
-                    spec.param.register_post_accumulate_grad_hook(self._on_accumulated))
+                self._hooks.append(spec.param.register_post_accumulate_grad_hook(
+                    _weak_hook(self._on_accumulated)))
 
     # ---- weights: gather with prefetch --------------------------------------------------------
     def block(self, module, shard: torch.Tensor, backward: bool,

@@ -15,6 +15,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from ..files import parse_jsonl
 from .errors import ReportError
 
 RUN_LAYOUT = "a run directory has config.json and metrics.jsonl, or eval.json"
@@ -122,25 +123,18 @@ def _read_json(path: Path) -> dict:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """Complete records; a run still training may show half of its last line, which is not
+    corrupt, just not finished yet (files.parse_jsonl leaves it out)."""
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise ReportError(f"{path}: cannot read ({e})") from e
-    lines = text.splitlines()
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            if number == len(lines) and not text.endswith("\n"):
-                # A run still training appends lines as it goes: a report taken meanwhile may
-                # see half of the last one. It is not corrupt, just not finished yet.
-                break
-            raise ReportError(f"{path}, line {number}: not valid JSON ({e})") from e
+    try:
+        records = parse_jsonl(text, str(path))
+    except ValueError as e:
+        raise ReportError(str(e)) from e
+    for number, record in enumerate(records, 1):
         if not isinstance(record, dict):
-            raise ReportError(f"{path}, line {number}: expected a JSON object, "
+            raise ReportError(f"{path}, record {number}: expected a JSON object, "
                               f"found {type(record).__name__}")
-        records.append(record)
     return records

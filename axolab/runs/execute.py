@@ -111,7 +111,10 @@ def execute(run: PreparedRun, *, progress: bool = True, log_output: bool = False
     except PapermillExecutionError as e:
         error = {"cell": e.cell_index, "execution_count": e.exec_count, "source": e.source,
                  "ename": e.ename, "evalue": e.evalue}
-        status = _status(run, state="failed", ended=time.time(), error=error)
+        # A job stopped on request saved its state: not a failure, a pause (the next run of
+        # the same notebook and parameters resumes).
+        state = "preempted" if e.ename == "JobPreempted" else "failed"
+        status = _status(run, state=state, ended=time.time(), error=error)
         raise RunFailed(f"{run.notebook.name} failed in cell {e.cell_index} "
                         f"(execution count {e.exec_count}):\n{e.source}\n\n{e.ename}: {e.evalue}\n"
                         f"(executed notebook: {output})", run.run_dir, status) from None

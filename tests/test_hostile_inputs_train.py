@@ -1,0 +1,100 @@
+"""Training inputs a careless or hostile user might give: each is refused with one clear line
+naming the field and the value, before any rank starts or any file is written."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from axolab.cli import main as axolab
+from axolab.config import TrainConfig, config_from_dict
+
+# (what the user did, the config fields, what the error must say)
+BAD_TRAIN_CONFIGS = [
+    ("keeps no checkpoints", {"keep_checkpoints": -1}, "keep_checkpoints=-1 must be at least 1"),
+    ("keeps zero checkpoints", {"keep_checkpoints": 0}, "keep_checkpoints=0 must be at least 1"),
+    ("clips to a negative norm", {"grad_clip": -1}, "grad_clip=-1 must be positive"),
+    ("clips to zero", {"grad_clip": 0.0}, "grad_clip=0.0 must be positive"),
+    ("trains zero steps", {"steps": 0}, "steps=0 must be at least 1"),
+    ("warms up negatively", {"warmup_steps": -5}, "warmup_steps=-5 must be at least 0"),
+    ("evaluates every -1 steps", {"eval_interval": -1}, "eval_interval=-1 must be at least 0"),
+    ("checkpoints every -1 steps", {"checkpoint_interval": -1},
+     "checkpoint_interval=-1 must be at least 0"),
+    ("logs every 0 steps", {"log_interval": 0}, "log_interval=0 must be at least 1"),
+    ("an empty global batch", {"global_batch": 0}, "global_batch=0 must be at least 1"),
+    ("a number as a string", {"steps": "100"}, "steps='100' must be an integer or null"),
+    ("a learning rate as a string", {"lr": "3e-4"}, "lr='3e-4' must be a number"),
+    ("true as a count", {"global_batch": True}, "global_batch=True must be an integer"),
+    ("a fractional step count", {"steps": 10.5}, "steps=10.5 must be an integer"),
+    ("a grid of strings", {"grid": ["2", 1, 1, 1]}, "grid=['2', 1, 1, 1] must be a list"),
+    ("a three-axis grid", {"grid": [2, 1, 1]}, "grid must be four positive integers"),
+    ("a zero grid axis", {"grid": [1, 0, 1, 1]}, "grid must be four positive integers"),
+    ("an unknown precision", {"precision": "fp16"}, "precision='fp16' must be 'fp32' or 'bf16'"),
+    ("an unknown loss", {"loss": "goldfishh"}, "loss='goldfishh' must be 'standard' or"),
+    ("an unknown goldfish strategy", {"goldfish_strategy": "random"},
+     "goldfish_strategy='random' must be 'hash' or 'static'"),
+    ("a zero learning rate", {"lr": 0}, "lr=0 must be positive"),
+    ("negative epochs", {"epochs": -1.0, "steps": None}, "epochs=-1.0 must be positive"),
+    ("a min-lr ratio above one", {"min_lr_ratio": 1.5}, "min_lr_ratio=1.5 must be within"),
+    ("betas of one", {"betas": [0.9, 1.0]}, "betas=[0.9, 1.0] must be two numbers in [0, 1)"),
+    ("a zero micro-batch", {"micro_batch": 0}, "micro_batch=0 must be at least 1"),
+    ("a stop before the first step", {"stop_at_step": 0}, "stop_at_step=0 must be at least 1"),
+    ("resume as a number", {"resume": 1}, "resume=1 must be true or false"),
+    ("a typo in a field name", {"global_bacth": 8}, "unknown field 'global_bacth'"),
+    ("a list instead of a mapping", [1, 2], "expected a mapping"),
+    ("a negative collective timeout", {"collective_timeout_s": -1},
+     "collective_timeout_s=-1 must be positive"),
+]
+
+
+@pytest.mark.parametrize("what,fields,message", BAD_TRAIN_CONFIGS,
+                         ids=[case[0] for case in BAD_TRAIN_CONFIGS])
+def test_bad_train_config_is_refused(what, fields, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        config_from_dict(TrainConfig, fields)
+
+
+@pytest.mark.parametrize("what,fields,message", BAD_TRAIN_CONFIGS[:12],
+                         ids=[case[0] for case in BAD_TRAIN_CONFIGS[:12]])
+def test_axolab_train_refuses_before_anything_exists(what, fields, message, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({**fields, "run_dir": str(run_dir)}))
+    assert axolab(["train", str(cfg)]) == 2
+    assert message in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def test_a_config_file_that_is_not_json(tmp_path, capsys):
+    cfg = tmp_path / "c.json"
+    cfg.write_text("{'steps': 10}")
+    assert axolab(["train", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"config file {cfg} is not valid JSON" in err and "Traceback" not in err
+
+
+def test_good_values_are_accepted():
+    cfg = config_from_dict(TrainConfig, {"lr": 1, "grad_clip": None, "steps": None, "epochs": 2,
+                                         "betas": [0.9, 0.999], "keep_checkpoints": 1})
+    assert cfg.lr == 1 and cfg.epochs == 2
+
+
+def test_pickle_only_model_directory_is_refused(tmp_path):
+    """A directory with config.json and only pytorch_model.bin would otherwise train from
+    random init without a word."""
+    from transformers import LlamaConfig
+
+    from axolab.checkpoint import CheckpointError
+    from axolab.train import _model_config
+
+    model_dir = tmp_path / "model"
+    LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, vocab_size=64).save_pretrained(model_dir)
+    (model_dir / "pytorch_model.bin").write_bytes(b"not loaded, ever")
+    cfg = config_from_dict(TrainConfig, {"model": str(model_dir)})
+    with pytest.raises(CheckpointError, match="pytorch_model.bin"):
+        _model_config(cfg)
+    assert Path(model_dir / "pytorch_model.bin").read_bytes() == b"not loaded, ever"
