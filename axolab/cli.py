@@ -61,13 +61,20 @@ def _sweep(args) -> int:
 
 
 def _slurm_submit(args) -> int:
+    from pathlib import Path
+
     from axolab.runs import prepare_sweep
+    from axolab.runs.sweep import sweep_directory
     from axolab.slurm import load_options, submit
+    from axolab.slurm.script import check_script_paths
 
     opts = load_options(args.site_config, nodes=args.nodes, ntasks_per_node=args.ntasks_per_node,
                         gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
                         mem=args.mem, time=args.time, partition=args.partition,
                         account=args.account, qos=args.qos, max_concurrent=args.max_concurrent)
+    # Everything the job script will hold is checked before the sweep directory is written.
+    check_script_paths(sweep_directory(args.notebook, args.results, args.name),
+                       Path.cwd().resolve())
     sweep = prepare_sweep(args.notebook, _grid(args.grid), _params(args.param), args.results,
                           args.name)
     job = submit(sweep, opts)
@@ -170,7 +177,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from axolab.data import RecipeError
-    from axolab.launch import LaunchError
+    from axolab.launch import JobPreempted, LaunchError
+    from axolab.launch.preemption import PREEMPTED_EXIT
     from axolab.report import ReportError
     from axolab.runlock import RunDirLocked
     from axolab.runs import ParameterError, RunFailed
@@ -183,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
             FileNotFoundError, RunDirLocked) as e:
         print(f"axolab {args.command}: {e}", file=sys.stderr)
         return 2
+    except JobPreempted as e:  # state saved: a scheduler may requeue on this exit status
+        print(f"axolab {args.command}: {e}", file=sys.stderr)
+        return PREEMPTED_EXIT
     except (RunFailed, LaunchError) as e:
         print(f"axolab {args.command}: {e}", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ and a job requeued twice (scontrol requeue, then the time-limit signal) that res
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -140,18 +141,20 @@ def _wait_step(run_dir: Path, step: int, timeout_s: float = 240) -> None:
 
 def test_requeued_job_resumes_from_its_checkpoint(cluster, dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    rc = axolab(["slurm", "submit", *_train_args(dataset, steps=60, checkpoint_interval=5),
+    rc = axolab(["slurm", "submit", *_train_args(dataset, steps=40, checkpoint_interval=5),
                  "--name", "requeue", "--ntasks-per-node", "2", "--time", "00:20:00"])
     assert rc == 0
     sweep_dir = tmp_path / "results" / "requeue"
     job = json.loads((sweep_dir / "slurm" / "submitted.json").read_text())[-1]["job_id"]
     run_dir = load_sweep(sweep_dir).points[0].run_dir
-    # 1) preempted: an administrator (or the scheduler) requeues the running job.
-    _wait_step(run_dir, 12)
+    # 1) preempted: an administrator (or the scheduler) requeues the running job; its
+    #    processes get SIGTERM and, KillWait seconds later, SIGKILL.
+    _wait_step(run_dir, 8)
     cluster.scontrol("requeue", job)
     _requeue_now(cluster, job)
-    # 2) the time-limit warning: the batch shell gets USR1 and requeues itself.
-    _wait_step(run_dir, 30)
+    # 2) the time-limit warning: the batch shell gets USR1, the ranks checkpoint at their next
+    #    step boundary and stop, and the job requeues itself.
+    _wait_step(run_dir, 22)
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, env=cluster.env)
     _requeue_now(cluster, job)
     rows = _wait_done(sweep_dir, timeout_s=400)
@@ -159,9 +162,13 @@ def test_requeued_job_resumes_from_its_checkpoint(cluster, dataset, tmp_path, mo
     sessions = [json.loads(line) for line in (run_dir / "sessions.jsonl").read_text().splitlines()]
     assert [s["slurm_restart_count"] for s in sessions] == [0, 1, 2]
     assert sessions[0]["start_step"] == 0
-    # Each restart began at a checkpoint past the first one, not from scratch.
-    assert sessions[1]["start_step"] >= 10 and sessions[2]["start_step"] > sessions[1]["start_step"]
-    assert [m["step"] for m in read_metrics(run_dir)] == list(range(1, 61))
+    # Each restart began at a checkpoint past the first one, not from scratch...
+    assert sessions[1]["start_step"] >= 5 and sessions[2]["start_step"] > sessions[1]["start_step"]
+    # ...and the warned one lost no step at all: it resumed where the ranks stopped.
+    rank0 = (run_dir / "logs" / "rank0.log").read_text()
+    stopped = re.findall(r"stopped by SIGUSR1 after step (\d+) of 40", rank0)
+    assert stopped and sessions[2]["start_step"] == int(stopped[-1]), (stopped, sessions)
+    assert [m["step"] for m in read_metrics(run_dir)] == list(range(1, 41))
     status = json.loads((run_dir / "status.json").read_text())
     assert status["attempts"] == 3 and status["state"] == "completed"
     out = "".join(p.read_text() for p in (sweep_dir / "slurm").glob("*.out"))

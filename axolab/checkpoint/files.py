@@ -32,6 +32,15 @@ def refuse_pickles(directory: Path) -> None:
             "e.g. AutoModelForCausalLM.from_pretrained(...).save_pretrained(dir) on a trusted copy.")
 
 
+def pretrained_weights(directory: Path) -> Path | None:
+    """``directory`` if it holds safetensors weights, None if it holds no weights at all (a
+    config to initialize randomly); a directory whose only weights are pickles is refused, so
+    a fine-tuning run never starts from random init by mistake."""
+    directory = Path(directory)
+    refuse_pickles(directory)
+    return directory if any(p.suffix == ".safetensors" for p in directory.iterdir()) else None
+
+
 def weight_map(directory: Path, prefix: str = "model") -> dict[str, str]:
     """Tensor name -> file name, from ``<prefix>.safetensors.index.json`` or a single file."""
     directory = Path(directory)

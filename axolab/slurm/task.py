@@ -1,7 +1,8 @@
 """One array task of a submitted sweep: `python -m axolab.slurm.task SWEEP_DIR [INDEX]`.
 
 INDEX defaults to $SLURM_ARRAY_TASK_ID. The point's typed parameters come from sweep.json;
-a requeued task runs the same point into the same run directory, so training resumes.
+a requeued task runs the same point into the same run directory, so training resumes. Exit
+status 75 means the run stopped early on request with its state saved (requeue it).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..launch.preemption import PREEMPTED_EXIT
 from ..runs import RunFailed, execute, load_sweep
 
 
@@ -29,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         execute(point, progress=False, log_output=True)
     except RunFailed as e:
         print(str(e), file=sys.stderr, flush=True)
-        return 1
+        # Stopped on request with its state saved: the batch script requeues the task.
+        return PREEMPTED_EXIT if e.status.get("state") == "preempted" else 1
     return 0
 
 
