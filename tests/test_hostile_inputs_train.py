@@ -98,3 +98,101 @@ def test_pickle_only_model_directory_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="pytorch_model.bin"):
         _model_config(cfg)
     assert Path(model_dir / "pytorch_model.bin").read_bytes() == b"not loaded, ever"
+
+
+class _Marker:
+    """Unpickling this creates a file: what a crafted checkpoint would do to a reader that
+    calls pickle.loads."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_a_crafted_manifest_cannot_run_code(tmp_path):
+    import base64
+    import pickle
+
+    from axolab.checkpoint import CheckpointError
+    from axolab.data import build
+    from axolab.train import run
+
+    root = Path(__file__).resolve().parents[1]
+    data = build(root / "data_recipes" / "tiny.yaml", tmp_path / "tiny", progress=False)
+    cfg = dict(data=str(data), run_dir=str(tmp_path / "run"), steps=4, global_batch=4,
+               checkpoint_interval=2, eval_interval=0, progress=False)
+    run(config_from_dict(TrainConfig, {**cfg, "stop_at_step": 2}))  # one process, 1x1x1x1
+    manifest_path = tmp_path / "run" / "checkpoints" / "step-00000002" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert isinstance(manifest["rng"], dict) and manifest["rng"]["format"] == "axolab-rng-1"
+    marker = tmp_path / "PWNED"
+    # Proof that the payload is live: unpickling it does create the marker.
+    pickle.loads(pickle.dumps(_Marker(str(tmp_path / "control"))))
+    assert (tmp_path / "control").exists()
+    crafted = base64.b64encode(pickle.dumps(_Marker(str(marker)))).decode()
+    for rng in (crafted, {**manifest["rng"], "torch": crafted},
+                {**manifest["rng"], "python": {"version": 3, "words": crafted}}):
+        manifest_path.write_text(json.dumps({**manifest, "rng": rng}))
+        with pytest.raises(CheckpointError, match="checkpoint RNG state"):
+            run(config_from_dict(TrainConfig, cfg))
+        assert not marker.exists()
+    # The untouched state resumes.
+    manifest_path.write_text(json.dumps(manifest))
+    assert run(config_from_dict(TrainConfig, cfg))["step"] == 4
+
+
+def test_rng_state_round_trips_through_json():
+    import random
+
+    import numpy as np
+    import torch
+
+    from axolab.checkpoint.rng import rng_state, set_rng_state
+
+    random.gauss(0, 1)  # leaves a cached gauss_next in Python's state
+    saved = json.loads(json.dumps(rng_state()))
+
+    def draws():
+        return (random.random(), random.gauss(0, 1), np.random.randn(4).tolist(),
+                np.random.randint(0, 1 << 30, 3).tolist(), torch.randn(4).tolist())
+
+    first = draws()
+    set_rng_state(saved)
+    assert draws() == first
+
+
+def _bad_rng_states():
+    from axolab.checkpoint.rng import rng_state
+
+    good = json.loads(json.dumps(rng_state()))
+    py, npy = good["python"], good["numpy"]
+    return [
+        ("old pickle format", "gARLAS4=", "format"),
+        ("no format", {k: v for k, v in good.items() if k != "format"}, "format"),
+        ("short python state", {**good, "python": {**py, "words": py["words"][:10]}},
+         "python words must be 625 integers"),
+        ("python words too large", {**good, "python": {**py, "words": [2**40] * 625}},
+         "python words must be 625 integers"),
+        ("numpy key of strings", {**good, "numpy": {**npy, "key": ["1"] * 624}},
+         "numpy key must be 624 integers"),
+        ("numpy position past the end", {**good, "numpy": {**npy, "pos": 10**6}},
+         "out of range"),
+        ("torch state truncated", {**good, "torch": good["torch"][:40]}, "torch has"),
+        ("torch state not base64", {**good, "torch": "%%%"}, "not valid base64"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_malformed_rng_state_is_refused_and_changes_nothing(case):
+    import random
+
+    from axolab.checkpoint import CheckpointError
+    from axolab.checkpoint.rng import set_rng_state
+
+    what, state, message = _bad_rng_states()[case]
+    before = random.getstate()
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        set_rng_state(state)
+    assert random.getstate() == before, what
