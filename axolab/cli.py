@@ -123,7 +123,8 @@ def parser() -> argparse.ArgumentParser:
     b = data.add_parser("build", help="build a recipe's dataset (data_recipes/*.yaml)")
     b.add_argument("recipe", help="recipe YAML file")
     b.add_argument("--out", help="output directory (default results/data/<recipe name>)")
-    b.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    b.add_argument("--overwrite", action="store_true",
+                   help="replace an existing dataset built by axolab (never any other directory)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=_data_build)
 

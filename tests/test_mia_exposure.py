@@ -64,10 +64,12 @@ def test_mia_scores_by_hand():
     texts = ["hello hello hello", "abc"]
     s = mia_scores(TokenScores(lp, mean, std, mask), texts, k=0.5)
     assert s["loss"].tolist() == pytest.approx([-10 / 4, -7 / 3])
-    assert s["zlib"][0] == pytest.approx(-10 / len(zlib.compress(texts[0].encode())))
-    assert s["min_k"].tolist() == pytest.approx([(-4 - 3) / 2, (-6 - 0.5) / 2])
+    # zlib: the mean NLL (log-perplexity) over the zlib length, not the summed NLL.
+    assert s["zlib"][0] == pytest.approx(-(10 / 4) / len(zlib.compress(texts[0].encode())))
+    # k=0.5 of 4 tokens is 2; of 3 tokens int(1.5) = 1 (rounded down, as the reference code).
+    assert s["min_k"].tolist() == pytest.approx([(-4 - 3) / 2, -6])
     assert s["min_k_plus_plus"].tolist() == pytest.approx([((-4 + 2) + (-3 + 2)) / 4,
-                                                           ((-6 + 2) + (-0.5 + 2)) / 4])
+                                                           (-6 + 2) / 2])
 
 
 def test_roc_report():

@@ -53,4 +53,4 @@ def test_script_asks_for_what_the_options_say(tmp_path):
     script.write_text(text)
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0  # valid shell
     cpu = render_sbatch(Path("/r/s"), 1, load_options(None, requeue_grace_s=0), Path("/w"))
-    assert "--gpus-per-node" not in cpu and "--signal" not in cpu and "--array=0-0\n" in cpu
+    assert "--gpus-per-node" not in cpu and "#SBATCH --signal" not in cpu and "--array=0-0\n" in cpu

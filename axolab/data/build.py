@@ -1,6 +1,8 @@
 """`axolab data build RECIPE`: corpus -> tokens -> canaries injected -> packed datasets + manifest.
 
-Output directory (written under a temporary name and renamed into place only when complete):
+Output directory (written under a temporary name beside it and renamed into place only when
+complete; ``overwrite`` replaces only a directory that holds a dataset built here, see
+``_check_output``, and swaps the new one in so that a kill at any moment leaves one whole dataset):
 
     train/, validation/   Hugging Face datasets (save_to_disk), column input_ids [seq_len] int32
     tokenizer/            the tokenizer (AutoTokenizer.from_pretrained works on it)
@@ -12,10 +14,12 @@ Output directory (written under a temporary name and renamed into place only whe
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -33,6 +37,9 @@ from .store import SequenceWriter, TokenFile, TokenReader
 from .tokenizer import load_tokenizer
 
 ENCODE_BATCH = 512
+# What every build writes last: a directory holding all three is a dataset built here, which
+# --overwrite may replace. Anything else might be someone's data, so it is never deleted.
+DATASET_MARKERS = ("stats.json", "recipe.yaml", "canaries.jsonl")
 
 
 @dataclass
@@ -119,7 +126,7 @@ def _make_canaries(recipe: Recipe, tokenizer, p1: Pass1) -> list[Canary]:
             for p in p1.chosen]
     docs = [docs[i] for i in _rng(recipe, 3).permutation(len(docs))] if docs else []
     for i, g in enumerate(recipe.canaries):
-        name = g.name or f"{g.kind}{i}"
+        name = g.label(i)
         rng = _rng(recipe, 10 + i)
         if g.kind == "secret":
             out += secret_canaries(g, name, tokenizer, rng)
@@ -158,7 +165,7 @@ def _pack_train(recipe, canaries, p1: Pass1, eos: int, work: Path, progress: boo
         raise RecipeError(f"the corpus has {reader.total} training tokens, fewer than one "
                           f"sequence of {L}")
     clustered = {id(g): g.placement == "clustered" for g in recipe.canaries}
-    group_of = {(g.name or f"{g.kind}{i}"): g for i, g in enumerate(recipe.canaries)}
+    group_of = {g.label(i): g for i, g in enumerate(recipe.canaries)}  # names are distinct
     requests = [Request(i, canaries[i].repetitions, len(slots[i]),
                         clustered[id(group_of[canaries[i].group])]) for i in members]
     starts = place(requests, n_seq, L, recipe.packing.allow_split, _rng(recipe, 4))
@@ -205,14 +212,76 @@ def _save_dataset(table_info, path: Path, fingerprint: str, progress: bool) -> i
     return len(ds)
 
 
+def _check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an output that exists unless ``overwrite``, and even then anything but a dataset
+    built here (or an empty directory)."""
+    if not os.path.lexists(out):
+        return
+    if not overwrite:
+        raise RecipeError(f"{out} already exists; pass --overwrite to replace it")
+    if out.is_symlink() or not out.is_dir():
+        raise RecipeError(f"--overwrite replaces only a dataset directory, and {out} is "
+                          f"{'a symbolic link' if out.is_symlink() else 'not a directory'}; "
+                          "remove it yourself or choose another output")
+    missing = [name for name in DATASET_MARKERS if not (out / name).is_file()]
+    if missing and any(out.iterdir()):
+        raise RecipeError(f"--overwrite replaces only a dataset built by `axolab data build`, "
+                          f"and {out} is not one (it has no {', '.join(missing)}); remove it "
+                          "yourself or choose another output")
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 with RENAME_EXCHANGE). False where the
+    system or the file system cannot, so the caller falls back to two renames."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:  # glibc older than 2.28
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Put the finished ``tmp`` at ``out``, replacing the dataset there, if any. With an atomic
+    exchange there is always a whole dataset at ``out``; without one, a kill between the two
+    renames leaves the previous dataset whole under ``.<name>.*.old`` beside it."""
+    if not os.path.lexists(out):
+        tmp.rename(out)
+        return
+    if _exchange(tmp, out):
+        shutil.rmtree(tmp)  # now the previous dataset
+        return
+    old = tmp.with_name(tmp.name.removesuffix(".partial") + ".old")
+    out.rename(old)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old)
+
+
 def build(recipe: Recipe | str | Path, out: str | Path | None = None, *, overwrite: bool = False,
           progress: bool = True) -> Path:
-    """Build the recipe's dataset into ``out`` (default results/data/<name>) and return the path."""
+    """Build the recipe's dataset into ``out`` (default results/data/<name>) and return the path.
+    An existing ``out`` is refused unless ``overwrite``; even then only a dataset built here is
+    replaced (any other directory is refused untouched)."""
     t0 = time.perf_counter()
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    recipe.validate()
     out = Path(out) if out else Path("results") / "data" / recipe.name
-    if out.exists() and not overwrite:
-        raise RecipeError(f"output directory {out} exists; pass overwrite=True (--overwrite)")
+    _check_output(out, overwrite)
     check_corpus(recipe.corpus, recipe.source)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
@@ -252,9 +321,8 @@ def build(recipe: Recipe | str | Path, out: str | Path | None = None, *, overwri
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset is not
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        _check_output(out, overwrite)  # again: something may have appeared there meanwhile
+        _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,9 +1,16 @@
-"""Documents from a corpus, streamed: nothing here ever holds the whole corpus in memory."""
+"""Documents from a corpus, streamed: nothing here ever holds the whole corpus in memory.
+
+Text and JSON files must be UTF-8: a file that is not is refused with its path and the byte
+offset of the first invalid byte (found by a second, binary pass only once reading has failed,
+so valid corpora are read once).
+"""
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +23,49 @@ EMBEDDED = {"austen": Path(__file__).resolve().parents[2] / "data_recipes" / "co
 def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else \
         open(path, encoding="utf-8")
+
+
+def _first_invalid_utf8(path: Path) -> tuple[int, int] | None:
+    """(byte offset, byte) of the first byte of ``path`` (decompressed, for .gz) that is not
+    valid UTF-8, or None if the whole file decodes."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    start = 0  # offset of the first byte not yet given to the decoder
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            held = len(decoder.getstate()[0])  # an incomplete character kept from the last chunk
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                return start - held + e.start, e.object[e.start]
+            start += len(chunk)
+        held = len(decoder.getstate()[0])
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as e:  # the file ends inside a character
+            return start - held + e.start, e.object[e.start]
+    return None
+
+
+def _read_errors_named(path: Path, docs: Iterator[str]) -> Iterator[str]:
+    """``docs``, with a failure to read ``path`` turned into an error that names the file."""
+    try:
+        yield from docs
+    except RecipeError:
+        raise
+    except (OSError, EOFError, zlib.error) as e:
+        if path.suffix != ".gz":
+            raise
+        raise RecipeError(f"corpus file {path} is not a readable gzip file: {e}") from None
+    except Exception:
+        # Decoding errors surface differently (UnicodeDecodeError from a text file, a parser
+        # error from datasets' JSON reader): find out whether the bytes are the cause.
+        bad = _first_invalid_utf8(path)
+        if bad is None:
+            raise
+        offset, byte = bad
+        where = " of the decompressed text" if path.suffix == ".gz" else ""
+        raise RecipeError(f"corpus file {path} is not UTF-8 text: byte {byte:#04x} at byte "
+                          f"offset {offset}{where} is not valid UTF-8") from None
 
 
 def _text_documents(path: Path, boundary: str) -> Iterator[str]:
@@ -63,7 +113,7 @@ def _rows(dataset, field: str, where: str) -> Iterator[str]:
 def _file_documents(path: Path, spec: CorpusSpec) -> Iterator[str]:
     name = path.name.lower()
     if name.endswith((".txt", ".txt.gz", ".text", ".md")):
-        yield from _text_documents(path, spec.document_boundary)
+        yield from _read_errors_named(path, _text_documents(path, spec.document_boundary))
         return
     import datasets
 
@@ -73,7 +123,8 @@ def _file_documents(path: Path, spec: CorpusSpec) -> Iterator[str]:
         raise RecipeError(f"corpus file {path}: unknown format (use .txt, .txt.gz, .jsonl, .json "
                           "or .parquet)")
     ds = datasets.load_dataset(kind, data_files=str(path), split="train", streaming=True)
-    yield from _rows(ds, spec.text_field, str(path))
+    rows = _rows(ds, spec.text_field, str(path))
+    yield from (_read_errors_named(path, rows) if kind == "json" else rows)
 
 
 def resolve_files(spec: CorpusSpec, source: str | None) -> list[Path]:

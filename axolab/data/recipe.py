@@ -2,7 +2,10 @@
 
 The YAML maps 1:1 onto the dataclasses below (a docstring per field). Loading is strict: an
 unknown key is an error that names it and suggests the closest valid one, because a typo such as
-``repetition: [1, 2]`` silently ignored would produce a study that measures nothing.
+``repetition: [1, 2]`` silently ignored would produce a study that measures nothing. Every value
+is checked against its field's annotation (``seq_len: "64"`` is refused, naming the field, the
+value and the type wanted), a key given twice in one mapping is refused, and a YAML syntax error
+is reported as one line with the file, line and column.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from ..typecheck import check_field_types
 
 
 class RecipeError(ValueError):
@@ -92,7 +97,12 @@ class CanarySpec:
     """"uniform" (occurrences spread over the training stream) or "clustered" (a canary's
     occurrences in consecutive sequences)."""
     name: str | None = None
-    """Label of the group in the manifest (default: the kind)."""
+    """Label of the group in the manifest and the prefix of its canary ids (default: the kind
+    and the group's position, e.g. "random1"). Distinct groups need distinct names."""
+
+    def label(self, index: int) -> str:
+        """The group's name in the manifest; ``index`` is its position in ``canaries``."""
+        return self.name or f"{self.kind}{index}"
 
 
 @dataclass
@@ -114,7 +124,8 @@ class Recipe:
     """A complete, declarative description of a memorization dataset."""
 
     name: str
-    """Short name; the default output directory is results/data/<name>."""
+    """Short name; the default output directory is results/data/<name>, so it must be a plain
+    directory name (letters, digits, ``_ . -``, not starting with a dot)."""
     corpus: CorpusSpec
     """The documents."""
     tokenizer: TokenizerSpec
@@ -133,30 +144,51 @@ class Recipe:
         d.pop("source")
         return d
 
+    def validate(self, where: str = "recipe") -> None:
+        """Refuse, naming the field and the value, anything that cannot be built. ``build``
+        calls it again, since notebooks change recipes in code after loading them."""
+        _check_types(self, where)
+        _validate(self)
+
 
 _FILLER = re.compile(r"\{([dax])(\d+)\}")
+# A name that is one path component and nothing else: no separators, no "..", no hidden files.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def _dataclass_of(hint):
+    """(dataclass, is_list) when ``hint`` is a dataclass or a list of one, else (None, False)."""
+    if dataclasses.is_dataclass(hint):
+        return hint, False
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list and args and dataclasses.is_dataclass(args[0]):
+        return args[0], True
+    return None, False
 
 
 def _build(cls, data, where: str):
+    """``cls`` from a mapping, nested dataclasses (and lists of them) included; the values are
+    not checked here (``_check_types`` does, on the finished object)."""
     if not isinstance(data, dict):
-        raise RecipeError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise RecipeError(f"{where}: expected a mapping of field names to values, got "
+                          f"{type(data).__name__} {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
     unknown = [k for k in data if k not in names]
     if unknown:
         k = unknown[0]
-        close = difflib.get_close_matches(k, names, n=1)
+        close = difflib.get_close_matches(str(k), names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise RecipeError(f"{where}: unknown field {k!r}{hint}; valid fields: {', '.join(names)}")
     kwargs = {}
     for k, v in data.items():
-        hint = hints[k]
-        if hint is CorpusSpec or hint is TokenizerSpec or hint is PackingSpec:
-            v = _build(hint, v, f"{where}.{k}")
-        elif k == "canaries":
+        inner, is_list = _dataclass_of(hints[k])
+        if inner is not None and is_list:
             if not isinstance(v, list):
-                raise RecipeError(f"{where}.canaries: expected a list of canary groups")
-            v = [_build(CanarySpec, c, f"{where}.canaries[{i}]") for i, c in enumerate(v)]
+                raise RecipeError(f"{where}: {k}={v!r} must be a list of mappings")
+            v = [_build(inner, item, f"{where}: {k}[{i}]") for i, item in enumerate(v)]
+        elif inner is not None:
+            v = _build(inner, v, f"{where}: {k}")
         kwargs[k] = v
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -165,44 +197,139 @@ def _build(cls, data, where: str):
     return cls(**kwargs)
 
 
-def _validate(r: Recipe) -> None:
-    c = r.corpus
+def _check_types(obj, where: str) -> None:
+    """Every field of ``obj`` and of the dataclasses inside it against its annotation."""
+    try:
+        check_field_types(obj, where)
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_types(value, f"{where}: {f.name}")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    _check_types(item, f"{where}: {f.name}[{i}]")
+
+
+def _at_least(where: str, values: dict, low: int) -> None:
+    for name, value in values.items():
+        if value is not None and value < low:
+            raise RecipeError(f"{where}.{name}={value} must be at least {low}")
+
+
+def _validate_corpus(c: CorpusSpec) -> None:
     sources = [n for n in ("embedded", "files", "saved", "hub") if getattr(c, n)]
     if len(sources) != 1:
         raise RecipeError(f"corpus: give exactly one of embedded, files, saved, hub (got "
                           f"{sources or 'none'})")
     if c.embedded and c.embedded != "austen":
         raise RecipeError(f"corpus.embedded: unknown corpus {c.embedded!r}; shipped: austen")
-    if not (c.document_boundary in ("blank_lines", "file") or c.document_boundary.startswith("regex:")):
+    if not (c.document_boundary in ("blank_lines", "file")
+            or c.document_boundary.startswith("regex:")):
         raise RecipeError(f"corpus.document_boundary: {c.document_boundary!r} is not blank_lines, "
                           "file or regex:PATTERN")
-    t = r.tokenizer
-    if (t.path is None) == (t.train_bpe_vocab is None):
-        raise RecipeError("tokenizer: give exactly one of path or train_bpe_vocab")
-    if t.train_bpe_vocab is not None and t.train_bpe_vocab < 260:
-        raise RecipeError(f"tokenizer.train_bpe_vocab={t.train_bpe_vocab} is below the 256 byte "
-                          "tokens plus specials a byte-level BPE needs")
-    p = r.packing
-    if p.seq_len < 2:
-        raise RecipeError(f"packing.seq_len={p.seq_len} must be at least 2")
-    if not 0 <= p.validation_fraction < 1:
-        raise RecipeError(f"packing.validation_fraction={p.validation_fraction} must be in [0, 1)")
+    if c.document_boundary.startswith("regex:"):
+        pattern = c.document_boundary[len("regex:"):]
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise RecipeError(f"corpus.document_boundary: {pattern!r} is not a valid regular "
+                              f"expression: {e}") from None
+    _at_least("corpus", {"max_documents": c.max_documents}, 1)
+    _at_least("corpus", {"min_document_chars": c.min_document_chars}, 0)
+
+
+def _validate_canaries(r: Recipe) -> None:
+    seen: dict[str, int] = {}
     for i, g in enumerate(r.canaries):
         where = f"canaries[{i}]"
         if g.kind not in ("secret", "random", "document"):
             raise RecipeError(f"{where}.kind={g.kind!r}: expected secret, random or document")
         if g.placement not in ("uniform", "clustered"):
             raise RecipeError(f"{where}.placement={g.placement!r}: expected uniform or clustered")
-        if not g.repetitions or any((not isinstance(n, int)) or n < 1 for n in g.repetitions):
+        if not g.repetitions or any(n < 1 for n in g.repetitions):
             raise RecipeError(f"{where}.repetitions={g.repetitions}: need positive integers")
-        if g.per_count < 1:
-            raise RecipeError(f"{where}.per_count={g.per_count} must be at least 1")
+        _at_least(where, {"per_count": g.per_count, "length": g.length,
+                          "min_tokens": g.min_tokens}, 1)
+        _at_least(where, {"controls": g.controls, "candidates": g.candidates}, 0)
+        if g.max_tokens is not None and g.max_tokens < g.min_tokens:
+            raise RecipeError(f"{where}.max_tokens={g.max_tokens} is below min_tokens="
+                              f"{g.min_tokens}")
         if g.kind == "secret":
             if not g.template or not _FILLER.search(g.template):
                 raise RecipeError(f"{where}: a secret canary needs a template with a filler such "
                                   f"as {{d6}}, got {g.template!r}")
-        if g.kind == "random" and g.length < 1:
-            raise RecipeError(f"{where}.length={g.length} must be at least 1")
+        # Canary ids are "<group>-<n>" and placement looks groups up by name: two groups with
+        # one name would share ids and one group's placement.
+        label = g.label(i)
+        if label in seen:
+            raise RecipeError(f"{where}: group name {label!r} is also the name of "
+                              f"canaries[{seen[label]}]; give each canary group its own name")
+        seen[label] = i
+
+
+def _validate(r: Recipe) -> None:
+    if not _PLAIN_NAME.fullmatch(r.name):
+        raise RecipeError(f"name={r.name!r} must be a plain directory name (letters, digits, "
+                          "'_', '.', '-', not starting with '.'): results/data/<name> is where "
+                          "the dataset goes")
+    _at_least("recipe", {"seed": r.seed}, 0)
+    _validate_corpus(r.corpus)
+    t = r.tokenizer
+    if (t.path is None) == (t.train_bpe_vocab is None):
+        raise RecipeError("tokenizer: give exactly one of path or train_bpe_vocab")
+    if t.train_bpe_vocab is not None and t.train_bpe_vocab < 260:
+        raise RecipeError(f"tokenizer.train_bpe_vocab={t.train_bpe_vocab} is below the 256 byte "
+                          "tokens plus specials a byte-level BPE needs")
+    _at_least("tokenizer", {"expect_vocab_size": t.expect_vocab_size}, 1)
+    p = r.packing
+    if p.seq_len < 2:
+        raise RecipeError(f"packing.seq_len={p.seq_len} must be at least 2")
+    if not 0 <= p.validation_fraction < 1:
+        raise RecipeError(f"packing.validation_fraction={p.validation_fraction} must be in [0, 1)")
+    _validate_canaries(r)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping: PyYAML would keep the
+    last one silently, so a recipe with two ``seq_len`` lines would build with either."""
+
+
+def _mapping_without_duplicates(loader, node, deep=False):
+    first_line: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (first on line "
+                    f"{first_line[key] + 1})", key_node.start_mark)
+        except TypeError:  # an unhashable key: construct_mapping names it
+            continue
+        first_line[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                              _mapping_without_duplicates)
+
+
+def _read_yaml(path: Path):
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"recipe file {path} is not UTF-8 text (byte {e.object[e.start]:#04x} "
+                          f"at byte offset {e.start})") from None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = " ".join(str(e.problem or e.context or "").split())
+        raise RecipeError(f"recipe file {path} is not valid YAML{where}: {problem}") from None
+    except yaml.YAMLError as e:
+        problem = " ".join(str(e).split())
+        raise RecipeError(f"recipe file {path} is not valid YAML: {problem}") from None
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -210,10 +337,13 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file {path} does not exist")
-    data = yaml.safe_load(path.read_text())
+    data = _read_yaml(path)
+    if data is None:
+        raise RecipeError(f"recipe file {path} is empty: expected a mapping with name, corpus, "
+                          "tokenizer, canaries, ...")
     recipe = _build(Recipe, data, path.name)
     recipe.source = str(path.resolve().parent)
-    _validate(recipe)
+    recipe.validate(path.name)
     return recipe
 
 
@@ -221,5 +351,5 @@ def recipe_from_dict(data: dict, source: str | Path | None = None) -> Recipe:
     """A recipe from a mapping (notebooks build them in code)."""
     recipe = _build(Recipe, data, "recipe")
     recipe.source = str(source) if source else None
-    _validate(recipe)
+    recipe.validate("recipe")
     return recipe

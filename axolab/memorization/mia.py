@@ -1,17 +1,26 @@
 """Membership inference baselines on members (injected canaries) vs non-members (controls).
 
-Each score is oriented so that higher means "more likely a member":
-- ``loss``: minus the mean token negative log-likelihood (Yeom et al.).
-- ``zlib``: minus the ratio of the sequence's log-perplexity to its zlib-compressed length in
-  bytes (Carlini et al., 2021), which discounts text that is simply predictable.
-- ``min_k``: mean of the lowest k% token log-probs (Shi et al., 2024).
+Each score is oriented so that higher means "more likely a member". Over the n scored tokens
+of a sequence (every token after the first), with log-probs lp_1..lp_n:
+- ``loss``: minus the mean token negative log-likelihood, -(1/n) sum(-lp_i) (Yeom et al.).
+- ``zlib``: minus the ratio of the sequence's log-perplexity, the MEAN token NLL, to the length
+  in bytes of its UTF-8 text compressed by zlib (Carlini et al., 2021, "Extracting Training
+  Data from Large Language Models": ratio of log-perplexity to zlib entropy), which discounts
+  text that is simply predictable. The reference code computes the same thing:
+  ftramer/LM_Memorization extraction.py (log of exp(mean loss) against
+  ``len(zlib.compress(bytes(text, "utf-8")))``) and zjysteven/mink-plus-plus run.py
+  (``ll / len(zlib.compress(...))`` with ``ll`` minus the mean loss).
+- ``min_k``: mean of the lowest k% token log-probs (Shi et al., 2024, "Detecting Pretraining
+  Data from Large Language Models"). k% of n tokens is ``int(k * n)``, rounded down as in the
+  reference code (swj0419/detect-pretrain-code src/run.py and mink-plus-plus run.py,
+  ``k_length = int(len(token_log_probs) * ratio)``), and at least 1 where the reference would
+  average nothing.
 - ``min_k_plus_plus``: the same over token log-probs standardized by the mean and std of log p
-  under the model's own distribution at that position (Zhang et al., 2024).
+  under the model's own distribution at that position (Zhang et al., 2024, Min-K%++).
 """
 
 from __future__ import annotations
 
-import math
 import zlib
 
 import numpy as np
@@ -20,12 +29,17 @@ import torch
 from .scoring import TokenScores
 
 
+def lowest_count(k: float, n: int) -> int:
+    """How many of ``n`` token scores Min-K% averages: int(k * n) as in the reference code,
+    but at least one."""
+    return max(1, int(k * n))
+
+
 def _lowest_fraction_mean(values: torch.Tensor, mask: torch.Tensor, k: float) -> torch.Tensor:
     out = []
     for v, m in zip(values, mask):
         v = v[m]
-        n = max(1, math.ceil(k * len(v)))
-        out.append(torch.sort(v).values[:n].mean())
+        out.append(torch.sort(v).values[:lowest_count(k, len(v))].mean())
     return torch.stack(out)
 
 
@@ -41,9 +55,10 @@ def mia_scores(scores: TokenScores, texts: list[str], k: float = 0.2) -> dict[st
     zlib_bytes = torch.tensor([len(zlib.compress(t.encode("utf-8"))) for t in texts],
                               dtype=torch.float32)
     z = (scores.logprob - scores.mean) / scores.std.clamp_min(1e-6)
+    mean_nll = nll / n_tokens  # the log-perplexity
     return {
-        "loss": (-nll / n_tokens).numpy(),
-        "zlib": (-nll / zlib_bytes).numpy(),
+        "loss": (-mean_nll).numpy(),
+        "zlib": (-mean_nll / zlib_bytes).numpy(),
         "min_k": _lowest_fraction_mean(scores.logprob, m, k).numpy(),
         "min_k_plus_plus": _lowest_fraction_mean(z, m, k).numpy(),
     }

@@ -8,6 +8,7 @@ after another; ``axolab slurm submit`` runs the same sweep.json as a job array.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,10 @@ from typing import Any
 from ..config import write_json_atomic
 from .execute import PreparedRun, RunFailed, execute, prepare_run, run_name
 from .params import ParameterError, check_parameters, expand_grid
+
+# One path component and nothing else: no separator, no "..", no hidden directory, nothing a
+# shell, a job script or a file-name pattern would read specially.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 @dataclass
@@ -30,15 +35,28 @@ class Sweep:
              "parameters": p.parameters} for i, p in enumerate(self.points)]}
 
 
+def sweep_directory(notebook: str | Path, results: str | Path = "results",
+                    name: str | None = None) -> Path:
+    """``results/<name>``, resolved; ``name`` must be a single plain path component (letters,
+    digits, ``_ . -``, not starting with a dot), so a sweep never writes outside ``results``.
+    The default is ``<notebook stem>-sweep`` with any other character replaced by ``_``."""
+    if name is None:
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(notebook).stem).lstrip(".") + "-sweep"
+    elif not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name):
+        raise ParameterError(f"sweep name {name!r} must be a single plain directory name: "
+                             "letters, digits, '_', '.', '-', not starting with '.'")
+    return (Path(results) / name).resolve()
+
+
 def prepare_sweep(notebook: str | Path, grid: dict[str, list], fixed: dict[str, Any] | None = None,
                   results: str | Path = "results", name: str | None = None) -> Sweep:
     """Check every point (names, types, directories) before any runs; write sweep.json."""
+    sweep_dir = sweep_directory(notebook, results, name)  # before anything is read or written
     notebook = Path(notebook).resolve()
     fixed = fixed or {}
     grid = {key: [check_parameters(notebook, {key: v})[key] for v in values]
             for key, values in grid.items()}
     points = expand_grid(grid, fixed)
-    sweep_dir = (Path(results) / (name or f"{notebook.stem}-sweep")).resolve()
     prepared = []
     for i, point in enumerate(points):
         varying = {k: point[k] for k in grid}

@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import config_from_dict
+from ..typecheck import check_field_types
+
+# Every value here ends up in the job script, one line each: a line break (or any other
+# control character) would start a new line there, which bash would run as a command.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -44,18 +49,36 @@ class SlurmOptions:
     max_concurrent: int | None = None
     """At most this many array tasks run at once (--array=...%N)."""
     setup: list[str] = field(default_factory=list)
-    """Shell lines run before the notebook (module load, conda activate): the site's own."""
+    """Shell lines run before the notebook (module load, conda activate): the site's own, one
+    command per item (an item may not contain a line break)."""
     python: str | None = None
     """Interpreter on the compute nodes (default: the one running axolab now)."""
     sbatch_lines: list[str] = field(default_factory=list)
-    """Extra "#SBATCH ..." directives, verbatim (e.g. "--constraint=a100")."""
+    """Extra "#SBATCH ..." directives, verbatim (e.g. "--constraint=a100"), one per item."""
 
     def validate(self) -> None:
+        check_field_types(self, "slurm options")
+        for name in ("mem", "time", "partition", "account", "qos", "python"):
+            value = getattr(self, name)
+            if value is not None and _CONTROL.search(value):
+                raise ValueError(f"slurm option {name}={value!r} contains a line break or other "
+                                 "control character; it would end its line in the job script")
+        for name in ("setup", "sbatch_lines"):
+            for i, line in enumerate(getattr(self, name)):
+                if _CONTROL.search(line):
+                    raise ValueError(f"slurm option {name}[{i}]={line!r} contains a line break or "
+                                     "other control character; give one line per list item")
         for name in ("nodes", "ntasks_per_node", "cpus_per_task"):
             if getattr(self, name) < 1:
                 raise ValueError(f"slurm option {name} must be at least 1, got {getattr(self, name)}")
         if self.gpus_per_node < 0:
             raise ValueError(f"slurm option gpus_per_node must be >= 0, got {self.gpus_per_node}")
+        if self.requeue_grace_s < 0:
+            raise ValueError(f"slurm option requeue_grace_s must be >= 0 (0: no signal), got "
+                             f"{self.requeue_grace_s}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ValueError(f"slurm option max_concurrent must be at least 1, got "
+                             f"{self.max_concurrent}")
         if not re.fullmatch(r"(\d+-)?\d+(:\d+){0,2}", self.time):
             raise ValueError(f"slurm option time={self.time!r}: expected [days-]hh:mm:ss")
         # Values go into #SBATCH lines, which sbatch splits on blanks: keep them single words.

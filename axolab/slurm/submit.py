@@ -32,11 +32,12 @@ def submit(sweep: Sweep, opts: SlurmOptions, workdir: str | Path | None = None) 
     sbatch = _tool("sbatch")
     opts.validate()
     workdir = Path(workdir or os.getcwd()).resolve()
+    text = render_sbatch(sweep.sweep_dir, len(sweep.points), opts, workdir)  # refuses first
     slurm_dir = sweep.sweep_dir / "slurm"
     slurm_dir.mkdir(parents=True, exist_ok=True)
     script = slurm_dir / "job.sbatch"
     tmp = slurm_dir / ".job.sbatch.tmp"
-    tmp.write_text(render_sbatch(sweep.sweep_dir, len(sweep.points), opts, workdir))
+    tmp.write_text(text)
     tmp.replace(script)
     res = subprocess.run([sbatch, "--parsable", str(script)], capture_output=True, text=True,
                          cwd=workdir, timeout=120)
