@@ -385,3 +385,17 @@ def test_working_directory_with_a_line_break(tmp_path, no_site_file):
     with pytest.raises(ValueError, match=re.escape("working directory '/w\\ntouch MARKER' "
                                                    "contains a line break")):
         render_sbatch(tmp_path / "s", 1, load_options(None), Path("/w\ntouch MARKER"))
+
+
+BAD_RUN_NAMES = ["../x", "a/b", ".hidden", "x\ntouch MARKER", "back\\slash", "sp ace", ".."]
+
+
+@pytest.mark.parametrize("name", BAD_RUN_NAMES)
+def test_run_names_are_plain_directory_names(name, tmp_path):
+    from axolab.runs import ParameterError, prepare_run
+    from notebook_factory import echo_notebook
+
+    nb = echo_notebook(tmp_path / "echo.ipynb")
+    with pytest.raises(ParameterError, match="must be a single plain directory name"):
+        prepare_run(nb, {}, tmp_path / "results", name=name)
+    assert not (tmp_path / "results").exists()

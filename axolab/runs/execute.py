@@ -22,6 +22,11 @@ from ..config import write_json_atomic
 from .params import ParameterError, check_parameters, declared_parameters
 
 
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=,+-]*")
+"""A run or sweep directory name: one path component, no dot first, nothing a shell, a
+#SBATCH line or a Slurm file-name pattern would read specially."""
+
+
 class RunFailed(RuntimeError):
     """A cell of the notebook raised; the executed notebook and status.json say which."""
 
@@ -42,14 +47,15 @@ class PreparedRun:
 def run_name(notebook: Path, parameters: dict[str, Any]) -> str:
     """``<notebook stem>[-key=value...]``, safe as a directory name; a short hash is added when
     the values had to be shortened or cleaned, so different values never share a name."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", notebook.stem).lstrip(".") or "run"
     if not parameters:
-        return notebook.stem
+        return stem
     text = ",".join(f"{k}={v}" for k, v in parameters.items())
     slug = re.sub(r"[^A-Za-z0-9._=,+-]", "_", text)[:80]
     if slug != text:
         digest = hashlib.sha1(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:8]
         slug = f"{slug}-{digest}"
-    return f"{notebook.stem}-{slug}"
+    return f"{stem}-{slug}"
 
 
 def prepare_run(notebook: str | Path, parameters: dict[str, Any] | None = None,
@@ -59,8 +65,9 @@ def prepare_run(notebook: str | Path, parameters: dict[str, Any] | None = None,
     notebook = Path(notebook).resolve()
     typed = check_parameters(notebook, parameters or {})
     name = name or run_name(notebook, typed)
-    if "/" in name or name in ("", ".", ".."):
-        raise ParameterError(f"run name {name!r} must be a plain directory name")
+    if not isinstance(name, str) or not PLAIN_NAME.fullmatch(name):
+        raise ParameterError(f"run name {name!r} must be a single plain directory name: "
+                             "letters, digits, '_', '.', '=', ',', '+', '-', not starting with '.'")
     run_dir = (Path(results) / name).resolve()
     if "run_dir" in declared_parameters(notebook) and "run_dir" not in typed:
         typed["run_dir"] = str(run_dir)
