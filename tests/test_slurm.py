@@ -116,16 +116,20 @@ def test_hostile_values_reach_the_notebook_verbatim(cluster, tmp_path, monkeypat
 
 
 def _requeue_now(cluster, job: str) -> None:
-    """Requeued jobs wait two minutes before they are eligible again; skip the wait."""
-    deadline = time.monotonic() + 60
+    """Wait for the job to be requeued (the batch script requeues itself only once its ranks
+    have checkpointed), then skip the two minutes a requeued job waits before it is eligible."""
+    deadline = time.monotonic() + 120
+    requeued = False
     while time.monotonic() < deadline:
         state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,
                                text=True, env=cluster.env).stdout.strip()
         if state == "PENDING":
+            requeued = True
             cluster.scontrol("update", f"JobId={job}", "StartTime=now", check=False)
-        elif state == "RUNNING":
+        elif state == "RUNNING" and requeued:
             return
         time.sleep(0.5)
+    raise AssertionError(f"job {job} was not requeued and restarted within 120 s")
 
 
 def _wait_step(run_dir: Path, step: int, timeout_s: float = 240) -> None:
