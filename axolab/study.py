@@ -99,11 +99,13 @@ def _val_loss(run_dir: Path, data: Path) -> float:
     import numpy as np
     import torch
 
-    from .checkpoint import latest_checkpoint, load_pretrained
+    from .checkpoint import latest_checkpoint
+    from .checkpoint.load import load_checkpoint_model
     from .data.loader import PackedDataset
     from .parallel import Grid
 
-    model = load_pretrained(latest_checkpoint(run_dir / "checkpoints"), Grid.init()).eval()
+    # The same checkpoint the evaluation scored, its hashes verified before it is read.
+    model = load_checkpoint_model(latest_checkpoint(run_dir / "checkpoints"), Grid.init()).eval()
     val = PackedDataset(data, "validation")
     total, n = 0.0, 0
     with torch.no_grad():

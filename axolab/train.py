@@ -9,7 +9,6 @@ Rank 0 writes metrics.jsonl; all ranks write checkpoints together.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import socket
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import latest_checkpoint, load_checkpoint, load_pretrained, save_checkpoint
+from .checkpoint import load_checkpoint, load_pretrained, resume_checkpoint, save_checkpoint
 from .checkpoint.files import pretrained_weights
 from .checkpoint.load import materialize
 from .checkpoint.rng import rng_state, set_rng_state
@@ -246,9 +245,10 @@ def _train(cfg: TrainConfig, grid: Grid, lead: bool, stop: StopRequest) -> dict:
         opt, cfg.warmup_steps, total, min_lr_rate=cfg.min_lr_ratio)
     ckpt_root = run_dir / "checkpoints"
     start, resumed = 0, None
-    if cfg.resume and (ckpt := latest_checkpoint(ckpt_root)) is not None:
-        _check_resumable(cfg, json.loads((ckpt / "manifest.json").read_text())["config"], ckpt)
-        manifest = load_checkpoint(ckpt, model, opt)
+    if cfg.resume and (found := resume_checkpoint(ckpt_root, grid)) is not None:
+        ckpt, manifest = found
+        _check_resumable(cfg, manifest.get("config", {}), ckpt)
+        load_checkpoint(ckpt, model, opt, verify=False)  # its hashes were just checked
         start, resumed = manifest["step"], manifest["step"]
         sched.load_state_dict(manifest["scheduler"])
         set_rng_state(manifest["rng"])

@@ -188,3 +188,120 @@ def test_corrupt_foreign_and_pickled_checkpoints_are_refused(pool8, tmp_path):
         assert "sha256 mismatch" in corrupt and shard.name in corrupt, corrupt
         assert "another model" in foreign and "model_type" in foreign, foreign
         assert "pickle" in pickle and "safetensors" in pickle, pickle
+
+
+def streamed_save(shape, directory, kind, tied, chunk_bytes):
+    """Save with moments set by hand from the serial weights (2*W and W*W, cut into shards), so
+    every file can be compared bit for bit with the serial model. Returns this rank's save
+    report and, measured by the same meter, the peak of the old save's all-gathers."""
+    from dataclasses import asdict
+
+    from axolab.checkpoint import SaveReport, save_checkpoint
+    from axolab.checkpoint.meter import AllocationMeter
+    from axolab.parallel import parallel_parameters, parallelize
+
+    grid = _grid(shape)
+    if grid is None:
+        return None
+    serial = tiny_model(kind, tied)
+    weights = {k: v.detach().clone() for k, v in serial.state_dict().items()}
+    model = parallelize(serial, grid)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for key, module, attr, param in parallel_parameters(model):
+        layout = module.layout_of(attr)
+        opt.state[param] = {"step": torch.tensor(3.0),
+                            "exp_avg": layout.shard_from_full(2 * weights[key]),
+                            "exp_avg_sq": layout.shard_from_full(weights[key] * weights[key])}
+    report = SaveReport()
+    save_checkpoint(directory, 7, model, opt, chunk_bytes=chunk_bytes, report=report)
+    with AllocationMeter(grid.device) as old:  # what the previous save did on every rank
+        for key, module, attr, param in parallel_parameters(model):
+            module.full_tensor(attr)
+            for name in ("exp_avg", "exp_avg_sq"):
+                module.full_tensor(attr, opt.state[param][name])
+    return {"coords": grid.coords, "report": asdict(report), "old_peak": old.peak_bytes}
+
+
+# (model, tied, grid D,Z,Y,X): Y, Z and X all split; data replicas with biases; Z=3 leaves
+# padding at the end of each block's last chunk, and Y=2 pads the 99-token vocabulary to 100.
+STREAMED = [("llama", False, (1, 2, 2, 2)), ("qwen2", True, (2, 1, 2, 2)),
+            ("llama", True, (1, 3, 2, 1))]
+
+
+@pytest.mark.parametrize("kind,tied,shape", STREAMED, ids=[f"{k}-{'x'.join(map(str, s))}"
+                                                           for k, _, s in STREAMED])
+def test_streamed_save_is_exact_and_stays_within_one_chunk(pool8, tmp_path, kind, tied, shape):
+    from safetensors.torch import load_file
+
+    chunk = 2048  # 64 fp32 elements per rank per round: every tensor spans many rounds
+    results = [r for r in pool8.run(streamed_save, shape, str(tmp_path), kind, tied, chunk) if r]
+    ckpt = tmp_path / "step-00000007"
+    files = {}
+    for path in ckpt.glob("*.safetensors"):
+        files.update(load_file(str(path)))
+    weights = tiny_model(kind, tied).state_dict()
+    stored = [k for k in weights if not (tied and k == "lm_head.weight")]
+    for key in stored:
+        assert torch.equal(files[key], weights[key]), key
+        assert torch.equal(files[f"exp_avg/{key}"], 2 * weights[key]), key
+        assert torch.equal(files[f"exp_avg_sq/{key}"], weights[key] * weights[key]), key
+        assert files[f"step/{key}"].item() == 3.0
+    assert len(files) == 4 * len(stored)
+    writers = {n.split("-")[1] for n in (p.name for p in ckpt.glob("model-*.safetensors"))}
+    assert len(writers) == shape[1] * shape[2] * shape[3]  # every rank of a model copy writes
+    for r in results:
+        rep = r["report"]
+        if r["coords"][0] > 0:  # data replicas other than 0 neither gather nor write
+            assert rep["staging_bytes"] == rep["peak_device_bytes"] == 0, r
+            continue
+        # The writer's staging buffer is the only device allocation; every sent piece is a
+        # view of the rank's own shard. (gloo's gather also stages the pieces internally on
+        # its own thread, which no Python-side meter sees; NCCL receives in place.)
+        assert 0 < rep["peak_device_bytes"] <= chunk, r
+        assert rep["largest_tensor_bytes"] > 4 * chunk, r  # the bound is not met trivially
+        assert r["old_peak"] >= rep["largest_tensor_bytes"], r  # the all-gather save did not
+
+
+def fallback_resume(directory):
+    """Which checkpoint each rank resumes from, and the lead's warnings."""
+    import warnings
+
+    from axolab.checkpoint import resume_checkpoint
+
+    grid = _grid((1, 1, 2, 2))
+    if grid is None:
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = resume_checkpoint(directory, grid)
+    return {"picked": found[0].name if found else None, "step": found[1]["step"] if found else None,
+            "warnings": [str(w.message) for w in caught]}
+
+
+def test_resume_falls_back_together_when_one_rank_finds_damage(pool8, tmp_path):
+    """Damage only one rank hashes (each file is hashed by one rank) must still make every
+    rank skip that checkpoint; final-named directories without a manifest are skipped too."""
+    import json
+    import shutil
+
+    root = tmp_path / "ckpts"
+    for step in (1, 2):
+        pool8.run(saver, (1, 1, 2, 2), str(root / f"s{step}"), "llama")
+        shutil.move(root / f"s{step}" / "step-00000005", root / f"step-{step:08d}")
+        shutil.rmtree(root / f"s{step}")
+    newer = root / "step-00000002"
+    listed = sorted(json.loads((newer / "manifest.json").read_text())["files"])
+    victim = listed[3]  # hashed by world rank 3 only (file i goes to rank i % 4)
+    data = bytearray((newer / victim).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (newer / victim).write_bytes(bytes(data))
+    shutil.copytree(newer, root / "step-00000003")
+    (root / "step-00000003" / "manifest.json").unlink()  # killed between files and manifest
+    shutil.copytree(root / "step-00000001", root / "step-zzz")  # not a checkpoint name
+    answers = [a for a in pool8.run(fallback_resume, str(root)) if a]
+    assert len(answers) == 4
+    assert {(a["picked"], a["step"]) for a in answers} == {("step-00000001", 5)}
+    lead = answers[0]["warnings"]
+    assert any("step-00000003" in w and "no manifest.json" in w for w in lead), lead
+    assert any("step-00000002" in w and victim in w and "sha256 mismatch" in w for w in lead), lead
+    assert all(a["warnings"] == [] for a in answers[1:])

@@ -290,3 +290,29 @@ def test_cli_calibrate_subcommand_parses():
     assert (args.plan_command, args.out, args.ranks) == ("calibrate", "m.json", 2)
     with pytest.raises(ValueError, match="ranks, repeats and rounds >= 1"):
         CalibrationConfig(ranks=0)
+
+
+def test_checkpoint_staging_is_one_chunk_in_the_peak():
+    from axolab.checkpoint import DEFAULT_CHUNK_BYTES
+    from axolab.perfmodel.memory import CHECKPOINT_CHUNK_BYTES
+
+    assert CHECKPOINT_CHUNK_BYTES == DEFAULT_CHUNK_BYTES  # the planner's copy of the default
+    big = memory_per_rank(model_shapes("llama-3.1-405b"), GridShape(1, 8, 8, 8),
+                          Workload(512, 4096))
+    assert big.checkpoint_chunk == 64 * 2**20  # a 8.4 GB embedding, staged 64 MiB at a time
+    # TINY's largest tensors are gate/up/down, 16 x 8 fp32 = 512 B: less than any chunk.
+    assert memory_per_rank(TINY, GridShape(1, 1, 2, 2), Workload(2, 3)).checkpoint_chunk == 512
+    # With a chunk as large as the 8B embedding (128256 x 4096 fp32) and a tiny step, the save
+    # is the largest phase, and the peak is the persistent state plus the staging.
+    small = model_shapes("llama-3.1-8b")
+    mem = memory_per_rank(small, GridShape(1, 1, 8, 8), Workload(1, 16),
+                          checkpoint_chunk_bytes=4 * GIB)
+    assert mem.checkpoint_chunk == 128256 * 4096 * 4
+    assert mem.gradients + mem.step_buffers < mem.checkpoint_chunk
+    assert mem.total == mem.parameters + mem.optimizer + mem.checkpoint_chunk
+    # With the default 64 MiB chunk the optimizer step (gradients + AdamW temporaries) is the
+    # largest phase again, as it was before the save was modelled.
+    default = memory_per_rank(small, GridShape(1, 1, 8, 8), Workload(1, 16))
+    assert default.checkpoint_chunk == 64 * 2**20
+    assert default.total == default.parameters + default.optimizer + default.gradients + \
+        default.step_buffers

@@ -7,31 +7,22 @@ then given memory, so no rank ever holds a full copy).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from axolab.parallel import Grid, comm, grid_of, parallel_parameters, parallelize
+from axolab.parallel import Grid, grid_of, parallel_parameters, parallelize
 from axolab.parallel.base import ParallelModule
 from axolab.parallel.layout import BlockLayout
 
-from .files import CheckpointError, ShardReader, sha256, weight_map
-from .save import MANIFEST
+from .files import CheckpointError, ShardReader, read_manifest, weight_map
+from .verify import read_config, unlisted_files, verify_files
 
 # Config fields that make two models incompatible (a checkpoint "from another model").
 IDENTITY_FIELDS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
                    "num_attention_heads", "num_key_value_heads", "vocab_size",
                    "tie_word_embeddings")
-
-
-def latest_checkpoint(root: str | Path) -> Path | None:
-    """The newest complete checkpoint under ``root`` (partial ones have no final name)."""
-    root = Path(root)
-    done = sorted(p for p in root.glob("step-*") if (p / MANIFEST).is_file()) if root.is_dir() \
-        else []
-    return done[-1] if done else None
 
 
 def _fill_local(layout, reader: ShardReader, name: str, out: torch.Tensor) -> None:
@@ -59,33 +50,14 @@ def _check_identity(config, saved: dict) -> None:
         raise CheckpointError("checkpoint is from another model: " + "; ".join(diff))
 
 
-def verify_files(directory: Path, grid: Grid) -> dict:
-    """Check every file's sha256 against the manifest; ranks split the hashing between them and
-    all raise together if any file is corrupt or missing."""
-    manifest_path = directory / MANIFEST
-    if not manifest_path.is_file():
-        raise CheckpointError(f"{directory} has no {MANIFEST}: not a complete axolab checkpoint")
-    manifest = json.loads(manifest_path.read_text())
-    problems = []
-    for i, (name, digest) in enumerate(sorted(manifest["files"].items())):
-        if i % grid.world.size != grid.world.index:
-            continue
-        path = directory / name
-        if not path.is_file():
-            problems.append(f"{name} is missing")
-        elif sha256(path) != digest:
-            problems.append(f"{name} is corrupt or truncated (sha256 mismatch)")
-    problems = sum(comm.all_gather_objects(problems, grid.world), [])
-    if problems:
-        raise CheckpointError(f"checkpoint {directory}: " + "; ".join(sorted(problems)))
-    return manifest
-
-
 @torch.no_grad()
-def load_weights(model: nn.Module, directory: str | Path, prefix: str = "model") -> None:
-    """Fill every parallel parameter with this rank's slices of the serial tensors."""
+def load_weights(model: nn.Module, directory: str | Path, prefix: str = "model",
+                 allow_symlinks: bool = False) -> None:
+    """Fill every parallel parameter with this rank's slices of the serial tensors.
+    ``allow_symlinks``: accept shard files that are links to regular files (Hugging Face
+    cache snapshots); axolab checkpoints never contain links."""
     directory = Path(directory)
-    reader = ShardReader(directory, weight_map(directory, prefix))
+    reader = ShardReader(directory, weight_map(directory, prefix, allow_symlinks), allow_symlinks)
     for key, module, attr, param in parallel_parameters(model):
         name = key if key in reader.mapping else _tied_source(model, key)
         _check_shape(module, attr, reader, name)
@@ -110,9 +82,10 @@ def load_optimizer(model: nn.Module, optimizer, directory: Path, manifest: dict)
         state = {}
         for state_name in by_param.get(key, []):
             name = f"{state_name}/{key}"
-            if len(reader.shape(name)) == 0:
+            if len(reader.shape(name)) == 0:  # AdamW's step count
                 state[state_name] = reader.tensor(name).to(param.device)
-            else:
+            else:  # a moment, sharded like its parameter: it must have the parameter's shape
+                _check_shape(module, attr, reader, name)
                 local = torch.empty_like(param, dtype=torch.float32)
                 _fill_local(module.layout_of(attr), reader, name, local)
                 state[state_name] = local
@@ -125,12 +98,18 @@ def load_optimizer(model: nn.Module, optimizer, directory: Path, manifest: dict)
 def load_checkpoint(directory: str | Path, model: nn.Module, optimizer=None,
                     verify: bool = True) -> dict:
     """Restore model (and optimizer) from an axolab checkpoint onto the model's grid; returns
-    the manifest (step, data position, RNG and scheduler state, ...)."""
+    the manifest (step, data position, RNG and scheduler state, ...). ``verify=False`` skips
+    the hashing (for a directory :func:`resume_checkpoint` has just verified); file names,
+    links, shapes and the model's identity are checked either way. Nothing is unpickled."""
     directory = Path(directory)
     grid = grid_of(model)
-    manifest = verify_files(directory, grid) if verify else \
-        json.loads((directory / MANIFEST).read_text())
-    _check_identity(model.config, json.loads((directory / "config.json").read_text()))
+    if verify:
+        manifest = verify_files(directory, grid)
+    else:
+        manifest = read_manifest(directory)
+        if problems := unlisted_files(directory, manifest):
+            raise CheckpointError(f"checkpoint {directory}: " + "; ".join(problems))
+    _check_identity(model.config, read_config(directory))
     load_weights(model, directory)
     if optimizer is not None:
         load_optimizer(model, optimizer, directory, manifest)
@@ -159,19 +138,44 @@ def materialize(model: nn.Module, device) -> None:
             setattr(model.get_submodule(parent) if parent else model, child, rebuilt)
 
 
-def load_pretrained(path: str | Path, grid: Grid, dtype: torch.dtype | None = torch.float32,
-                    optimizations=None):
-    """A Hugging Face checkpoint directory as a parallelized model on ``grid``; each rank reads
-    only its slices (``safe_open(...).get_slice``). ``dtype=None`` keeps the checkpoint's;
-    ``optimizations`` as in :func:`axolab.parallel.parallelize`."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def _parallel_model(config, grid: Grid, dtype, optimizations):
+    """``config``'s model built on the meta device, parallelized, given its shards' memory."""
+    from transformers import AutoModelForCausalLM
 
-    path = Path(path)
-    weight_map(path)  # refuses pickle-only or missing weights before anything is built
-    config = AutoConfig.from_pretrained(str(path))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype or config.dtype)
     parallelize(model, grid, optimizations=optimizations)
     materialize(model, grid.device)
-    load_weights(model, path)
+    return model
+
+
+def load_pretrained(path: str | Path, grid: Grid, dtype: torch.dtype | None = torch.float32,
+                    optimizations=None):
+    """A Hugging Face checkpoint directory as a parallelized model on ``grid``; each rank reads
+    only its slices (``safe_open(...).get_slice``). ``dtype=None`` keeps the checkpoint's;
+    ``optimizations`` as in :func:`axolab.parallel.parallelize`. Shard files may be links to
+    regular files (the Hub cache's snapshots are); index entries must be plain file names.
+    Hashes are not checked: use :func:`load_checkpoint_model` for axolab's own checkpoints."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    weight_map(path, allow_symlinks=True)  # refuses pickle-only or missing weights first
+    model = _parallel_model(AutoConfig.from_pretrained(str(path)), grid, dtype, optimizations)
+    load_weights(model, path, allow_symlinks=True)
+    return model
+
+
+def load_checkpoint_model(directory: str | Path, grid: Grid,
+                          dtype: torch.dtype | None = torch.float32, optimizations=None,
+                          verify: bool = True):
+    """An axolab checkpoint as a parallelized model on ``grid`` (its weights; no optimizer),
+    every file's sha256 verified against the manifest first (collective over the grid)."""
+    from transformers import AutoConfig
+
+    directory = Path(directory)
+    if verify:
+        verify_files(directory, grid)  # before config.json is trusted to build anything
+    model = _parallel_model(AutoConfig.from_pretrained(str(directory)), grid, dtype,
+                            optimizations)
+    load_checkpoint(directory, model, verify=False)
     return model

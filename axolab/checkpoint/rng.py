@@ -21,6 +21,7 @@ from .files import CheckpointError
 
 FORMAT = "axolab-rng-1"
 _MT_WORDS = 624  # Mersenne Twister state words (Python and NumPy alike)
+_PY_VERSION = random.getstate()[0]  # random.setstate accepts only its own version (3)
 
 
 def _torch_bytes(state: torch.Tensor) -> str:
@@ -78,9 +79,11 @@ def _checked(state) -> dict:
     py, npy = state.get("python"), state.get("numpy")
     if not isinstance(py, dict) or not isinstance(npy, dict):
         raise _fail("python and numpy states must be objects")
-    if not _is_int(py.get("version")):
-        raise _fail("python version must be an integer")
+    if py.get("version") != _PY_VERSION or not _is_int(py.get("version")):
+        raise _fail(f"python version must be {_PY_VERSION} (what random.getstate() writes)")
     words = _words(py.get("words"), _MT_WORDS + 1, 32, "python words")
+    if words[-1] > _MT_WORDS:  # the last word is the position in the other 624
+        raise _fail(f"python position {words[-1]} is past the {_MT_WORDS} state words")
     gauss = py.get("gauss_next")
     if gauss is not None and not isinstance(gauss, float):
         raise _fail("python gauss_next must be a number or null")
@@ -97,8 +100,10 @@ def _checked(state) -> dict:
     if torch.cuda.is_available() and "cuda" in state:
         cuda = state["cuda"]
         current = torch.cuda.get_rng_state_all()
-        if not isinstance(cuda, list) or len(cuda) != len(current):
-            raise _fail(f"cuda must list {len(current)} device states")
+        if not isinstance(cuda, list):
+            raise _fail("cuda must be a list of device states")
+        # A run may resume on a node with another number of GPUs (another grid): the devices
+        # both have are restored; a device this node has and the saved one lacked keeps its own.
         out["cuda"] = [_raw_bytes(v, f"cuda[{i}]", c) for i, (v, c) in enumerate(zip(cuda, current))]
     return out
 

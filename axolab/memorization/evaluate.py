@@ -64,13 +64,16 @@ def _rouge_l(generated: torch.Tensor, truth: torch.Tensor) -> list[float]:
 
 
 def _model_from_run(run_dir: Path, grid):
-    from axolab.checkpoint import latest_checkpoint, load_pretrained
+    """The run's newest checkpoint whose files match their hashes (a damaged newer one is
+    skipped with a warning), loaded onto ``grid``."""
+    from axolab.checkpoint import load_pretrained, resume_checkpoint
     from axolab.parallel import Grid
 
-    ckpt = latest_checkpoint(run_dir / "checkpoints")
-    if ckpt is None:
-        raise ValueError(f"{run_dir} has no complete checkpoint to evaluate")
-    return load_pretrained(ckpt, grid or Grid.init()).eval()
+    grid = grid or Grid.init()
+    found = resume_checkpoint(run_dir / "checkpoints", grid)
+    if found is None:
+        raise ValueError(f"{run_dir} has no complete, intact checkpoint to evaluate")
+    return load_pretrained(found[0], grid).eval()
 
 
 def evaluate(model, data_dir: str | Path, config: EvalConfig | None = None,

@@ -10,7 +10,10 @@ and the peak is the largest:
   (with its bf16 copy and the weight-gradient buffers of backward), and the gradients
   already accumulated by earlier micro-steps;
 - ``sync_gradients``: the gradients plus the flat buffer they are concatenated into;
-- ``optimizer.step``: the gradients plus the foreach temporaries (GPU) of AdamW.
+- ``optimizer.step``: the gradients plus the foreach temporaries (GPU) of AdamW;
+- a checkpoint save (after ``zero_grad``, so without gradients): the writer's staging buffer
+  of ``checkpoint_chunk_bytes``, the only device memory a save adds (each full tensor is
+  assembled in host memory, the other ranks send views of their shards).
 
 Activations are counted tensor by tensor from what autograd saves in axolab's Llama layer (norm
 inputs in the residual dtype, the inputs each matmul keeps in the compute dtype, attention
@@ -29,6 +32,9 @@ from .shapes import ModelShapes
 from .workload import Workload
 
 GIB = 2**30
+# axolab.checkpoint.save.DEFAULT_CHUNK_BYTES, repeated so the planner does not import torch
+# (tests/test_perfmodel.py checks that the two agree).
+CHECKPOINT_CHUNK_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,10 @@ class MemoryBreakdown:
     """The largest layer's gathered block, its compute-dtype copy and gradient buffers."""
     step_buffers: float
     """The larger of the flat gradient bucket of sync_gradients and AdamW temporaries."""
+    checkpoint_chunk: float
+    """Device staging of a checkpoint save on a writing rank: one chunk of
+    ``checkpoint_chunk_bytes`` (less for a model whose largest tensor is smaller), on top of
+    the persistent state (gradients are freed by then)."""
     total: float
     """Modelled peak (persistent + the largest phase)."""
 
@@ -101,21 +111,36 @@ def logits_bytes(shapes: ModelShapes, grid: GridShape, work: Workload, tokens: i
     return tokens * (shapes.padded_vocab(grid.y) // grid.y) * (work.compute_bytes + cast + 8)
 
 
+def _largest_block(shapes: ModelShapes, grid: GridShape) -> int:
+    """Elements of the largest (x, y) block of any weight (the lm head or a layer's linear)."""
+    vp = shapes.padded_vocab(grid.y)
+    return max([block_elements(lin, grid) for lin in shapes.layer_linears]
+               + [block_elements(shapes.lm_head, grid, vp)])
+
+
+def checkpoint_staging_bytes(shapes: ModelShapes, grid: GridShape, work: Workload,
+                             chunk_bytes: int = CHECKPOINT_CHUNK_BYTES) -> float:
+    """A save's device staging on a writer: one chunk, or less when every rank's shard of the
+    largest tensor fits in one (the Z*Y*X shards of the largest block, ~ the full tensor)."""
+    return float(min(chunk_bytes, _largest_block(shapes, grid) * grid.x * grid.y
+                     * work.param_bytes))
+
+
 def weight_buffer_bytes(shapes: ModelShapes, grid: GridShape, work: Workload) -> float:
     """The largest block gathered over Z (a view when Z == 1), its compute-dtype copy, and in
     backward the block-sized weight gradient (compute dtype, cast to fp32) and its padded copy."""
     pb, cb = work.param_bytes, work.compute_bytes
-    vp = shapes.padded_vocab(grid.y)
-    block = max([block_elements(lin, grid) for lin in shapes.layer_linears]
-                + [block_elements(shapes.lm_head, grid, vp)])
+    block = _largest_block(shapes, grid)
     copies = 2 * cb if work.precision == "bf16" else 0  # forward cast, bf16 weight gradient
     gathered = pb if grid.z > 1 else 0
     return block * (copies + gathered + 2 * pb)  # + fp32 weight gradient and its padded copy
 
 
 def memory_per_rank(shapes: ModelShapes, grid: GridShape, work: Workload,
-                    machine: Machine | None = None) -> MemoryBreakdown:
-    """Modelled peak memory of one rank (every rank holds the same sizes, up to padding)."""
+                    machine: Machine | None = None,
+                    checkpoint_chunk_bytes: int = CHECKPOINT_CHUNK_BYTES) -> MemoryBreakdown:
+    """Modelled peak memory of one rank (every rank holds the same sizes, up to padding).
+    ``checkpoint_chunk_bytes``: the ``chunk_bytes`` checkpoints are saved with."""
     micro = work.micro(grid.batch_shards)
     steps = work.local_batch(grid.batch_shards) // micro
     tokens = micro * work.seq_len
@@ -136,5 +161,6 @@ def memory_per_rank(shapes: ModelShapes, grid: GridShape, work: Workload,
         (shapes.norms * (shapes.hidden // grid.x) * pb if grid.batch_shards > 1 else 0)
     foreach = params if (machine is None or machine.foreach_optimizer) else 0
     step = max(flat, foreach)
-    total = params + optimizer + max(fwd_bwd, grads + step)
-    return MemoryBreakdown(params, grads, optimizer, acts, logits, weights, step, total)
+    save = checkpoint_staging_bytes(shapes, grid, work, checkpoint_chunk_bytes)
+    total = params + optimizer + max(fwd_bwd, grads + step, save)
+    return MemoryBreakdown(params, grads, optimizer, acts, logits, weights, step, save, total)

@@ -78,6 +78,8 @@ def render_sbatch(sweep_dir: Path, points: int, opts: SlurmOptions, workdir: Pat
         lines.append(f"#SBATCH --signal=B:USR1@{opts.requeue_grace_s}")
     lines += [f"#SBATCH {line}" for line in opts.sbatch_lines]
     python = shlex.quote(opts.python or sys.executable)
+    # Seconds between the warning and a requeue that no longer waits for the task to end.
+    fallback_s = max(10, opts.requeue_grace_s - 30)
     lines += ["",
               "set -u",
               f"cd {shlex.quote(str(workdir))}",
@@ -93,6 +95,10 @@ def render_sbatch(sweep_dir: Path, points: int, opts: SlurmOptions, workdir: Pat
               '    echo "axolab: time limit near: the ranks checkpoint and stop; requeueing job '
               '$SLURM_JOB_ID, which resumes from that checkpoint"',
               '    scancel --signal=USR1 "$SLURM_JOB_ID"',
+              # Should the task not end in time, requeue anyway: the run then resumes from its
+              # newest intact checkpoint rather than running into the time limit.
+              f"    ( sleep {fallback_s}; echo \"axolab: the task did not end after the warning; "
+              f"requeueing\"; scontrol requeue \"$SLURM_JOB_ID\" ) &",
               "}",
               "trap stop_and_requeue USR1",
               "",
