@@ -89,27 +89,35 @@ def render_sbatch(sweep_dir: Path, points: int, opts: SlurmOptions, workdir: Pat
               # batch shell out) to checkpoint at their next step boundary and stop, wait for
               # the task to end, then requeue. The run resumes where the ranks stopped.
               "stopping=0",
+              "deadline=0",
               "stop_and_requeue() {",
               '    [ "$stopping" = 1 ] && return',
               "    stopping=1",
+              f"    deadline=$(( SECONDS + {fallback_s} ))",
               '    echo "axolab: time limit near: the ranks checkpoint and stop; requeueing job '
               '$SLURM_JOB_ID, which resumes from that checkpoint"',
               '    scancel --signal=USR1 "$SLURM_JOB_ID"',
-              # Should the task not end in time, requeue anyway: the run then resumes from its
-              # newest intact checkpoint rather than running into the time limit.
-              f"    ( sleep {fallback_s}; echo \"axolab: the task did not end after the warning; "
-              f"requeueing\"; scontrol requeue \"$SLURM_JOB_ID\" ) &",
               "}",
               "trap stop_and_requeue USR1",
               "",
               'echo "axolab: array task ${SLURM_ARRAY_TASK_ID:-0} of job $SLURM_JOB_ID on '
               '$(hostname), attempt $(( ${SLURM_RESTART_COUNT:-0} + 1 ))"',
-              # In the background so that the trap runs as soon as the signal arrives.
               f"{python} -m axolab.slurm.task {shlex.quote(str(sweep_dir))} &",
               "task=$!",
+              # Poll instead of blocking in `wait`: the warning is acted on within a second, and
+              # a task that does not end after it cannot hold the requeue back (no helper
+              # process is left behind either: Slurm waits for every process of a job to end
+              # before it can requeue it).
+              'while kill -0 "$task" 2>/dev/null; do',
+              '    if [ "$stopping" = 1 ] && [ "$SECONDS" -ge "$deadline" ]; then',
+              '        echo "axolab: the task did not end after the warning; requeueing"',
+              '        scontrol requeue "$SLURM_JOB_ID"',
+              "        exit 75",
+              "    fi",
+              "    sleep 1",
+              "done",
               'wait "$task"',
               "status=$?",
-              'while kill -0 "$task" 2>/dev/null; do wait "$task"; status=$?; done',
               # 75: the run stopped early on request with its state saved. A run that finished
               # in spite of the warning is done; one that failed after it is tried again.
               'if [ "$status" = 75 ] || { [ "$stopping" = 1 ] && [ "$status" != 0 ]; }; then',
