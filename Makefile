@@ -24,7 +24,7 @@ $(STAMP): $(VPY) requirements-dev.txt pyproject.toml
 	touch $@
 
 test: venv
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q --durations=15
 
 demo: venv
 	$(VPY) -m axolab.demo

@@ -146,3 +146,37 @@ def test_shipped_notebooks_match_their_sources():
         assert [c.source for c in nb.cells] == [source for _, source in cells], \
             f"notebooks/{name} is stale: run python tools/make_notebooks.py"
         assert "parameters" in nb.cells[0].metadata["tags"]
+
+
+def test_a_kernel_that_dies_while_starting_is_started_again(tmp_path, monkeypatch):
+    """Kernels started together on one node can take each other's ports and die before their
+    first reply; the run starts the kernel again instead of failing the task."""
+    import papermill
+
+    import importlib
+
+    from axolab.runs import prepare_run
+
+    execute_module = importlib.import_module("axolab.runs.execute")
+
+    real, calls = papermill.execute_notebook, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(papermill, "execute_notebook", flaky)
+    monkeypatch.setattr(execute_module.random, "uniform", lambda a, b: 0.0)
+    run = prepare_run(echo_notebook(tmp_path / "echo.ipynb"), {}, tmp_path / "results")
+    assert execute_module.execute(run, progress=False)["state"] == "completed"
+    assert len(calls) == 3
+    calls.clear()
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda *a, **k: (_ for _ in ()).throw(
+                            RuntimeError("Kernel died before replying to kernel_info")))
+    with pytest.raises(RuntimeError, match="Kernel died"):
+        execute_module.execute(run, progress=False)
+    status = json.loads((run.run_dir / "status.json").read_text())
+    assert status["state"] == "failed" and status["error"]["ename"] == "RuntimeError"

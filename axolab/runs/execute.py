@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import re
 import socket
 import time
@@ -112,9 +113,8 @@ def execute(run: PreparedRun, *, progress: bool = True, log_output: bool = False
             attempts=previous.get("attempts", 0) + 1,
             slurm_job_id=os.environ.get("SLURM_JOB_ID"))
     try:
-        papermill.execute_notebook(str(run.notebook), str(output), parameters=run.parameters,
-                                   progress_bar=progress, log_output=log_output,
-                                   kernel_name=kernel_name, cwd=os.getcwd())
+        _execute_notebook(run, output, progress=progress, log_output=log_output,
+                          kernel_name=kernel_name)
     except PapermillExecutionError as e:
         error = {"cell": e.cell_index, "execution_count": e.exec_count, "source": e.source,
                  "ename": e.ename, "evalue": e.evalue}
@@ -130,6 +130,30 @@ def execute(run: PreparedRun, *, progress: bool = True, log_output: bool = False
                 error={"cell": None, "ename": type(e).__name__, "evalue": str(e)})
         raise
     return _status(run, state="completed", ended=time.time())
+
+
+KERNEL_START_TRIES = 3
+
+
+def _execute_notebook(run: PreparedRun, output: Path, **kwargs) -> None:
+    """papermill, with the kernel's start-up tried again if the kernel dies before it answers:
+    a kernel picks its TCP ports free and binds them moments later, so kernels started
+    together on one node (the tasks of a job array) can take each other's ports. No cell has
+    run when that happens, so starting again is safe."""
+    import papermill
+
+    for attempt in range(1, KERNEL_START_TRIES + 1):
+        try:
+            papermill.execute_notebook(str(run.notebook), str(output),
+                                       parameters=run.parameters, cwd=os.getcwd(), **kwargs)
+            return
+        except RuntimeError as e:
+            if "Kernel died before replying to kernel_info" not in str(e) \
+                    or attempt == KERNEL_START_TRIES:
+                raise
+            print(f"axolab: the notebook kernel died while starting ({e}); starting it again "
+                  f"(try {attempt + 1} of {KERNEL_START_TRIES})", flush=True)
+            time.sleep(random.uniform(0.5, 2.0))
 
 
 def run_notebook(notebook: str | Path, parameters: dict[str, Any] | None = None,
