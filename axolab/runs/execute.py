@@ -113,7 +113,7 @@ def execute(run: PreparedRun, *, progress: bool = True, log_output: bool = False
             attempts=previous.get("attempts", 0) + 1,
             slurm_job_id=os.environ.get("SLURM_JOB_ID"))
     try:
-        _execute_notebook(run, output, progress=progress, log_output=log_output,
+        _execute_notebook(run, output, progress_bar=progress, log_output=log_output,
                           kernel_name=kernel_name)
     except PapermillExecutionError as e:
         error = {"cell": e.cell_index, "execution_count": e.exec_count, "source": e.source,
