@@ -119,13 +119,16 @@ def _requeue_now(cluster, job: str) -> None:
     """Wait for the job to be requeued (the batch script requeues itself only once its ranks
     have checkpointed), then skip the two minutes a requeued job waits before it is eligible."""
     deadline = time.monotonic() + 120
-    requeued = False
+    requeued = 0.0
     while time.monotonic() < deadline:
         state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,
                                text=True, env=cluster.env).stdout.strip()
         if state == "PENDING":
-            requeued = True
-            cluster.scontrol("update", f"JobId={job}", "StartTime=now", check=False)
+            requeued = requeued or time.monotonic()
+            # Not within the second the previous attempt was killed in: slurmd refuses a job
+            # whose credential is not newer than that kill ("job credential revoked").
+            if time.monotonic() - requeued > 2.5:
+                cluster.scontrol("update", f"JobId={job}", "StartTime=now", check=False)
         elif state == "RUNNING" and requeued:
             return
         time.sleep(0.5)
