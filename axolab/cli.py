@@ -24,6 +24,45 @@ def _train(args) -> int:
     return 0
 
 
+def _eval(args) -> int:
+    import json
+
+    from axolab.launch import evaluate
+
+    config = {}
+    if args.config:
+        try:
+            config = json.loads(open(args.config).read())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"--config {args.config}: cannot read an EvalConfig JSON ({e})")
+    for name in ("prefix_len", "suffix_len", "batch_size"):
+        if getattr(args, name) is not None:
+            config[name] = getattr(args, name)
+    if args.no_exposure:
+        config["exposure"] = False
+    if args.validation_loss:
+        config["validation_loss"] = True
+    checkpoints = args.checkpoints
+    if checkpoints not in ("latest", "all"):
+        try:
+            checkpoints = [int(s) for s in checkpoints.split(",")]
+        except ValueError:
+            raise ValueError(f"--checkpoints {args.checkpoints!r}: expected latest, all or "
+                             "step numbers separated by commas") from None
+    summary = evaluate(args.target, args.data, config, grid=_grid_shape(args.grid),
+                       checkpoints=checkpoints, out_dir=args.out, launcher=args.launcher,
+                       timeout_s=args.timeout, progress=not args.quiet)
+    print(f"exact match by repetitions: {summary['exact_match_by_repetitions']}")
+    return 0
+
+
+def _grid_shape(text: str) -> list[int]:
+    parts = text.split(",")
+    if len(parts) != 4 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--grid {text!r}: expected four positive integers data,z,y,x")
+    return [int(p) for p in parts]
+
+
 def _params(pairs) -> dict:
     return {key: value for key, value in (pairs or [])}
 
@@ -135,6 +174,28 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--timeout", type=float, help="stop the job after this many seconds")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
+
+    e = sub.add_parser("eval", help="score a run's canaries as a job on a grid of ranks",
+                       description="Memorization of every canary of DATA (exact match, "
+                       "matched prefix, membership scores, exposure), measured by a job on "
+                       "--grid ranks; files as in docs/memorization-files.md.")
+    e.add_argument("target", help="run directory, one checkpoint, or a HF model directory")
+    e.add_argument("--data", required=True, help="the dataset whose canaries are scored")
+    e.add_argument("--grid", default="1,1,1,1", help="data,z,y,x of the job (default 1,1,1,1)")
+    e.add_argument("--checkpoints", default="latest",
+                   help="latest, all (a curve over training) or steps, e.g. 100,200")
+    e.add_argument("--config", help="EvalConfig JSON (axolab.config.EvalConfig fields)")
+    e.add_argument("--prefix-len", type=int, help="prompt tokens")
+    e.add_argument("--suffix-len", type=int, help="tokens to reproduce")
+    e.add_argument("--batch-size", type=int, help="sequences per forward pass")
+    e.add_argument("--no-exposure", action="store_true", help="skip ranking secret candidates")
+    e.add_argument("--validation-loss", action="store_true",
+                   help="also the loss over the whole validation split")
+    e.add_argument("--out", help="results directory (default: the run directory)")
+    e.add_argument("--launcher", default="auto", choices=["auto", "local", "slurm"])
+    e.add_argument("--timeout", type=float, help="stop the job after this many seconds")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=_eval)
 
     r = sub.add_parser("run", help="execute a notebook with papermill into results/<run>/")
     _add_notebook_args(r, grid=False)

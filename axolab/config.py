@@ -10,11 +10,54 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from .typecheck import check_field_types
+
+
+@dataclass
+class EvalConfig:
+    """How canaries are probed, by `axolab eval` and by in-training probes. A papermill
+    parameter surface like TrainConfig: every field is plain JSON."""
+
+    prefix_len: int = 32
+    """Prompt tokens (canary tokens; shorter canaries use their first half)."""
+    suffix_len: int = 32
+    """Tokens to reproduce after the prompt (capped by the canary's length)."""
+    curve_prefix_lens: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    """Prefix lengths of the extraction curve (fast path, on canaries long enough)."""
+    mia_k: float = 0.2
+    """Fraction of lowest-scoring tokens for Min-K% and Min-K%++."""
+    batch_size: int = 32
+    """Sequences per forward pass (over the whole grid; each batch is split over data*z)."""
+    exposure: bool = True
+    """Rank each secret canary among its candidates (exposure, Carlini et al. 2019); costs one
+    scoring pass over every candidate."""
+    continuations: bool = True
+    """Write each canary's greedy continuation to continuations.jsonl (the canary browser and
+    `continuations()` read it instead of loading the model)."""
+    validation_loss: bool = False
+    """Also the mean token loss over the whole validation split (eval.json validation_loss)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """"fp32", or "bf16" autocast (GPUs). In-training probes use the run's precision."""
+
+    def validate(self, where: str = "eval config") -> None:
+        """Refuse values that would fail once ranks are running."""
+        check_field_types(self, where)
+        for name in ("prefix_len", "suffix_len", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{where}: {name}={getattr(self, name)} must be at least 1")
+        if any(k < 1 for k in self.curve_prefix_lens):
+            raise ValueError(f"{where}: curve_prefix_lens={self.curve_prefix_lens} must all be "
+                             "at least 1")
+        if not 0 < self.mia_k <= 1:
+            raise ValueError(f"{where}: mia_k={self.mia_k} must be a fraction in (0, 1]")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -94,6 +137,14 @@ class TrainConfig:
     """A collective that waits longer (a dead rank) fails the job instead of hanging it."""
     progress: bool = True
     """tqdm progress bar on rank 0."""
+    memorization_interval: int = 0
+    """Probe the canaries of ``data`` with the live model every this many steps (0: never),
+    appending a curve record to memorization_curve.jsonl. No checkpoint is written and the
+    training result is the same with probes on or off."""
+    memorization_at_epochs: bool = False
+    """Probe the canaries also at every epoch boundary (and after the last step)."""
+    probe: EvalConfig = field(default_factory=lambda: EvalConfig(continuations=False))
+    """How the in-training probes score the canaries (an EvalConfig)."""
 
     def validate(self) -> None:
         """Refuse, with the field and the numbers, anything that would fail or silently
@@ -104,7 +155,7 @@ class TrainConfig:
             raise ValueError(f"grid must be four positive integers [data, z, y, x], got {g}")
         at_least = {"global_batch": 1, "warmup_steps": 0, "eval_interval": 0, "eval_batches": 1,
                     "checkpoint_interval": 0, "keep_checkpoints": 1, "log_interval": 1,
-                    "seed": 0, "goldfish_h": 1}
+                    "seed": 0, "goldfish_h": 1, "memorization_interval": 0}
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least {low}")
@@ -141,6 +192,7 @@ class TrainConfig:
             raise ValueError("give steps or epochs")
         if self.loss == "goldfish" and self.goldfish_k < 2:
             raise ValueError(f"goldfish_k={self.goldfish_k} must be at least 2")
+        self.probe.validate("probe")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -157,6 +209,12 @@ def config_from_dict(cls, data: dict, where: str = "config"):
             close = difflib.get_close_matches(key, names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"{where}: unknown field {key!r}{hint}")
+    data = dict(data)
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        # A nested config (TrainConfig.probe) arrives as a mapping of its own fields.
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            data[key] = config_from_dict(hints[key], value, f"{where}: {key}")
     obj = cls(**data)
     check_field_types(obj, where)
     if hasattr(obj, "validate"):

@@ -6,8 +6,6 @@ import resource
 import time
 from pathlib import Path
 
-import torch
-
 from .files import append_jsonl, drop_torn_tail, read_jsonl, rewrite_jsonl
 
 # Dense bf16 tensor-core peak per device (FLOP/s), from vendor data sheets.
@@ -30,6 +28,8 @@ def flops_per_token(config, seq_len: int) -> float:
 
 def measured_cpu_peak(n: int = 512, repeats: int = 5) -> float:
     """FLOP/s of a square fp32 matmul on this process's threads (the CPU's practical peak)."""
+    import torch  # here, not at the top: read_metrics serves notebook kernels, torch-free
+
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b  # warm-up
     best = float("inf")
@@ -40,8 +40,10 @@ def measured_cpu_peak(n: int = 512, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
-def device_peak(device: torch.device) -> float:
+def device_peak(device) -> float:
     if device.type == "cuda":
+        import torch
+
         name = torch.cuda.get_device_name(device)
         for key, peak in GPU_PEAK_BF16.items():
             if key in name:
@@ -50,9 +52,11 @@ def device_peak(device: torch.device) -> float:
     return measured_cpu_peak()
 
 
-def memory_mb(device: torch.device) -> float:
+def memory_mb(device) -> float:
     """Peak memory of this rank: GPU allocator peak, or the process's peak RSS on CPU."""
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

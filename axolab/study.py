@@ -10,13 +10,13 @@ ordinary run directory (config.json, metrics.jsonl, memorization.jsonl, eval.jso
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from .config import TrainConfig, config_from_dict
+from .config import EvalConfig, TrainConfig, config_from_dict
 from .data import build
-from .memorization import EvalConfig, evaluate
 from .metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,16 +33,23 @@ def _variants(losses: list[str], goldfish_ks: list[int]) -> list[tuple[str, int,
     return out
 
 
+# How the study probes canaries: short prompts, since its canaries are 24-60 tokens long.
+STUDY_EVAL = EvalConfig(prefix_len=8, suffix_len=16, curve_prefix_lens=[4, 8],
+                        validation_loss=True)
+
+
 def run_study(recipe: Path, out: Path, sizes: list[str], losses: list[str], epochs: float,
               lr: float, global_batch: int, goldfish_k: int | list[int] = 4,
-              progress: bool = True, grid: list[int] | None = None) -> list:
+              progress: bool = True, grid: list[int] | None = None,
+              probe_every_epoch: bool = True) -> list:
     """Train and evaluate every (size, loss[, goldfish k]) run into ``out``; runs that already
-    have an eval.json are kept. ``grid`` other than one rank trains through axolab.launch, so
-    the calling process (a notebook kernel) never joins a process group itself."""
-    from .launch import run as launch
-    from .train import run
+    have an eval.json are kept. Training and evaluation are launched jobs on ``grid``, so the
+    calling process (a notebook kernel) never holds a model. ``probe_every_epoch``: the runs
+    probe the canaries at every epoch boundary (memorization_curve.jsonl)."""
+    from .launch import evaluate, run as launch
 
     out, grid = Path(out), list(grid or [1, 1, 1, 1])
+    probe = dataclasses.replace(STUDY_EVAL, validation_loss=False, continuations=False)
     ks = [goldfish_k] if isinstance(goldfish_k, int) else list(goldfish_k)
     data = out / "data"
     if not (data / "canaries.jsonl").is_file():
@@ -55,16 +62,15 @@ def run_study(recipe: Path, out: Path, sizes: list[str], losses: list[str], epoc
                 model=size, data=str(data), run_dir=str(run_dir), steps=None, epochs=epochs,
                 global_batch=global_batch, lr=lr, warmup_steps=20, eval_interval=0,
                 checkpoint_interval=0, keep_checkpoints=1, loss=loss, goldfish_k=k,
-                goldfish_h=13, progress=progress, weight_decay=0.0, grid=grid))
+                goldfish_h=13, progress=progress, weight_decay=0.0, grid=grid,
+                memorization_at_epochs=probe_every_epoch, probe=probe.to_dict()))
             if not (run_dir / "eval.json").is_file():
-                if grid == [1, 1, 1, 1]:
-                    run(cfg)
-                else:
-                    launch(cfg, progress=progress, echo=False)
-                evaluate(run_dir, data, EvalConfig(prefix_len=8, suffix_len=16,
-                                                   curve_prefix_lens=[4, 8]))
+                launch(cfg, progress=progress, echo=False)
+                evaluate(run_dir, data, STUDY_EVAL, grid=grid, progress=progress)
             summary = json.loads((run_dir / "eval.json").read_text())
-            val = _val_loss(run_dir, data)
+            if "validation_loss" not in summary:  # evaluated before the study asked for it
+                summary = evaluate(run_dir, data, STUDY_EVAL, grid=grid, progress=progress)
+            val = summary["validation_loss"]
             rows.append({"model": size, "loss": loss, "goldfish_k": k if loss == "goldfish" else None,
                          "run": run_dir.name, "val_loss": val,
                          "train_loss": read_metrics(run_dir)[-1]["loss"],
@@ -92,28 +98,6 @@ def _exact_by_repetitions(run_dir: Path, kind: str) -> dict[str, float]:
 def _kinds(run_dir: Path) -> list[str]:
     lines = (run_dir / "memorization.jsonl").read_text().splitlines()
     return sorted({json.loads(line)["kind"] for line in lines})
-
-
-def _val_loss(run_dir: Path, data: Path) -> float:
-    """Validation loss of the final model on the whole validation split."""
-    import numpy as np
-    import torch
-
-    from .checkpoint import latest_checkpoint
-    from .checkpoint.load import load_checkpoint_model
-    from .data.loader import PackedDataset
-    from .parallel import Grid
-
-    # The same checkpoint the evaluation scored, its hashes verified before it is read.
-    model = load_checkpoint_model(latest_checkpoint(run_dir / "checkpoints"), Grid.init()).eval()
-    val = PackedDataset(data, "validation")
-    total, n = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, val.rows, 32):
-            ids = val.read(np.arange(start, min(start + 32, val.rows)))
-            total += model(input_ids=ids, labels=ids).loss.item() * len(ids)
-            n += len(ids)
-    return total / n
 
 
 def main(argv=None) -> int:

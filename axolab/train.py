@@ -29,6 +29,7 @@ from .checkpoint.rng import rng_state, set_rng_state
 from .config import TrainConfig, load_config, write_json_atomic
 from .files import append_jsonl, drop_torn_tail
 from .launch.preemption import PREEMPTED_EXIT, StopRequest
+from .memorization.probe import CanaryProbe
 from .data.loader import PackedDataset, global_batch_rows, shard_rows
 from .goldfish import apply_goldfish
 from .metrics import MetricsLog, device_peak, flops_per_token, memory_mb
@@ -102,7 +103,9 @@ def _param_groups(model, weight_decay: float):
 RESUMABLE_CHANGES = {"grid", "micro_batch", "stop_at_step", "resume", "progress", "log_interval",
                      "eval_interval", "eval_batches", "checkpoint_interval", "keep_checkpoints",
                      "collective_timeout_s", "peak_flops_per_device", "activation_checkpointing",
-                     "run_dir", "overlap_communication", "tune_matmul"}
+                     "run_dir", "overlap_communication", "tune_matmul",
+                     # probes measure the model; they do not change it
+                     "memorization_interval", "memorization_at_epochs", "probe"}
 
 
 def _check_resumable(cfg: TrainConfig, saved: dict, ckpt: Path) -> None:
@@ -260,6 +263,7 @@ def _train(cfg: TrainConfig, grid: Grid, lead: bool, stop: StopRequest) -> dict:
         _record_session(run_dir, start, grid)
     micro = cfg.micro_batch or cfg.global_batch // grid.batch_shards
     seq_len = train.seq_len
+    probe = CanaryProbe(cfg, train.rows, seq_len, resumed, lead)
     flops = flops_per_token(model.config, seq_len) * cfg.global_batch * seq_len
     peak = cfg.peak_flops_per_device or device_peak(grid.device)
     bar = tqdm(total=total, initial=start, desc="train", unit="step",
@@ -287,7 +291,10 @@ def _train(cfg: TrainConfig, grid: Grid, lead: bool, stop: StopRequest) -> dict:
         if cfg.eval_interval and (done % cfg.eval_interval == 0 or done == total):
             record["val_loss"] = evaluate(cfg, model, grid, val)
             model.train()
-        if done % cfg.log_interval == 0 or done == total or "val_loss" in record:
+        if probe.due(done, total):
+            record["probe_time_s"] = probe(model, done, _autocast(cfg, grid))
+        if done % cfg.log_interval == 0 or done == total or "val_loss" in record \
+                or "probe_time_s" in record:
             log.write(record)
         preempted = done < end and _stop_agreed(stop, grid)
         if (cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0) or done == end \

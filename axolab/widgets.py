@@ -4,7 +4,6 @@ per-canary drill-down. Under papermill nothing here is needed: the notebooks rea
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,25 +55,23 @@ def run_controls(model: str = "tiny-llama", recipe: str = "data_recipes/tiny.yam
 
 def canary_browser(run_dir: str | Path, data_dir: str | Path):
     """Pick a canary (most repeated first) and see the prompt, the truth and the model's
-    continuation with reproduced tokens highlighted. Loads the run's newest checkpoint once."""
+    continuation with reproduced tokens highlighted. Reads the continuations the run's
+    evaluation job wrote (RUN_DIR/continuations.jsonl, or an evals/step-N directory), so it
+    works for a model of any size from a login node; nothing here loads a model."""
     import ipywidgets as w
 
     from .data import load_canaries
     from .memorization.drilldown import continuation_html, continuations
-    from .memorization.evaluate import EvalConfig, _model_from_run
 
-    run_dir, data_dir = Path(run_dir), Path(data_dir)
-    model = _model_from_run(run_dir, None)
-    eval_json = run_dir / "eval.json"
-    config = EvalConfig(**json.loads(eval_json.read_text())["config"]) \
-        if eval_json.is_file() else None
-    canaries = sorted(load_canaries(data_dir), key=lambda c: (-c.repetitions, c.id))
+    shown = {c.canary_id: c for c in continuations(run_dir, data_dir)}
+    canaries = sorted((c for c in load_canaries(data_dir) if c.id in shown),
+                      key=lambda c: (-c.repetitions, c.id))
     picker = w.Dropdown(options=[(f"{c.id} ({c.kind}, seen {c.repetitions}x)", c.id)
                                  for c in canaries], description="canary")
     view = w.HTML()
 
     def show(change=None) -> None:
-        view.value = continuation_html(continuations(model, data_dir, [picker.value], config)[0])
+        view.value = continuation_html(shown[picker.value])
 
     picker.observe(show, names="value")
     show()

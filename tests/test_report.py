@@ -17,12 +17,19 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from axolab.cli import main as axolab
-from axolab.report import ReportError, build_report
+from axolab.report import ReportError, build_report, report_plots
 from axolab.report.collect import find_runs
+from axolab.report.curve_plots import (NO_CURVES, memorization_curve_panels,
+                                       memorization_curves)
 
 HOSTILE_ID = "<script>alert(1)</script>"
 HOSTILE_PARAM = "<img src=x onerror=alert(2)>"
-PLOTS = ("loss_curves", "throughput", "exact_by_repetitions", "extraction_curves", "mia_roc")
+CURVE_PLOTS = ("memorization_curve", "token_match_curve", "exposure_curve", "mia_auc_curve")
+PLOTS = ("loss_curves", "throughput", "exact_by_repetitions", *CURVE_PLOTS, "extraction_curves",
+         "mia_roc")
+# Curve files by the write_run argument that holds their records, and their source.
+CURVE_FILES = {"curve": ("memorization_curve.jsonl", "probe"),
+               "checkpoint_curve": ("checkpoint_curve.jsonl", "checkpoint")}
 SCORES = ("loss", "zlib", "min_k", "min_k_plus_plus")
 # numpy 2 renamed trapz; the report's users may have either.
 trapezoid = getattr(np, "trapezoid", None) or np.trapz
@@ -85,14 +92,39 @@ def _eval(seed: int) -> dict:
                             for kind in ("random", "secret")}} if seed == 1 else {})}
 
 
+def _curve(steps, source: str, seed: int, exposure: bool = True) -> list[dict]:
+    """Curve records (docs/memorization-files.md) at ``steps``, rates drawn at random."""
+    rng = np.random.default_rng(seed)
+    reps = ["0", "1", "4", "16"]
+    out = []
+    for step in steps:
+        out.append({
+            "step": step, "epoch": step * 8 / 160, "tokens_seen": step * 8 * 32,
+            "source": source, "time_s": 1.5, "canaries": 4,
+            "exact_match_by_repetitions": {r: float(rng.uniform()) for r in reps},
+            "token_match_by_repetitions": {r: float(rng.uniform()) for r in reps},
+            "matched_prefix_by_repetitions": {r: float(rng.uniform(0, 16)) for r in reps},
+            # Secrets only, so not every count has an exposure.
+            "exposure_by_repetitions": ({r: float(rng.uniform(0, 9)) for r in reps[2:]}
+                                        if exposure else {}),
+            "extraction_curve": {"4": 0.5, "8": float(rng.uniform())},
+            "mia_auc": {s: float(rng.uniform()) for s in SCORES},
+            "records": [{"id": "random-004-00", "kind": "random", "repetitions": 4,
+                         "member": True, "exact": False, "matched_prefix": 3,
+                         "token_match_rate": 0.25, "loss": -2.1}]})
+    return out
+
+
 def write_run(path: Path, config=None, metrics=None, evaluation=None, memorization=None,
-              parameters=None) -> Path:
+              parameters=None, curve=None, checkpoint_curve=None) -> Path:
     path.mkdir(parents=True)
     for name, value in (("config.json", config), ("eval.json", evaluation),
                         ("parameters.json", parameters)):
         if value is not None:
             (path / name).write_text(json.dumps(value))
-    for name, records in (("metrics.jsonl", metrics), ("memorization.jsonl", memorization)):
+    for name, records in (("metrics.jsonl", metrics), ("memorization.jsonl", memorization),
+                          (CURVE_FILES["curve"][0], curve),
+                          (CURVE_FILES["checkpoint_curve"][0], checkpoint_curve)):
         if records is not None:
             (path / name).write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
@@ -100,26 +132,40 @@ def write_run(path: Path, config=None, metrics=None, evaluation=None, memorizati
 
 def write_study(root: Path) -> dict[str, dict]:
     """Three runs, one nested a level deeper, one without evaluation; returns what was
-    written, by the run name the report should give it."""
+    written, by the run name the report should give it. The first has both curve files (its
+    checkpoint at step 10 evaluated twice, the later record last) and per-checkpoint evals/;
+    the second only probes, no exposure, and a torn last line; the third no curve."""
+    # The re-evaluation of step 10 has different rates, so the tests can tell which was kept.
+    checkpoints = _curve([10, 20], "checkpoint", 3) + _curve([10], "checkpoint", 4)
+    probes = _curve([4, 8], "probe", 6, exposure=False)
+    del probes[0]["source"]  # an older writer; the file says which source it is
     runs = {
         "tiny-standard": dict(
             config=_config("tiny-llama", "standard", [1, 1, 1, 2]),
             metrics=_metrics(20, total=True, val_at=(10, 20)),
             evaluation=_eval(1), memorization=_memorization(1, hostile=True),
-            parameters={"model": "tiny-llama", "note": HOSTILE_PARAM}),
+            parameters={"model": "tiny-llama", "note": HOSTILE_PARAM},
+            curve=_curve([5, 10, 15, 20], "probe", 5), checkpoint_curve=checkpoints),
         "sweep/small-goldfish": dict(
             config=_config("small-llama", "goldfish", [2, 1, 1, 2], goldfish_k=3, steps=10),
             metrics=_metrics(10, total=False, goldfish=True),  # written before total_steps
-            evaluation=_eval(2), memorization=_memorization(2, hostile=False)),
+            evaluation=_eval(2), memorization=_memorization(2, hostile=False), curve=probes),
         "small-standard": dict(config=_config("small-llama", "standard", [1, 1, 1, 1]),
                                metrics=_metrics(5, total=True)),
     }
     for name, files in runs.items():
         write_run(root / name, **files)
+    # A probe still being written: half a line, not in the records above.
+    with open(root / "sweep/small-goldfish" / "memorization_curve.jsonl", "a") as f:
+        f.write('{"step": 12, "epoch": 0.6, "exact_match_by')
     # A checkpoint's config.json, with no metrics beside it, is not a run.
     ckpt = root / "tiny-standard" / "checkpoints" / "step-00000020"
     ckpt.mkdir(parents=True)
     (ckpt / "config.json").write_text("{}")
+    # Nor is the evaluation of one checkpoint, though its eval.json alone would make a run.
+    evals = root / "tiny-standard" / "evals" / "step-00000010"
+    write_run(evals, evaluation=_eval(7), memorization=_memorization(7, hostile=False))
+    (evals / "continuations.jsonl").write_text("")
     return runs
 
 
@@ -211,6 +257,92 @@ def test_long_tables_agree_with_the_run_files(study):
             assert trapezoid(points["tpr"], points["fpr"]) == pytest.approx(auc), (name, score)
 
 
+def _last_records(files: dict) -> dict[tuple, dict]:
+    """The curve records written for one run by (source, step), a later one replacing an
+    earlier one of the same step."""
+    out = {}
+    for key, (_, source) in CURVE_FILES.items():
+        for record in files.get(key) or []:
+            out[(source, record["step"])] = record
+    return out
+
+
+def test_curve_tables_agree_with_the_curve_files(study):
+    runs, out = study
+    curve, mia = _csv(out, "memorization_curve"), _csv(out, "mia_curve")
+    assert list(curve.columns) == ["run", "model", "loss", "source", "step", "epoch",
+                                   "tokens_seen", "repetitions", "exact", "token_match",
+                                   "matched_prefix", "exposure"]
+    assert list(mia.columns) == ["run", "model", "loss", "source", "step", "epoch",
+                                 "tokens_seen", "score", "auc"]
+    assert set(curve["run"]) == set(mia["run"]) == {"tiny-standard", "sweep/small-goldfish"}
+    assert curve.equals(curve.sort_values(["run", "source", "step", "repetitions"],
+                                          ignore_index=True))
+    for name in ("tiny-standard", "sweep/small-goldfish"):
+        last = _last_records(runs[name])
+        mine = curve[curve["run"] == name]
+        assert (mine["model"] == runs[name]["config"]["model"]).all()
+        assert (mine["loss"] == runs[name]["config"]["loss"]).all()
+        for key, column in (("exact_match_by_repetitions", "exact"),
+                            ("token_match_by_repetitions", "token_match"),
+                            ("matched_prefix_by_repetitions", "matched_prefix"),
+                            ("exposure_by_repetitions", "exposure")):
+            expected = {(source, step, int(reps)): rate for (source, step), rec in last.items()
+                        for reps, rate in rec[key].items()}
+            got = {(s, st, r): v for s, st, r, v in
+                   zip(mine["source"], mine["step"], mine["repetitions"], mine[column])
+                   if not np.isnan(v)}
+            assert got == pytest.approx(expected), (name, column)
+        # One row per (source, step, count) written, placed where the record says.
+        assert len(mine) == sum(len(rec["exact_match_by_repetitions"]) for rec in last.values())
+        for row in mine.itertuples():
+            rec = last[(row.source, row.step)]
+            assert (row.epoch, row.tokens_seen) == pytest.approx((rec["epoch"],
+                                                                  rec["tokens_seen"]))
+        mine = mia[mia["run"] == name]
+        expected = {(source, step, score): auc for (source, step), rec in last.items()
+                    for score, auc in rec["mia_auc"].items()}
+        assert dict(zip(zip(mine["source"], mine["step"], mine["score"]),
+                        mine["auc"])) == pytest.approx(expected)
+        assert len(mine) == len(expected)
+    # The probe run's torn last line (step 12) is not a point; nor did it fail the report.
+    small = curve[curve["run"] == "sweep/small-goldfish"]
+    assert set(small["source"]) == {"probe"} and sorted(set(small["step"])) == [4, 8]
+    assert small["exposure"].isna().all()  # no secrets: NaN, not 0
+
+
+def test_a_checkpoint_evaluated_again_keeps_its_last_record(study):
+    runs, out = study
+    written = runs["tiny-standard"]["checkpoint_curve"]
+    first, again = written[0], written[-1]
+    assert first["step"] == again["step"] == 10
+    curve = _csv(out, "memorization_curve")
+    mine = curve[(curve["run"] == "tiny-standard") & (curve["source"] == "checkpoint")]
+    assert mine["step"].tolist() == sorted(mine["step"])  # step order, not file order
+    at10 = mine[mine["step"] == 10].set_index("repetitions")["exact"].to_dict()
+    assert at10 == pytest.approx({int(k): v for k, v in
+                                  again["exact_match_by_repetitions"].items()})
+    assert at10 != pytest.approx({int(k): v for k, v in
+                                  first["exact_match_by_repetitions"].items()})
+    mia = _csv(out, "mia_curve")
+    mine = mia[(mia["run"] == "tiny-standard") & (mia["source"] == "checkpoint")
+               & (mia["step"] == 10)]
+    assert dict(zip(mine["score"], mine["auc"])) == pytest.approx(again["mia_auc"])
+
+
+def test_runs_keep_their_raw_curve_records_and_evals_are_not_runs(study):
+    runs, out = study
+    found = {run.name: run for run in find_runs([out.parent.parent / "results"])}
+    assert sorted(found) == sorted(runs)  # no evals/step-00000010, no checkpoints/...
+    assert found["small-standard"].curve is None
+    tiny = found["tiny-standard"].curve
+    # Raw: every record of both files in file order, the re-evaluated step still twice.
+    assert tiny["source"].tolist() == ["probe"] * 4 + ["checkpoint"] * 3
+    assert tiny["step"].tolist() == [5, 10, 15, 20, 10, 20, 10]
+    small = found["sweep/small-goldfish"].curve
+    assert small["source"].tolist() == ["probe", "probe"]  # filled in from the file name
+
+
 def test_page_embeds_every_plot_and_escapes_what_it_shows(study):
     _, out = study
     for name in PLOTS:
@@ -249,10 +381,15 @@ def test_plots_without_data_are_skipped_and_said_so(tmp_path, capsys, monkeypatc
     assert capsys.readouterr().out.strip() == str(out / "index.html")
     assert sorted(p.stem for p in (out / "plots").iterdir()) == ["loss_curves", "throughput"]
     page = (out / "index.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and page.count("Not drawn: ") == 3
+    assert page.count("data:image/png;base64,") == 2
+    assert page.count("Not drawn: ") == 3 + len(CURVE_PLOTS)
     assert "no run has an extraction_curve (eval.json)" in page
+    assert page.count(f"Not drawn: {NO_CURVES}") == len(CURVE_PLOTS)
     assert len(_csv(out, "mia_roc")) == 0 and list(_csv(out, "mia_roc").columns) == [
         "run", "model", "loss", "score", "fpr", "tpr"]
+    for name in ("memorization_curve", "mia_curve"):  # no curves: headers only
+        assert len(_csv(out, name)) == 0 and list(_csv(out, name))[:4] == [
+            "run", "model", "loss", "source"]
 
     # A second report replaces the first whole; a failing one leaves the first alone and
     # nothing else behind.
@@ -308,3 +445,24 @@ def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, capsys):
     with pytest.raises(ReportError, match="not an earlier report"):
         build_report([tmp_path / "broken"], precious)
     assert [p.name for p in precious.iterdir()] == ["notes.txt"]
+
+
+def test_curve_figures_draw_against_each_position_and_say_what_is_missing(study):
+    runs, out = study
+    curve, mia = _csv(out, "memorization_curve"), _csv(out, "mia_curve")
+    for x in ("step", "epoch", "tokens_seen"):
+        assert memorization_curves(curve, x=x).png[:4] == b"\x89PNG", x
+    # Checkpoints alone (no probes) still make a curve.
+    only = curve[curve["source"] == "checkpoint"]
+    assert memorization_curves(only).png is not None
+    # The probe-only run has no secrets: its exposure figure says so instead of drawing.
+    small = curve[curve["run"] == "sweep/small-goldfish"]
+    token, exposure, auc = memorization_curve_panels(small, mia[mia["run"] == small["run"].iloc[0]])
+    assert token.png is not None and auc.png is not None
+    assert exposure.png is None and "exposure" in exposure.skipped
+    with pytest.raises(ValueError, match="x='wall'"):
+        memorization_curves(curve, x="wall")
+    # What a notebook shows.
+    plots = report_plots(out.parent.parent / "results")
+    assert list(plots) == list(PLOTS)
+    assert plots["memorization_curve"]._repr_png_()[:4] == b"\x89PNG"

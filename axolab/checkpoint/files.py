@@ -14,7 +14,8 @@ import json
 import re
 from pathlib import Path
 
-MANIFEST = "manifest.json"
+from .names import MANIFEST
+
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 # Weights in formats axolab has no safe reader for (TensorFlow, Flax, llama.cpp).
 FOREIGN_SUFFIXES = (".h5", ".msgpack", ".gguf")

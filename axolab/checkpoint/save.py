@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -28,23 +27,11 @@ from axolab.parallel import comm, grid_of, parallel_parameters
 from .files import MANIFEST, sha256
 from .gather import Assembler
 from .meter import AllocationMeter
+from .names import step_dir, step_of
 
 # Staging per writer: large enough that a gather round amortizes its latency (64 MiB over
 # 512 ranks is still 128 KiB per rank), small next to any accelerator's memory.
 DEFAULT_CHUNK_BYTES = 64 * 2**20
-STEP_NAME = re.compile(r"step-(\d{8})")
-
-
-def step_dir(root: Path, step: int) -> Path:
-    return Path(root) / f"step-{step:08d}"
-
-
-def step_of(path: Path) -> int | None:
-    """The step of a checkpoint directory named exactly ``step-`` + 8 digits, else None."""
-    match = STEP_NAME.fullmatch(Path(path).name)
-    return int(match.group(1)) if match else None
-
-
 @dataclass
 class SaveReport:
     """What one rank's save did, filled in by ``save_checkpoint(..., report=SaveReport())``."""

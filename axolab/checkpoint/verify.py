@@ -18,7 +18,7 @@ from pathlib import Path
 from axolab.parallel import Grid, comm
 
 from .files import MANIFEST, CheckpointError, read_manifest, sha256, weight_map
-from .save import step_of
+from .names import checkpoint_dirs, complete_checkpoints
 
 # Files every axolab checkpoint has besides its shards (config.json: the model's identity).
 REQUIRED = ("config.json", "model.safetensors.index.json")
@@ -26,18 +26,6 @@ REQUIRED = ("config.json", "model.safetensors.index.json")
 
 class SkippedCheckpointWarning(UserWarning):
     """A newer checkpoint failed verification and an older one is used instead."""
-
-
-def complete_checkpoints(root: str | Path) -> list[Path]:
-    """Checkpoints under ``root`` that were renamed into place (``step-`` and 8 digits, with a
-    manifest), oldest first. A partial save has no final name; anything else (``step-zzz``,
-    ``step-12``, a symlink) is not axolab's and is ignored. Nothing is verified here."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = [(s, p) for p in root.iterdir() if (s := step_of(p)) is not None
-             and not p.is_symlink() and p.is_dir() and (p / MANIFEST).is_file()]
-    return [p for _, p in sorted(found)]
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
@@ -127,16 +115,6 @@ def resume_checkpoint(root: str | Path, grid: Grid) -> tuple[Path, dict] | None:
             f"no intact checkpoint under {root} ({len(names)} damaged); starting from step 0"),
             stacklevel=2)
     return None
-
-
-def checkpoint_dirs(root: Path) -> list[Path]:
-    """Directories under ``root`` named like a checkpoint, oldest first, with or without a
-    manifest (a resume must hear why a final-named directory lacks one)."""
-    if not Path(root).is_dir():
-        return []
-    found = [(s, p) for p in Path(root).iterdir() if (s := step_of(p)) is not None
-             and not p.is_symlink() and p.is_dir()]
-    return [p for _, p in sorted(found)]
 
 
 def read_config(directory: Path) -> dict:

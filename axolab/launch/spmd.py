@@ -98,30 +98,46 @@ def _failure(log_dir: Path, nprocs: int, rc: int, launcher_log: Path) -> LaunchE
             f"the job stopped early on request (a time-limit warning, requeue or SIGTERM): "
             f"{len(stopped)} of {nprocs} ranks saved their state and exited; run it again to "
             f"resume (logs in {log_dir})", rank=None, exitcode=rc, log_dir=log_dir)
-    reports = []
+    reports = {}
     for rank in range(nprocs):
         path = error_path(log_dir, rank)
         if path.exists():
-            reports.append(json.loads(path.read_text()))
-    if reports:
-        # Once one rank fails, its peers fail too (broken connections); the first is the cause.
-        first = min(reports, key=lambda r: r["time"])
-        return LaunchError(
-            f"rank {first['rank']} failed on {first['host']}: {first['exception']}: "
-            f"{first['message']}\n\n{first['traceback']}\n"
-            f"({len(reports)} of {nprocs} ranks reported an error; logs in {log_dir})",
-            rank=first["rank"], exitcode=rc, log_dir=log_dir)
+            reports[rank] = json.loads(path.read_text())
     text = launcher_log.read_text(errors="replace") if launcher_log.exists() else ""
     tail = text.splitlines()[-25:]
-    # torchrun names the first rank to die under "Root Cause"; srun says "task N: Killed".
-    cause = re.search(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", text, re.S) \
-        or re.search(r"task (\d+): (Killed|Terminated|Segmentation)", text)
-    rank = int(cause.group(1)) if cause else None
-    who = f"rank {rank} was" if rank is not None else "a rank was"
+    # A rank killed by a signal (SIGKILL, the OOM killer) cannot report; the Python errors
+    # of its peers (broken connections) are consequences, so the killed rank is the cause.
+    killed = [r for r in _signalled_ranks(text) if r not in reports]
+    if killed or not reports:
+        # torchrun names the first rank to die under "Root Cause"; srun says "task N: Killed".
+        cause = re.search(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", text, re.S) \
+            or re.search(r"task (\d+): (Killed|Terminated|Segmentation)", text)
+        rank = killed[0] if killed else (int(cause.group(1)) if cause else None)
+        who = f"rank {rank} was" if rank is not None else "a rank was"
+        also = (f" ({len(reports)} other rank(s) then failed with Python errors; logs in "
+                f"{log_dir})" if reports else "")
+        return LaunchError(
+            f"the job failed (exit code {rc}): {who} killed (a signal, out of memory) without "
+            f"a Python error{also}. Launcher output:\n" + "\n".join(tail) +
+            f"\n(logs in {log_dir})", rank=rank, exitcode=rc, log_dir=log_dir)
+    # Once one rank fails, its peers fail too (broken connections); the first is the cause.
+    first = min(reports.values(), key=lambda r: r["time"])
     return LaunchError(
-        f"the job failed (exit code {rc}) and no rank reported a Python error: {who} "
-        f"killed (a signal, out of memory). Launcher output:\n" + "\n".join(tail) +
-        f"\n(logs in {log_dir})", rank=rank, exitcode=rc, log_dir=log_dir)
+        f"rank {first['rank']} failed on {first['host']}: {first['exception']}: "
+        f"{first['message']}\n\n{first['traceback']}\n"
+        f"({len(reports)} of {nprocs} ranks reported an error; logs in {log_dir})",
+        rank=first["rank"], exitcode=rc, log_dir=log_dir)
+
+
+def _signalled_ranks(launcher_text: str) -> list[int]:
+    """Ranks the launcher saw die by a signal: torchrun's failure blocks with a negative
+    exit code, or srun's "task N: Killed". SIGTERM (-15) is left out: it is how a launcher
+    stops the peers of a failed rank, not a cause."""
+    found = [int(r) for r, code in re.findall(
+        r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-\d+)", launcher_text)
+        if code != "-15"]
+    found += [int(r) for r in re.findall(r"task (\d+): (?:Killed|Segmentation)", launcher_text)]
+    return list(dict.fromkeys(found))
 
 
 def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:

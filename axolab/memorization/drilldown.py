@@ -1,19 +1,18 @@
 """One canary up close: its prompt, the true continuation and the model's greedy one, token by
-token, as data and as an HTML snippet with the reproduced tokens highlighted."""
+token, as data and as an HTML snippet with the reproduced tokens highlighted.
+
+Read from the continuations.jsonl an evaluation job wrote, so the drill-down of a 405B run
+works from a login node; torch-free unless a model object is passed in."""
 
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from axolab.config import EvalConfig
 from axolab.data import load_canaries
-
-from .decode import greedy_generate
-from .evaluate import EvalConfig, _model_from_run, _separated, _split
+from axolab.files import read_jsonl
 
 
 @dataclass
@@ -42,41 +41,86 @@ class Continuation:
         return next((i for i, m in enumerate(self.matches) if not m), len(self.matches))
 
 
-def continuations(model, data_dir: str | Path, canary_ids: list[str] | None = None,
+def continuations(source, data_dir: str | Path, canary_ids: list[str] | None = None,
                   config: EvalConfig | None = None) -> list[Continuation]:
-    """Greedy continuations of the given canaries (default: all), split into prompt and
-    suffix exactly as ``evaluate`` splits them. ``model``: a model or a run directory."""
-    from transformers import AutoTokenizer
-
+    """The greedy continuations of the given canaries (default: all), in manifest order of the
+    ids given. ``source``: a run directory or an ``evals/step-N`` directory, read from the
+    continuations.jsonl its evaluation job wrote (no model is loaded: this works for any model
+    size from a login node); or a model object, generated in this process (a model that fits
+    here), split into prompt and suffix as ``config`` says."""
     data_dir = Path(data_dir)
-    if isinstance(model, (str, Path)):
-        run_dir = Path(model)
-        if config is None and (run_dir / "eval.json").is_file():
-            # Split the canaries as the run's own evaluation did.
-            config = EvalConfig(**json.loads((run_dir / "eval.json").read_text())["config"])
-        model = _model_from_run(run_dir, None)
-    cfg = config or EvalConfig()
-    tok = AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
-    sep = [tok.eos_token_id] if _separated(data_dir) else []
+    if isinstance(source, (str, Path)):
+        found = _read_continuations(Path(source))
+    else:
+        found = _generate(source, data_dir, config or EvalConfig())
+    by_id = {c["id"]: c for c in found}
+    if canary_ids is None:
+        canary_ids = [c["id"] for c in found]
+    unknown = [i for i in canary_ids if i not in by_id]
+    if unknown:
+        raise ValueError(f"no canary {unknown[0]!r} in {data_dir} "
+                         f"({len(found)} canaries, e.g. {found[0]['id']!r})")
+    decode = _token_decoder(data_dir)
+    out = []
+    for record in (by_id[i] for i in canary_ids):
+        truth, generated = record["truth_ids"], record["generated_ids"]
+        out.append(Continuation(record["id"], record["kind"], record["repetitions"],
+                                record["member"], decode(record["prompt_ids"]), decode(truth),
+                                decode(generated), [g == t for g, t in zip(generated, truth)]))
+    return out
+
+
+def _read_continuations(directory: Path) -> list[dict]:
+    path = directory / "continuations.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: evaluate the run first (`axolab eval {directory} --data "
+            "DATA`, or axolab.launch.evaluate), which writes each canary's continuation")
+    records = read_jsonl(path)
+    if not records:
+        raise ValueError(f"{path} holds no continuations")
+    return records
+
+
+def _token_decoder(data_dir: Path):
+    """Token ids to their text one by one, with the dataset's tokenizer file read by
+    ``tokenizers`` (transformers would import torch into the kernel)."""
+    from tokenizers import Tokenizer
+
+    path = data_dir / "tokenizer" / "tokenizer.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {data_dir} a dataset built by "
+                                "`axolab data build`?")
+    tok = Tokenizer.from_file(str(path))
+    return lambda ids: [tok.decode([i], skip_special_tokens=False) for i in ids]
+
+
+def _generate(model, data_dir: Path, cfg: EvalConfig) -> list[dict]:
+    """Continuation records computed by ``model`` here, one canary at a time, with real
+    greedy decoding (independent of the batched fast path the evaluation job takes)."""
+    import torch
+
+    from .decode import greedy_generate
+    from .canary_eval import _separated, _split
+
     canaries = load_canaries(data_dir)
-    if canary_ids is not None:
-        by_id = {c.id: c for c in canaries}
-        unknown = [i for i in canary_ids if i not in by_id]
-        if unknown:
-            raise ValueError(f"no canary {unknown[0]!r} in {data_dir} "
-                             f"({len(canaries)} canaries, e.g. {canaries[0].id!r})")
-        canaries = [by_id[i] for i in canary_ids]
+    sep = _separator(data_dir) if _separated(data_dir) else []
     out = []
     for c in canaries:
         prefix, suffix = _split(len(c.token_ids), cfg)
         prompt = torch.tensor([sep + c.token_ids[:prefix]])
-        generated = greedy_generate(model, prompt, suffix)[0].tolist()
-        truth = c.token_ids[prefix:prefix + suffix]
-        pieces = lambda ids: [tok.decode([i]) for i in ids]  # noqa: E731
-        out.append(Continuation(c.id, c.kind, c.repetitions, c.member,
-                                pieces(c.token_ids[:prefix]), pieces(truth), pieces(generated),
-                                [g == t for g, t in zip(generated, truth)]))
+        out.append({"id": c.id, "kind": c.kind, "repetitions": c.repetitions, "member": c.member,
+                    "prefix_len": prefix, "suffix_len": suffix, "separator": sep,
+                    "prompt_ids": c.token_ids[:prefix],
+                    "truth_ids": c.token_ids[prefix:prefix + suffix],
+                    "generated_ids": greedy_generate(model, prompt, suffix)[0].tolist()})
     return out
+
+
+def _separator(data_dir: Path) -> list[int]:
+    from transformers import AutoTokenizer
+
+    return [AutoTokenizer.from_pretrained(str(data_dir / "tokenizer")).eos_token_id]
 
 
 def _span(token: str, style: str) -> str:

@@ -18,7 +18,10 @@ from .tables import build_tables, extracted_canaries
 
 def report_plots(dirs: Iterable[str | Path] | str | Path = ("results",)) -> dict[str, Plot]:
     """The report's figures for the runs under ``dirs``, by name (loss_curves, throughput,
-    exact_by_repetitions, extraction_curves, mia_roc), for showing in a notebook."""
+    exact_by_repetitions, memorization_curve, token_match_curve, exposure_curve,
+    mia_auc_curve, extraction_curves, mia_roc), for showing in a notebook. The *_curve
+    figures are against optimizer step; axolab.report.curve_plots draws them against epoch
+    or tokens_seen."""
     if isinstance(dirs, (str, Path)):
         dirs = [dirs]
     return {p.name: p for p in make_plots(build_tables(find_runs([Path(d) for d in dirs])))}

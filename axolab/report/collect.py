@@ -1,8 +1,10 @@
 """Find run directories and read what axolab wrote into them; never writes there.
 
 A run directory holds ``config.json`` plus ``metrics.jsonl`` (a training run), and/or
-``eval.json`` (an evaluation). It may also hold ``memorization.jsonl`` (one record per canary)
-and ``parameters.json`` (the notebook parameters of a papermill run).
+``eval.json`` (an evaluation). It may also hold ``memorization.jsonl`` (one record per canary),
+``parameters.json`` (the notebook parameters of a papermill run) and the memorization curve
+files of docs/memorization-files.md: ``memorization_curve.jsonl`` (in-training probes) and
+``checkpoint_curve.jsonl`` (evaluated checkpoints).
 """
 
 from __future__ import annotations
@@ -16,15 +18,24 @@ from typing import Iterable
 import pandas as pd
 
 from ..files import parse_jsonl
+from ..memorization.curve import CHECKPOINT_CURVE, PROBE_CURVE
 from .errors import ReportError
 
 RUN_LAYOUT = "a run directory has config.json and metrics.jsonl, or eval.json"
+# Curve files and the source their records come from, in the order Run.curve holds them.
+CURVE_FILES = {"probe": PROBE_CURVE, "checkpoint": CHECKPOINT_CURVE}
+# What a run writes below its own directory: per-checkpoint evaluations (evals/step-N/ holds
+# an eval.json), checkpoints (a config.json each) and logs. None of it is a run of its own.
+RUN_SUBDIRS = ("evals", "checkpoints", "logs")
 
 
 @dataclass(frozen=True)
 class Run:
     """One run directory, read. ``name`` is its path relative to the directory it was found
-    under; ``metrics`` and ``memorization`` are None when the file is absent."""
+    under; ``metrics`` and ``memorization`` are None when the file is absent. ``curve`` holds
+    the records of both curve files as written (probe records first, then checkpoint ones,
+    each in file order, a step evaluated twice not yet deduplicated), with their ``source``;
+    None when neither file exists."""
 
     name: str
     path: Path
@@ -33,6 +44,7 @@ class Run:
     eval: dict | None
     memorization: pd.DataFrame | None
     parameters: dict
+    curve: pd.DataFrame | None = None
 
 
 def is_run_dir(path: Path) -> bool:
@@ -74,11 +86,15 @@ def find_runs(dirs: Iterable[str | Path]) -> list[Run]:
 
 def _run_dirs(root: Path) -> list[Path]:
     """Run directories at or below ``root``. Hidden directories (a report's temporary
-    directory, editor state) are not searched."""
+    directory, editor state) are not searched, nor a run's own RUN_SUBDIRS: an
+    ``evals/step-N/eval.json`` would otherwise be reported as a run. Elsewhere a directory
+    called ``evals`` may well hold runs, so only those of a run directory are pruned."""
     out = []
     for current, subdirs, _ in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        if is_run_dir(Path(current)):
+        run = is_run_dir(Path(current))
+        subdirs[:] = sorted(d for d in subdirs
+                            if not d.startswith(".") and not (run and d in RUN_SUBDIRS))
+        if run:
             out.append(Path(current))
     return out
 
@@ -107,7 +123,26 @@ def read_run(path: str | Path, name: str | None = None) -> Run:
     if (path / "parameters.json").is_file():
         parameters = _read_json(path / "parameters.json")
     return Run(name=name or path.name, path=path, config=config, metrics=metrics,
-               eval=evaluation, memorization=memorization, parameters=parameters)
+               eval=evaluation, memorization=memorization, parameters=parameters,
+               curve=_read_curve(path))
+
+
+def _read_curve(path: Path) -> pd.DataFrame | None:
+    """Both curve files' records, raw; a record without ``source`` gets its file's."""
+    records, any_file = [], False
+    for source, name in CURVE_FILES.items():
+        if not (path / name).is_file():
+            continue
+        any_file = True
+        for number, record in enumerate(_read_jsonl(path / name), 1):
+            if "step" not in record:
+                # The step places a record on the curve; without it the record means nothing.
+                raise ReportError(f"{path / name}, record {number}: has no 'step'")
+            records.append({**record, "source": record.get("source", source)})
+    if not any_file:
+        return None
+    # An empty file (a probe that has not run yet) is a curve with no points, not no curve.
+    return pd.DataFrame(records, columns=None if records else ["step", "source"])
 
 
 def _read_json(path: Path) -> dict:

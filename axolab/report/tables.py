@@ -1,5 +1,6 @@
 """Tidy tables (pandas DataFrames) over all runs: one row per run, per logged step, per canary,
-per repetition count, per prefix length, per ROC point. Each becomes tables/<name>.csv."""
+per repetition count, per prefix length, per ROC point, per point of a memorization curve.
+Each becomes tables/<name>.csv."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from .collect import Run
+from .collect import CURVE_FILES, Run
 from .errors import ReportError
 
 # Throughput of the first steps includes compilation, allocator growth and cold caches.
@@ -22,6 +23,13 @@ BY_REPETITIONS = (("exact_match_by_repetitions", "exact"),
                   ("token_match_by_repetitions", "token_match"),
                   ("rouge_l_by_repetitions", "rouge_l"),
                   ("exposure_by_repetitions", "exposure"))
+# A curve record's per-repetition dicts and the column each becomes (docs/memorization-files.md).
+CURVE_BY_REPETITIONS = (("exact_match_by_repetitions", "exact"),
+                        ("token_match_by_repetitions", "token_match"),
+                        ("matched_prefix_by_repetitions", "matched_prefix"),
+                        ("exposure_by_repetitions", "exposure"))
+# Where a curve point sits in training, every one of which can serve as the x axis.
+CURVE_POSITION = ("step", "epoch", "tokens_seen")
 # Counts in the runs table: a run without them would otherwise turn the column into floats.
 COUNT_COLUMNS = ("goldfish_k", "ranks", "global_batch", "steps", "total_steps", "canaries",
                  "max_repetitions")
@@ -32,6 +40,9 @@ COLUMNS = {
                             + [c for _, c in BY_REPETITIONS],
     "extraction_curves": ["run", "model", "loss", "prefix_len", "exact"],
     "mia_roc": ["run", "model", "loss", "score", "fpr", "tpr"],
+    "memorization_curve": ["run", "model", "loss", "source", *CURVE_POSITION, "repetitions"]
+                          + [c for _, c in CURVE_BY_REPETITIONS],
+    "mia_curve": ["run", "model", "loss", "source", *CURVE_POSITION, "score", "auc"],
 }
 
 
@@ -40,7 +51,9 @@ def build_tables(runs: list[Run]) -> dict[str, pd.DataFrame]:
     return {"runs": runs_table(runs), "metrics": metrics_table(runs),
             "memorization": memorization_table(runs),
             "exact_by_repetitions": exact_by_repetitions_table(runs),
-            "extraction_curves": extraction_curves_table(runs), "mia_roc": mia_roc_table(runs)}
+            "extraction_curves": extraction_curves_table(runs), "mia_roc": mia_roc_table(runs),
+            "memorization_curve": memorization_curve_table(runs),
+            "mia_curve": mia_curve_table(runs)}
 
 
 def after_warmup(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -217,6 +230,86 @@ def mia_roc_table(runs: list[Run]) -> pd.DataFrame:
             frames.append(pd.DataFrame({**_identity(run), "score": score, "fpr": fpr,
                                         "tpr": tpr}))
     return _concat(frames, "mia_roc")
+
+
+def _curve_points(run: Run) -> list[dict]:
+    """The run's curve records, one per (source, step): a checkpoint evaluated again (or a
+    probe line a resume did not drop) keeps its last record, the one written last."""
+    if run.curve is None or not len(run.curve):
+        return []
+    last: dict[tuple, dict] = {}
+    for record in run.curve.to_dict("records"):
+        step = pd.to_numeric(record["step"], errors="coerce")
+        if pd.isna(step):
+            raise ReportError(f"{_curve_file(run, record)}: step {record['step']!r} is not a "
+                              "number")
+        record["step"] = int(step)
+        last.pop((record["source"], record["step"]), None)  # re-inserted: file order kept
+        last[(record["source"], record["step"])] = record
+    return list(last.values())
+
+
+def _curve_file(run: Run, record: dict):
+    return run.path / CURVE_FILES.get(record["source"], "<curve file>")
+
+
+def _curve_dict(run: Run, record: dict, key: str) -> dict:
+    value = record.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return {}  # absent from this record (a DataFrame fills NaN where another had it)
+    if not isinstance(value, dict):
+        raise ReportError(f"{_curve_file(run, record)}, step {record['step']}: {key} is not "
+                          "an object")
+    return value
+
+
+def _curve_row(run: Run, record: dict) -> dict:
+    return {**_identity(run), "source": record["source"],
+            **{c: record.get(c) for c in CURVE_POSITION}}
+
+
+def memorization_curve_table(runs: list[Run]) -> pd.DataFrame:
+    """Memorization over training: the rates of each curve record (memorization_curve.jsonl,
+    source "probe"; checkpoint_curve.jsonl, source "checkpoint") by repetition count, one row
+    per run, source, step and count (0 = controls); exposure is NaN where not measured."""
+    rows = []
+    for run in runs:
+        for record in _curve_points(run):
+            by_reps: dict[int, dict] = {}
+            for key, column in CURVE_BY_REPETITIONS:
+                for reps, rate in _curve_dict(run, record, key).items():
+                    try:
+                        count = int(reps)
+                    except ValueError:
+                        raise ReportError(f"{_curve_file(run, record)}, step {record['step']}: "
+                                          f"{key} has key {reps!r}, expected a whole "
+                                          "number") from None
+                    by_reps.setdefault(count, {})[column] = rate
+            rows += [{**_curve_row(run, record), "repetitions": reps, **rates}
+                     for reps, rates in by_reps.items()]
+    frame = pd.DataFrame(rows, columns=COLUMNS["memorization_curve"])
+    return _sorted_curve(frame, "repetitions")
+
+
+def mia_curve_table(runs: list[Run]) -> pd.DataFrame:
+    """Membership-inference ROC AUC of each score over training (a curve record's
+    ``mia_auc``), one row per run, source, step and score."""
+    rows = [{**_curve_row(run, record), "score": score, "auc": auc}
+            for run in runs for record in _curve_points(run)
+            for score, auc in _curve_dict(run, record, "mia_auc").items()]
+    frame = pd.DataFrame(rows, columns=COLUMNS["mia_curve"])
+    return _sorted_curve(frame, "score")
+
+
+def _sorted_curve(frame: pd.DataFrame, last: str) -> pd.DataFrame:
+    for column in ("epoch", "tokens_seen", "exact", "token_match", "matched_prefix",
+                   "exposure", "auc"):
+        if column in frame:
+            # None (a JSON null) becomes NaN, so every rate column is numeric.
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame = frame.astype({"step": "int64", **({"repetitions": "int64"}
+                                               if last == "repetitions" else {})})
+    return frame.sort_values(["run", "source", "step", last], ignore_index=True, kind="stable")
 
 
 def extracted_canaries(memorization: pd.DataFrame, limit: int = 100) -> tuple[pd.DataFrame, int]:

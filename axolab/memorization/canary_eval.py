@@ -1,44 +1,33 @@
-"""`evaluate(model or run_dir, data_dir, config)`: every canary of a dataset, scored.
+"""Every canary of a dataset, scored by a (parallelized) model.
 
-Writes ``memorization.jsonl`` (one record per canary: extraction, RougeL, membership scores,
-exposure for secrets) and ``eval.json`` (rates by repetition count, extraction curve, ROC
-summaries, exposure by repetition count). Canaries are scored as they were injected: preceded
-by the separator token when the dataset separated them.
+``score_canaries`` is the measurement itself, shared by the launched evaluation job
+(axolab.memorization.job), the in-training probes (axolab.memorization.probe) and the
+in-process ``evaluate``. It yields one record per canary (extraction, RougeL, membership
+scores, exposure for secrets), the summary (rates by repetition count, extraction curve, ROC
+summaries, exposure by repetition count) and each canary's greedy continuation; ``write_eval_files``
+puts them in ``memorization.jsonl``, ``eval.json`` and ``continuations.jsonl``
+(docs/memorization-files.md). Canaries are scored as they were injected: preceded by the
+separator token when the dataset separated them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from axolab.config import write_json_atomic
-from axolab.data import load_canaries
+from axolab.config import EvalConfig, write_json_atomic
+from axolab.data import Canary, load_canaries
+from axolab.files import write_text_atomic
 
-from .exposure import exposure
+from .secret_exposure import exposure
 from .extraction import exact_match
 from .mia import mia_scores, roc_report
 from .scoring import token_scores
-
-
-@dataclass
-class EvalConfig:
-    """How canaries are probed."""
-
-    prefix_len: int = 32
-    """Prompt tokens (canary tokens; shorter canaries use their first half)."""
-    suffix_len: int = 32
-    """Tokens to reproduce after the prompt (capped by the canary's length)."""
-    curve_prefix_lens: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
-    """Prefix lengths of the extraction curve (fast path, on canaries long enough)."""
-    mia_k: float = 0.2
-    """Fraction of lowest-scoring tokens for Min-K% and Min-K%++."""
-    batch_size: int = 32
-    """Sequences per forward pass."""
 
 
 def _split(n: int, cfg: EvalConfig) -> tuple[int, int]:
@@ -76,40 +65,85 @@ def _model_from_run(run_dir: Path, grid):
     return load_pretrained(found[0], grid).eval()
 
 
-def evaluate(model, data_dir: str | Path, config: EvalConfig | None = None,
-             out_dir: str | Path | None = None) -> dict:
-    """Score every canary of ``data_dir``; ``model`` is a (parallelized) model or a run
-    directory (its newest checkpoint is loaded). Files go to ``out_dir`` (default: the run
-    directory) from the grid's first rank; every rank returns the summary."""
-    from transformers import AutoTokenizer
+@dataclass
+class CanarySet:
+    """A dataset's canaries with what scoring them needs, loaded once (a probe reuses it)."""
 
-    cfg = config or EvalConfig()
-    data_dir = Path(data_dir)
-    if isinstance(model, (str, Path)):
-        out_dir = out_dir or model
-        model = _model_from_run(Path(model), None)
-    grid = getattr(model, "axolab_grid", None)
-    tok = AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
-    sep = [tok.eos_token_id] if _separated(data_dir) else []
-    canaries = load_canaries(data_dir)
+    canaries: list[Canary]
+    separator: list[int]
+    """Token ids that preceded each canary in training (the separator, or none)."""
+    tokenizer: object
+
+    @classmethod
+    def load(cls, data_dir: str | Path) -> "CanarySet":
+        from transformers import AutoTokenizer
+
+        data_dir = Path(data_dir)
+        tok = AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
+        sep = [tok.eos_token_id] if _separated(data_dir) else []
+        return cls(load_canaries(data_dir), sep, tok)
+
+
+@dataclass
+class Scored:
+    """What one evaluation of the canaries found."""
+
+    records: list[dict]
+    """One per canary, in manifest order (memorization.jsonl)."""
+    summary: dict
+    """eval.json."""
+    continuations: list[dict]
+    """One per canary (continuations.jsonl); empty when the config asks for none."""
+
+
+def score_canaries(model, canary_set: CanarySet, cfg: EvalConfig) -> Scored:
+    """Score every canary. Collective on a parallelized model: every rank calls it with the
+    same arguments and gets the same result."""
+    canaries, sep = canary_set.canaries, canary_set.separator
     records = [{"id": c.id, "group": c.group, "kind": c.kind, "repetitions": c.repetitions,
                 "member": c.member, "tokens": len(c.token_ids)} for c in canaries]
-    _extraction(model, canaries, sep, cfg, records)
+    continued = _extraction(model, canaries, sep, cfg, records)
     scores = token_scores(model, [sep + c.token_ids for c in canaries], cfg.batch_size)
     mia = mia_scores(scores, [c.text for c in canaries], cfg.mia_k)
     for i, r in enumerate(records):
         r.update({name: float(v[i]) for name, v in mia.items()})
     logppl = (-scores.sequence_logprob()).tolist()
-    _exposures(model, canaries, sep, tok, cfg, records, logppl)
+    if cfg.exposure:
+        _exposures(model, canaries, sep, canary_set.tokenizer, cfg, records, logppl)
     summary = _summary(model, canaries, sep, cfg, records, mia)
+    return Scored(records, summary, continued if cfg.continuations else [])
+
+
+def write_eval_files(out_dir: str | Path, scored: Scored) -> None:
+    """memorization.jsonl, eval.json and (when scored with them) continuations.jsonl, each
+    replaced whole."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "memorization.jsonl",
+                      "".join(json.dumps(r) + "\n" for r in scored.records))
+    if scored.continuations:
+        write_text_atomic(out / "continuations.jsonl",
+                          "".join(json.dumps(c) + "\n" for c in scored.continuations))
+    write_json_atomic(out / "eval.json", scored.summary)
+
+
+def evaluate(model, data_dir: str | Path, config: EvalConfig | None = None,
+             out_dir: str | Path | None = None) -> dict:
+    """Score every canary of ``data_dir`` in this process; ``model`` is a (parallelized) model
+    or a run directory (its newest intact checkpoint is loaded on one rank). Files go to
+    ``out_dir`` (default: the run directory) from the grid's first rank; every rank returns
+    the summary. For a model of any size use ``axolab.launch.evaluate``, which runs this
+    measurement as a job on a grid of ranks."""
+    cfg = config or EvalConfig()
+    cfg.validate()
+    if isinstance(model, (str, Path)):
+        out_dir = out_dir or model
+        model = _model_from_run(Path(model), None)
+    grid = getattr(model, "axolab_grid", None)
+    scored = score_canaries(model, CanarySet.load(data_dir), cfg)
     if out_dir is not None and (grid is None or grid.rank == grid.ranks[0]):
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / ".memorization.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        tmp.replace(out / "memorization.jsonl")
-        write_json_atomic(out / "eval.json", summary)
-    return summary
+        write_eval_files(out_dir, scored)
+    return scored.summary
 
 
 def _separated(data_dir: Path) -> bool:
@@ -119,19 +153,29 @@ def _separated(data_dir: Path) -> bool:
     return bool(recipe.get("packing", {}).get("separate_canaries", True))
 
 
-def _extraction(model, canaries, sep, cfg, records) -> None:
+def _extraction(model, canaries, sep, cfg, records) -> list[dict]:
+    """Greedy extraction of every canary (records updated in place); returns each canary's
+    continuation record, in manifest order."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, c in enumerate(canaries):
         groups.setdefault(_split(len(c.token_ids), cfg), []).append(i)
+    continued: list[dict | None] = [None] * len(canaries)
     for (prefix, suffix), idx in sorted(groups.items()):
         seqs = torch.tensor([sep + canaries[i].token_ids[:prefix + suffix] for i in idx])
         res = exact_match(model, seqs, prefix + len(sep), suffix, cfg.batch_size)
         rouge = _rouge_l(res.generated, seqs[:, prefix + len(sep):])
         for j, i in enumerate(idx):
+            c = canaries[i]
             records[i].update(prefix_len=prefix, suffix_len=suffix,
                               exact=bool(res.exact[j]), matched_prefix=int(res.matched_prefix[j]),
                               token_match_rate=float(res.token_match_rate[j]),
                               rouge_l=rouge[j])
+            continued[i] = {"id": c.id, "kind": c.kind, "repetitions": c.repetitions,
+                            "member": c.member, "prefix_len": prefix, "suffix_len": suffix,
+                            "separator": list(sep), "prompt_ids": c.token_ids[:prefix],
+                            "truth_ids": c.token_ids[prefix:prefix + suffix],
+                            "generated_ids": res.generated[j].tolist()}
+    return continued
 
 
 def _exposures(model, canaries, sep, tok, cfg, records, logppl) -> None:
@@ -167,6 +211,8 @@ def _summary(model, canaries, sep, cfg, records, mia) -> dict:
     summary = {"config": dataclasses.asdict(cfg), "canaries": len(records),
                "exact_match_by_repetitions": _rate_by(records, "repetitions", "exact"),
                "token_match_by_repetitions": _rate_by(records, "repetitions", "token_match_rate"),
+               "matched_prefix_by_repetitions": _rate_by(records, "repetitions",
+                                                         "matched_prefix"),
                "rouge_l_by_repetitions": _rate_by(records, "repetitions", "rouge_l"),
                "exposure_by_repetitions": _rate_by(
                    [r for r in records if r["kind"] == "secret"], "repetitions", "exposure"),

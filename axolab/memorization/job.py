@@ -1,0 +1,135 @@
+"""`python -m axolab.memorization.job JOB.json`: one rank of a launched evaluation.
+
+Started by ``axolab.launch.evaluate`` (the CLI's `axolab eval`) on every rank of the job's
+grid. Each checkpoint is loaded sharded onto the grid (hashes verified first; any grid the
+shapes divide by, whatever grid trained it), every canary is scored, and the lead rank writes
+the files of docs/memorization-files.md. Progress goes to LOG_DIR/progress.jsonl, one line per
+stage, for the launcher's bar.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from axolab.checkpoint import (complete_checkpoints, load_checkpoint_model, load_pretrained,
+                               read_manifest, resume_checkpoint)
+from axolab.checkpoint.verify import SkippedCheckpointWarning
+from axolab.config import EvalConfig, load_config
+from axolab.data.loader import PackedDataset
+from axolab.launch.evaluation import EvalJob
+from axolab.metrics import MetricsLog
+from axolab.parallel import Grid
+
+from .curve import CHECKPOINT_CURVE, curve_record, replace_curve_record
+from .canary_eval import CanarySet, score_canaries, write_eval_files
+from .scoring import token_scores
+
+
+def _autocast(cfg: EvalConfig, grid: Grid):
+    if cfg.precision == "bf16":
+        return torch.autocast(grid.device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def validation_loss(model, data_dir: str | Path, batch_size: int) -> float:
+    """Mean token loss over the whole validation split (every next-token position of every
+    row), scored batch by batch over the grid."""
+    val = PackedDataset(data_dir, "validation")
+    total, count = 0.0, 0
+    for start in range(0, val.rows, batch_size):
+        scores = token_scores(model, val.read(np.arange(start, min(start + batch_size, val.rows))),
+                              batch_size)
+        total -= float((scores.logprob * scores.mask).sum())
+        count += int(scores.mask.sum())
+    if count == 0:
+        raise ValueError(f"{data_dir} has an empty validation split")
+    return total / count
+
+
+def _targets(job: EvalJob, grid: Grid) -> list[Path | None]:
+    """Checkpoint directories in evaluation order (None: the target is a model directory)."""
+    if job.latest:
+        found = resume_checkpoint(Path(job.target) / "checkpoints", grid)
+        if found is None:
+            raise ValueError(f"{job.target} has no complete, intact checkpoint to evaluate")
+        return [found[0]]
+    return [Path(p) for p in job.checkpoints] or [None]
+
+
+def _position(ckpt: Path, data_dir: str) -> tuple[int, float, int]:
+    """(step, epoch, tokens seen) of a checkpoint: the training rows it had consumed (its
+    manifest's data_position), over the dataset's rows and sequence length."""
+    manifest = read_manifest(ckpt)
+    train = PackedDataset(data_dir, "train")
+    rows_seen = int(manifest.get("data_position", 0))
+    return manifest["step"], rows_seen / train.rows, rows_seen * train.seq_len
+
+
+def run(job: EvalJob, grid: Grid | None = None) -> list[dict]:
+    """Evaluate the job's checkpoints; returns each one's summary. Collective over the grid."""
+    job.validate()
+    grid = grid or Grid.init(*job.grid, timeout_s=job.collective_timeout_s)
+    lead = grid.rank == grid.ranks[0]
+    out = Path(job.out_dir)
+    progress = MetricsLog(out / "logs" / "eval" / "progress.jsonl", None, lead)
+    canaries = CanarySet.load(job.data)
+    targets = _targets(job, grid)
+    run_root = Path(job.target) / "checkpoints"
+    newest = (complete_checkpoints(run_root) or [None])[-1] if run_root.is_dir() else None
+    summaries = []
+    for i, ckpt in enumerate(targets):
+        what = ckpt.name if ckpt is not None else Path(job.target).name
+        progress.write({"done": i, "total": len(targets), "stage": f"{what}: loading"})
+        t0 = time.perf_counter()
+        if ckpt is None:
+            model = load_pretrained(job.target, grid)
+        else:
+            # _targets verified the latest already; a chosen one is verified here.
+            model = load_checkpoint_model(ckpt, grid, verify=not job.latest)
+        model.eval()
+        progress.write({"done": i, "total": len(targets), "stage": f"{what}: scoring"})
+        with torch.no_grad(), _autocast(job.config, grid):
+            scored = score_canaries(model, canaries, job.config)
+            if job.config.validation_loss:
+                scored.summary["validation_loss"] = validation_loss(model, job.data,
+                                                                    job.config.batch_size)
+        dt = time.perf_counter() - t0
+        del model
+        scored.summary["checkpoint"] = str(ckpt or job.target)
+        if lead:
+            if ckpt is not None:
+                step, epoch, tokens = _position(ckpt, job.data)
+                scored.summary["step"] = step
+                write_eval_files(out / "evals" / ckpt.name, scored)
+                replace_curve_record(out / CHECKPOINT_CURVE, curve_record(
+                    scored.summary, scored.records, step=step, epoch=epoch, tokens_seen=tokens,
+                    source="checkpoint", time_s=dt))
+            if ckpt is None or job.latest or ckpt == newest:
+                write_eval_files(out, scored)
+        progress.write({"done": i + 1, "total": len(targets), "stage": f"{what}: done"})
+        summaries.append(scored.summary)
+    return summaries
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m axolab.memorization.job JOB.json", file=sys.stderr)
+        return 2
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SkippedCheckpointWarning)
+        run(load_config(EvalJob, argv[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
