@@ -1,6 +1,6 @@
 """`make demo`'s job on a short schedule: the shipped demo recipe is built, every run trains on
-its grid through torchrun, is evaluated, and the summary and the report say what the run
-files say."""
+its grid through torchrun with memorization probes, is evaluated by a launched job, and the
+study table, the summary and the report say what the run files say."""
 
 from __future__ import annotations
 
@@ -50,6 +50,8 @@ def test_demo_end_to_end_on_a_short_schedule(tmp_path, capsys):
     runs = {"tiny-llama-standard": "standard", "tiny-llama-goldfish": "goldfish"}
     study = json.loads((out / "study.json").read_text())
     assert [r["run"] for r in study] == list(runs)
+    assert [(r["model"], r["loss"]) for r in study] == [("tiny-llama", loss)
+                                                        for loss in runs.values()]
     for name, loss in runs.items():
         cfg = json.loads((out / name / "config.json").read_text())
         assert (cfg["grid"], cfg["loss"]) == ([1, 1, 1, 2], loss)
@@ -63,9 +65,26 @@ def test_demo_end_to_end_on_a_short_schedule(tmp_path, capsys):
         row = next(r for r in study if r["run"] == name)
         top = [r["exact"] for r in records if r["kind"] == "random" and r["repetitions"] == 16]
         assert math.isclose(row["exact_random_by_repetitions"]["16"], sum(top) / len(top))
+        summary = json.loads((out / name / "eval.json").read_text())
+        assert summary["by_kind"]["random"]["exact_match_by_repetitions"] == \
+            row["exact_random_by_repetitions"]
+        assert set(summary["by_kind"]["secret"]["exact_match_by_repetitions"]) == \
+            {"0", "1", "4", "16"}
+        assert row["val_loss"] == summary["validation_loss"] and 0 < row["val_loss"] < 10
+        assert ("loss_dropped_tokens" in metrics[-1]) == (loss == "goldfish")
+        # The run probed its canaries as it trained (at the end of its only, partial, epoch);
+        # the probe after the last step scored the model the final evaluation scored.
+        curve = [json.loads(x) for x in
+                 (out / name / "memorization_curve.jsonl").read_text().splitlines()]
+        assert [c["step"] for c in curve] == [metrics[-1]["step"]]
+        assert [(r["id"], r["exact"], r["matched_prefix"]) for r in curve[-1]["records"]] == \
+            [(r["id"], r["exact"], r["matched_prefix"]) for r in records]
     table = (out / "summary.md").read_text()
     assert "| tiny-llama-standard |" in table and "| tiny-llama-goldfish |" in table
     page = (out / "report" / "index.html").read_text()
     assert all(name in page for name in runs)
     assert (out / "report" / "plots" / "exact_by_repetitions.png").is_file()
+    assert (out / "report" / "plots" / "memorization_curve.png").is_file()
+    curve_table = (out / "report" / "tables" / "memorization_curve.csv").read_text()
+    assert all(name in curve_table for name in runs)
     assert "report: " in capsys.readouterr().out
