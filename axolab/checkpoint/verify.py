@@ -17,7 +17,7 @@ from pathlib import Path
 
 from axolab.parallel import Grid, comm
 
-from .files import MANIFEST, CheckpointError, read_manifest, sha256, weight_map
+from .files import CheckpointError, read_manifest, sha256, weight_map
 from .names import checkpoint_dirs, complete_checkpoints
 
 # Files every axolab checkpoint has besides its shards (config.json: the model's identity).

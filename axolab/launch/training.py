@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 from ..config import TrainConfig, config_from_dict, load_config, write_json_atomic
