@@ -1,8 +1,11 @@
 """Every shipped notebook executes under papermill with tiny parameters, and what it shows
-agrees with the files its run wrote (not just "it ran")."""
+agrees with the files its run wrote (not just "it ran"). The kernels that drive models
+(memorization, fine-tuning) never import torch: a copy of each of those notebooks ends with a
+cell that says whether they did."""
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -21,6 +24,52 @@ NB = ROOT / "notebooks"
 def dataset(tmp_path_factory):
     return build(ROOT / "data_recipes" / "tiny.yaml", tmp_path_factory.mktemp("d") / "tiny",
                  progress=False)
+
+
+TORCH_PROBE = ('import sys\n'
+               'print("TORCH_IMPORTED", "torch" in sys.modules)\n'
+               'print("TRANSFORMERS_IMPORTED", "transformers" in sys.modules)')
+
+
+def _with_torch_probe(notebook: Path, tmp_path: Path) -> Path:
+    """A copy of ``notebook`` in tmp_path with one more code cell at the end, which prints
+    whether the kernel imported torch (or transformers, which imports it) by then."""
+    nb = nbformat.read(str(notebook), as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(TORCH_PROBE))
+    path = tmp_path / "notebooks" / notebook.name
+    path.parent.mkdir()
+    nbformat.write(nb, str(path))
+    return path
+
+
+def _no_torch(outputs: list[dict]) -> bool:
+    text = _text(outputs)
+    return "TORCH_IMPORTED False" in text and "TRANSFORMERS_IMPORTED False" in text
+
+
+def _value(outputs: list[dict]):
+    """The cell's value (its execute_result), parsed back from its text/plain repr."""
+    (result,) = [o for o in outputs if o.get("output_type") == "execute_result"]
+    return ast.literal_eval(result["data"]["text/plain"])
+
+
+def test_every_notebook_reads_as_a_protocol():
+    """A markdown title first, the parameters cell next, and text between the steps; only the
+    parameters cell and code cells that call axolab carry code."""
+    notebooks = sorted(NB.glob("*.ipynb"))
+    assert len(notebooks) == 6
+    for path in notebooks:
+        nb = nbformat.read(str(path), as_version=4)
+        first = nb.cells[0]
+        assert first.cell_type == "markdown" and first.source.startswith("# "), path.name
+        tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+        assert tagged == [1] and nb.cells[1].cell_type == "code", path.name
+        kinds = [c.cell_type for c in nb.cells]
+        code = [i for i, k in enumerate(kinds) if k == "code"][1:]
+        # Every body code cell follows a markdown cell that explains its step.
+        assert code and all(kinds[i - 1] == "markdown" for i in code), (path.name, kinds)
+        assert not any("AutoConfig" in c.source or "import torch" in c.source
+                       for c in nb.cells if c.cell_type == "code"), path.name
 
 
 def _outputs(executed: Path) -> list[list[dict]]:
@@ -57,30 +106,61 @@ def test_canary_injection(tmp_path):
     assert f"{len(table)} canaries, {int(table['member'].sum())} injected" in _text(cells[3])
     assert _images(cells[2]) == 1  # the schedule figure
     stats = json.loads((data / "stats.json").read_text())
-    assert str(stats[next(iter(stats))]) in _text(cells[0])
+    assert _value(cells[0]) == stats
 
 
 def test_train_then_memorization(tmp_path, dataset):
+    """A run with in-training probes and three checkpoints (two kept), evaluated at every kept
+    checkpoint on two ranks by a kernel that never imports torch."""
+    from axolab.checkpoint.names import complete_checkpoints, step_of
+    from axolab.files import read_jsonl
     from axolab.train import run
 
     run_dir = tmp_path / "run"
-    run(config_from_dict(TrainConfig, dict(data=str(dataset), run_dir=str(run_dir), steps=3,
-                                           global_batch=4, eval_interval=0, progress=False)))
-    status = run_notebook(NB / "memorization.ipynb",
-                          {"run_dir": str(run_dir), "data": str(dataset), "prefix_len": 4,
-                           "suffix_len": 8, "curve_prefix_lens": [2, 4], "show_canaries": 2},
+    run(config_from_dict(TrainConfig, dict(
+        data=str(dataset), run_dir=str(run_dir), steps=3, global_batch=4, eval_interval=0,
+        checkpoint_interval=1, keep_checkpoints=2, memorization_interval=1,
+        probe=dict(prefix_len=4, suffix_len=8, curve_prefix_lens=[2], exposure=False,
+                   continuations=False), progress=False)))
+    kept = [step_of(p) for p in complete_checkpoints(run_dir / "checkpoints")]
+    assert kept == [2, 3]
+    status = run_notebook(_with_torch_probe(NB / "memorization.ipynb", tmp_path),
+                          {"run_dir": str(run_dir), "data": str(dataset), "grid": [2, 1, 1, 1],
+                           "checkpoints": "all", "prefix_len": 4, "suffix_len": 8,
+                           "curve_prefix_lens": [2, 4], "show_canaries": 2,
+                           "interactive": True},
                           tmp_path / "results", "mem", progress=False)
     assert status["state"] == "completed"
     cells = _outputs(Path(status["output"]))
+    # The evaluation ran as a job on the two ranks asked for, at every kept checkpoint.
+    job = json.loads((run_dir / "logs" / "eval" / "job.json").read_text())
+    assert job["grid"] == [2, 1, 1, 1] and (run_dir / "logs" / "eval" / "rank1.log").is_file()
+    for step in kept:
+        at_step = json.loads((run_dir / "evals" / f"step-{step:08d}" / "eval.json").read_text())
+        assert at_step["config"]["suffix_len"] == 8 and at_step["step"] == step
+    assert sorted(p.name for p in (run_dir / "evals").iterdir()) == \
+        [f"step-{step:08d}" for step in kept]
+    assert [r["step"] for r in read_jsonl(run_dir / "checkpoint_curve.jsonl")] == kept
+    assert [r["step"] for r in read_jsonl(run_dir / "memorization_curve.jsonl")] == [1, 2, 3]
+    # What the notebook shows is the newest checkpoint's eval.json, written at the top too.
     summary = json.loads((run_dir / "eval.json").read_text())
-    assert summary["config"]["suffix_len"] == 8
-    assert repr(summary["exact_match_by_repetitions"])[1:40] in _text(cells[0])
+    newest = json.loads((run_dir / "evals" / "step-00000003" / "eval.json").read_text())
+    keys = ("checkpoint", "exact_match_by_repetitions", "token_match_by_repetitions",
+            "exposure_by_repetitions", "extraction_curve")
+    assert _value(cells[0]) == {k: summary[k] for k in keys} == {k: newest[k] for k in keys}
+    assert summary["checkpoint"].endswith("step-00000003")
+    assert list(summary["extraction_curve"]) == ["2", "4"]
     assert _images(cells[1]) == 3  # exact match, extraction curve, ROC
-    shown = _text(cells[2])
+    assert _value(cells[1]) == {score: round(r["auc"], 3) for score, r in summary["mia"].items()}
+    assert _images(cells[2]) == 1  # memorization over training: probes and checkpoints
+    shown = _text(cells[3])
     top2 = canary_table(dataset).sort_values("repetitions", ascending=False, kind="stable")
     for canary_id in top2["id"][:2]:
         assert f"<b>{canary_id}</b>" in shown
     assert shown.count("tokens reproduced") == 2
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {})
+               for o in cells[4])  # the canary browser
+    assert _no_torch(cells[5])
 
 
 def test_goldfish_mitigation_sweeps_k(tmp_path):
@@ -100,16 +180,20 @@ def test_goldfish_mitigation_sweeps_k(tmp_path):
     assert all(name in _text(cells[0]) for name in runs)
     assert "'tiny-llama-standard': 0.0" in _text(cells[1])
     assert _images(cells[2]) == 2
+    # Each run probed its canaries at the end of training: the curve figure is drawn.
+    assert all((out / name / "memorization_curve.jsonl").is_file() for name in runs)
+    assert _images(cells[3]) == 1
 
 
 def test_finetune_405b_runs_with_a_tiny_stand_in(tmp_path, dataset):
     from transformers import AutoModelForCausalLM
 
+    from axolab.files import read_jsonl
     from axolab.presets import model_config
 
     checkpoint = tmp_path / "stand-in"
     AutoModelForCausalLM.from_config(model_config("tiny-llama")).save_pretrained(checkpoint)
-    status = run_notebook(NB / "finetune_405b.ipynb",
+    status = run_notebook(_with_torch_probe(NB / "finetune_405b.ipynb", tmp_path),
                           {"model_dir": str(checkpoint), "data": str(dataset), "gpus": 2,
                            "machine": "h100-node", "global_batch": 4, "seq_len": 128,
                            "precision": "fp32", "steps": 4, "prefix_len": 4, "suffix_len": 8},
@@ -117,14 +201,23 @@ def test_finetune_405b_runs_with_a_tiny_stand_in(tmp_path, dataset):
     assert status["state"] == "completed"
     run_dir = tmp_path / "results" / "ft"
     cfg = json.loads((run_dir / "config.json").read_text())
-    # The grid the planner picked is the one that trained, with the goldfish loss.
+    # The grid the planner picked (from config.json alone) is the one that trained, with the
+    # goldfish loss, and the one the evaluation job ran on.
     cells = _outputs(Path(status["output"]))
+    assert "step_time_s" in _text(cells[0])
     assert f"grid (data, z, y, x): {cfg['grid']}" in _text(cells[1])
     assert cfg["loss"] == "goldfish" and cfg["model"] == str(checkpoint)
     assert sum(cfg["grid"][i] for i in range(4)) == 5  # two ranks: one axis of 2
     assert [json.loads(x)["step"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()
             ] == [1, 2, 3, 4]
-    assert (run_dir / "eval.json").is_file() and _images(cells[3]) == 1
+    assert cfg["memorization_interval"] == 1 and cfg["probe"]["suffix_len"] == 8
+    assert [r["step"] for r in read_jsonl(run_dir / "memorization_curve.jsonl")] == [1, 2, 3, 4]
+    assert json.loads((run_dir / "logs" / "eval" / "job.json").read_text())["grid"] == cfg["grid"]
+    summary = json.loads((run_dir / "eval.json").read_text())
+    assert summary["config"]["suffix_len"] == 8
+    assert _images(cells[3]) == 1 and _value(cells[3]) == summary["exact_match_by_repetitions"]
+    assert _images(cells[4]) == 1  # memorization over fine-tuning
+    assert _no_torch(cells[5])
 
 
 def test_scaling_sweep_points_are_every_valid_grid():

@@ -218,6 +218,60 @@ def test_config_and_preset_agree():
         [(r.grid, r.step_time_s) for r in by_config]
 
 
+def test_a_model_directory_is_read_as_json(tmp_path):
+    from pathlib import Path
+
+    # A Llama-like config.json as Hugging Face writes it (grouped-query attention, untied),
+    # and a Qwen2 one without head_dim or kv heads (defaults: hidden / heads, heads).
+    llama, qwen = tmp_path / "llama", tmp_path / "qwen"
+    llama.mkdir(), qwen.mkdir()
+    (llama / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 96, "intermediate_size": 256,
+        "num_hidden_layers": 3, "num_attention_heads": 6, "num_key_value_heads": 2,
+        "head_dim": 16, "vocab_size": 1000, "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}))
+    (qwen / "config.json").write_text(json.dumps({
+        "model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 500,
+        "tie_word_embeddings": True}))
+    want = ModelShapes(str(llama), hidden=96, intermediate=256, layers=3, heads=6, kv_heads=2,
+                       head_dim=16, vocab=1000, tied_embeddings=False)
+    assert model_shapes(llama) == want and model_shapes(str(llama)) == want
+    assert model_shapes(llama).params == 3 * (96 * 96 + 2 * 96 * 32 + 96 * 96 + 3 * 96 * 256
+                                              + 2 * 96) + 2 * 1000 * 96 + 96
+    assert model_shapes(Path(qwen)) == ModelShapes(
+        str(qwen), hidden=64, intermediate=128, layers=2, heads=4, kv_heads=4, head_dim=16,
+        vocab=500, tied_embeddings=True, qkv_bias=True)
+    # What transformers writes for a preset reads back as the preset's shapes.
+    from dataclasses import replace
+
+    from axolab.presets import model_config
+
+    for preset in ("tiny-llama", "llama-3.1-405b"):
+        model_config(preset).save_pretrained(tmp_path / preset)
+        assert model_shapes(tmp_path / preset) == replace(model_shapes(preset),
+                                                          name=str(tmp_path / preset))
+    # The planner takes the directory like any other model.
+    assert [r.grid for r in search(llama, 2, "h100-node", global_batch=4, seq_len=64)] == \
+        [r.grid for r in search(want, 2, "h100-node", global_batch=4, seq_len=64)]
+
+    with pytest.raises(ValueError, match="no config.json"):
+        model_shapes(tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        model_shapes(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="neither a preset .*tiny-llama.* nor an existing model "
+                                         "directory"):
+        model_shapes(str(tmp_path / "nowhere"))
+    (qwen / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 64}))
+    with pytest.raises(ValueError, match="lacks intermediate_size, num_hidden_layers, "
+                                         "num_attention_heads, vocab_size: not the config of a "
+                                         "Llama-like decoder \\(model_type 'bert'\\)"):
+        model_shapes(qwen)
+    (qwen / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        model_shapes(qwen)
+
+
 def test_machine_file_round_trip(tmp_path):
     for machine in presets().values():
         assert load_machine(save_machine(machine, tmp_path / f"{machine.name}.json")) == machine

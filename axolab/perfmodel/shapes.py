@@ -2,13 +2,18 @@
 
 Everything the performance and memory models need about a model is here: per decoder layer the
 seven linear layers (q, k, v, o, gate, up, down) with their orientation in the 4D algorithm, the
-embedding table and lm head, head counts and norm sizes. Shapes come from a Hugging Face config
-(or a preset name of :mod:`axolab.presets`); no model is built and no weight is touched.
+embedding table and lm head, head counts and norm sizes. Shapes come from a Hugging Face config,
+a model directory's config.json (read as plain JSON: no torch, no transformers, so a notebook
+kernel can plan a 405B run) or a preset name of :mod:`axolab.presets`; no model is built and no
+weight is touched.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 
 
 @dataclass(frozen=True)
@@ -133,19 +138,53 @@ def _from_config(config, name: str | None) -> ModelShapes:
         or getattr(config, "model_type", "") == "qwen2")
 
 
+REQUIRED_CONFIG_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers",
+                        "num_attention_heads", "vocab_size")
+"""What a config.json must hold to be read as a Llama-like decoder."""
+
+
+def _from_model_dir(directory: Path) -> ModelShapes:
+    """Shapes from ``directory/config.json``, a Hugging Face model directory, read as JSON."""
+    path = directory / "config.json"
+    if not path.is_file():
+        raise ValueError(f"model directory {directory} has no config.json (expected a Hugging "
+                         "Face model directory: config.json and *.safetensors)")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object of config fields, got "
+                         f"{type(config).__name__}")
+    missing = [key for key in REQUIRED_CONFIG_KEYS if key not in config]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: not the config of a Llama-like "
+                         f"decoder (model_type {config.get('model_type')!r})")
+    return _from_config(SimpleNamespace(**config), str(directory))
+
+
 def model_shapes(model) -> ModelShapes:
-    """Shapes of ``model``: a preset name (``llama-3.1-405b``), a transformers config, or
-    :class:`ModelShapes` (returned as is)."""
+    """Shapes of ``model``: a preset name (``llama-3.1-405b``), a model directory holding a
+    Hugging Face config.json (a :class:`pathlib.Path`, or a string naming an existing
+    directory that is not a preset), a transformers config, or :class:`ModelShapes`
+    (returned as is)."""
     if isinstance(model, ModelShapes):
         return model
+    if isinstance(model, Path):
+        if not model.is_dir():
+            raise ValueError(f"model directory {model} does not exist")
+        return _from_model_dir(model)
     if isinstance(model, str):
         from ..presets import PRESETS, model_config
 
-        if model not in PRESETS:
-            raise ValueError(f"unknown model {model!r}; presets: {', '.join(PRESETS)} (or pass a "
-                             "transformers config)")
-        return _from_config(model_config(model), model)
+        if model in PRESETS:
+            return _from_config(model_config(model), model)
+        if Path(model).is_dir():
+            return _from_model_dir(Path(model))
+        raise ValueError(f"unknown model {model!r}: neither a preset ({', '.join(PRESETS)}) nor "
+                         "an existing model directory with a config.json (or pass a "
+                         "transformers config)")
     if hasattr(model, "hidden_size") and hasattr(model, "num_hidden_layers"):
         return _from_config(model, getattr(model, "name_or_path", None) or None)
-    raise ValueError(f"expected a preset name, a transformers config or ModelShapes, got "
-                     f"{type(model).__name__}")
+    raise ValueError(f"expected a preset name, a model directory, a transformers config or "
+                     f"ModelShapes, got {type(model).__name__}")
