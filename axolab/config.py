@@ -115,8 +115,10 @@ class TrainConfig:
     """Goldfish: one token in k is left out of the loss."""
     goldfish_h: int = 13
     """Goldfish: context width of the hash that picks dropped tokens."""
-    goldfish_strategy: Literal["hash", "static"] = "hash"
-    """Goldfish: "hash" (same passage, same mask) or "static" (every k-th position)."""
+    goldfish_strategy: Literal["hash", "hash-table", "static"] = "hash"
+    """Goldfish: "hash" (same passage, same mask; order-sensitive), "hash-table" (the goldfish
+    paper's released rule: product of the window's ids into a seeded table, to compare with
+    its models) or "static" (every k-th position)."""
     eval_interval: int = 50
     """Validation loss every this many steps (0: never)."""
     eval_batches: int = 4

@@ -31,7 +31,7 @@ from .files import append_jsonl, drop_torn_tail
 from .launch.preemption import PREEMPTED_EXIT, StopRequest
 from .memorization.probe import CanaryProbe
 from .data.loader import PackedDataset, global_batch_rows, shard_rows
-from .goldfish import apply_goldfish
+from .goldfish import GoldfishRule
 from .metrics import MetricsLog, device_peak, flops_per_token, memory_mb
 from .parallel import (Grid, Optimizations, clip_grad_norm_, comm, no_data_sync,
                        parallel_parameters, parallelize, sync_gradients,
@@ -117,10 +117,11 @@ def _check_resumable(cfg: TrainConfig, saved: dict, ckpt: Path) -> None:
                          + "; ".join(changed) + "); use a new run_dir or set resume=false")
 
 
-def _labels(cfg: TrainConfig, ids: torch.Tensor) -> torch.Tensor:
-    if cfg.loss == "goldfish":
-        return apply_goldfish(ids, ids, cfg.goldfish_k, cfg.goldfish_h, cfg.goldfish_strategy)
-    return ids.clone()
+def _goldfish_rule(cfg: TrainConfig, grid: Grid) -> GoldfishRule | None:
+    """Built once per run: the "hash-table" strategy draws its table here."""
+    if cfg.loss != "goldfish":
+        return None
+    return GoldfishRule.build(cfg.goldfish_k, cfg.goldfish_h, cfg.goldfish_strategy, grid.device)
 
 
 def _autocast(cfg: TrainConfig, grid: Grid):
@@ -129,12 +130,13 @@ def _autocast(cfg: TrainConfig, grid: Grid):
     return nullcontext()
 
 
-def _train_step(cfg, model, grid, data, step, micro) -> tuple[float, float | None]:
+def _train_step(cfg, model, grid, data, step, micro,
+                goldfish: GoldfishRule | None) -> tuple[float, float | None]:
     """Loss of the step (over kept tokens) and, with goldfish, the loss on dropped tokens."""
     rows = shard_rows(global_batch_rows(step, cfg.global_batch, data.rows, cfg.seed),
                       grid.batch_shards, grid.batch_index)
     ids = data.read(rows).to(grid.device)
-    labels = _labels(cfg, ids)
+    labels = ids.clone() if goldfish is None else goldfish.labels(ids, ids)
     dropped = ids.masked_fill(labels != -100, -100)  # targets the goldfish mask left out
     # Normalize by the kept tokens of the whole global batch, all micro-steps together.
     kept = (labels[:, 1:] != -100).sum().double()
@@ -262,6 +264,7 @@ def _train(cfg: TrainConfig, grid: Grid, lead: bool, stop: StopRequest) -> dict:
     if lead:
         _record_session(run_dir, start, grid)
     micro = cfg.micro_batch or cfg.global_batch // grid.batch_shards
+    goldfish = _goldfish_rule(cfg, grid)
     seq_len = train.seq_len
     probe = CanaryProbe(cfg, train.rows, seq_len, resumed, lead)
     flops = flops_per_token(model.config, seq_len) * cfg.global_batch * seq_len
@@ -273,7 +276,7 @@ def _train(cfg: TrainConfig, grid: Grid, lead: bool, stop: StopRequest) -> dict:
     for step in range(start, end):
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
-        loss, dropped_loss = _train_step(cfg, model, grid, train, step, micro)
+        loss, dropped_loss = _train_step(cfg, model, grid, train, step, micro, goldfish)
         sync_gradients(model)
         norm = clip_grad_norm_(model, cfg.grad_clip) if cfg.grad_clip else None
         opt.step()

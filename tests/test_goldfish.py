@@ -69,5 +69,53 @@ def test_static_and_errors():
         [[0, 1, -100, 3, 4, -100, 6, 7, -100, 9, 10, -100]]
     with pytest.raises(ValueError, match="k=1"):
         goldfish_mask(ids, 1)
-    with pytest.raises(ValueError, match="strategy 'random'"):
+    with pytest.raises(ValueError, match="strategy .random.: expected one of .hash., .hash-table., .static."):
         goldfish_mask(ids, 2, strategy="random")
+
+
+def _paper_table_drops(row: list[int], k: int, h: int, table: list[float]) -> list[bool]:
+    """The goldfish paper's "hash-table" rule restated in Python integers: target i (i >= h-1)
+    is dropped when table[(product of ids i-h+1..i, wrapped to signed int64) mod 1,000,003]
+    is below 1/k."""
+    drops = [False] * len(row)
+    for i in range(h - 1, len(row)):
+        p = 1
+        for t in row[i - h + 1:i + 1]:
+            p *= t
+        p %= 1 << 64
+        if p >= 1 << 63:
+            p -= 1 << 64  # the int64 product wraps like this on every torch device
+        drops[i] = table[p % 1_000_003] < 1 / k  # Python's % is never negative, as torch's
+    return drops
+
+
+def test_hash_table_strategy_is_the_papers_rule():
+    from axolab.goldfish import TABLE_SEED, TABLE_SIZE, GoldfishRule, hash_table
+
+    # The table: TABLE_SIZE draws of torch's CPU generator seeded as in the paper's code.
+    table = hash_table()
+    assert table.shape == (1_000_003,) and TABLE_SIZE == 1_000_003 and TABLE_SEED == 2971215073
+    assert torch.equal(table, torch.rand(1_000_003,
+                                         generator=torch.Generator().manual_seed(2971215073)))
+    g = torch.Generator().manual_seed(5)
+    # Llama-3-sized ids: 13-token products overflow int64 in most windows.
+    ids = torch.randint(0, 128256, (6, 200), generator=g)
+    ids[1, 40:60] = 0  # a 0 id zeroes every window holding it: the same draw for all of them
+    flat = table.tolist()
+    for k, h in ((4, 13), (2, 4), (3, 1)):
+        rule = GoldfishRule.build(k, h, "hash-table")
+        keep = rule.keep(ids)
+        want = [[not d for d in _paper_table_drops(row, k, h, flat)] for row in ids.tolist()]
+        assert keep.tolist() == want, (k, h)
+        assert keep[:, :h - 1].all()
+    # Its rate is 1/k, and unlike axolab's hash it cannot tell a window from its permutation.
+    big = torch.randint(1, 50000, (64, 400), generator=g)
+    dropped = 1 - goldfish_mask(big, 4, 13, "hash-table")[:, 12:].float().mean().item()
+    assert abs(dropped - 0.25) < 0.02, dropped
+    swapped = big.clone()
+    swapped[:, [100, 101]] = swapped[:, [101, 100]]
+    same = goldfish_mask(big, 4, 13, "hash-table") == goldfish_mask(swapped, 4, 13, "hash-table")
+    assert same[:, 101:113].all()  # every window holding both ids is permuted, same product
+    # apply_goldfish drops exactly those targets.
+    labels = apply_goldfish(ids, ids, 4, 13, "hash-table")
+    assert torch.equal(labels == -100, ~GoldfishRule.build(4, 13, "hash-table").keep(ids))

@@ -35,7 +35,7 @@ BAD_TRAIN_CONFIGS = [
     ("an unknown precision", {"precision": "fp16"}, "precision='fp16' must be 'fp32' or 'bf16'"),
     ("an unknown loss", {"loss": "goldfishh"}, "loss='goldfishh' must be 'standard' or"),
     ("an unknown goldfish strategy", {"goldfish_strategy": "random"},
-     "goldfish_strategy='random' must be 'hash' or 'static'"),
+     "goldfish_strategy='random' must be 'hash' or 'hash-table' or 'static'"),
     ("a zero learning rate", {"lr": 0}, "lr=0 must be positive"),
     ("negative epochs", {"epochs": -1.0, "steps": None}, "epochs=-1.0 must be positive"),
     ("a min-lr ratio above one", {"min_lr_ratio": 1.5}, "min_lr_ratio=1.5 must be within"),
