@@ -42,6 +42,8 @@ def _eval(args) -> int:
         config["exposure"] = False
     if args.validation_loss:
         config["validation_loss"] = True
+    if args.reference:
+        config["reference"] = args.reference
     checkpoints = args.checkpoints
     if checkpoints not in ("latest", "all"):
         try:
@@ -53,6 +55,9 @@ def _eval(args) -> int:
                        checkpoints=checkpoints, out_dir=args.out, launcher=args.launcher,
                        timeout_s=args.timeout, progress=not args.quiet)
     print(f"exact match by repetitions: {summary['exact_match_by_repetitions']}")
+    if summary["mia"]:
+        print("membership AUC: " + ", ".join(f"{name} {r['auc']:.3f}"
+                                             for name, r in summary["mia"].items()))
     return 0
 
 
@@ -191,6 +196,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--no-exposure", action="store_true", help="skip ranking secret candidates")
     e.add_argument("--validation-loss", action="store_true",
                    help="also the loss over the whole validation split")
+    e.add_argument("--reference", help="reference model (model or run directory) for the "
+                   "calibrated membership score")
     e.add_argument("--out", help="results directory (default: the run directory)")
     e.add_argument("--launcher", default="auto", choices=["auto", "local", "slurm"])
     e.add_argument("--timeout", type=float, help="stop the job after this many seconds")

@@ -43,6 +43,12 @@ class EvalConfig:
     """Also the mean token loss over the whole validation split (eval.json validation_loss)."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """"fp32", or "bf16" autocast (GPUs). In-training probes use the run's precision."""
+    reference: str = ""
+    """A reference model for the calibrated membership score "reference" (the target's mean
+    token log-likelihood minus the reference's): a Hugging Face model directory or an axolab run
+    directory (its newest intact checkpoint), sharing the dataset's tokenizer. Typically the
+    base model of a fine-tuning study, or a model trained without the canaries. Empty: none.
+    `axolab eval` only (a probe cannot load a second model mid-training)."""
 
     def validate(self, where: str = "eval config") -> None:
         """Refuse values that would fail once ranks are running."""
@@ -195,6 +201,10 @@ class TrainConfig:
         if self.loss == "goldfish" and self.goldfish_k < 2:
             raise ValueError(f"goldfish_k={self.goldfish_k} must be at least 2")
         self.probe.validate("probe")
+        if self.probe.reference:
+            raise ValueError(f"probe: reference={self.probe.reference!r}: in-training probes "
+                             "score with the live model only; score against a reference with "
+                             "`axolab eval --reference` on the kept checkpoints")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

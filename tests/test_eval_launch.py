@@ -50,10 +50,12 @@ def runs(tmp_path_factory):
     probed, plain = base / "probed", base / "plain"
     _train(data, probed, probes=True)
     _train(data, plain, probes=False)
+    # The step-2 checkpoint as the reference model of the membership score "reference".
+    reference_eval = {**EVAL, "reference": str(probed / "checkpoints" / "step-00000002")}
     script = f"""
 import json, sys
 from axolab.launch import evaluate
-summary = evaluate({str(probed)!r}, {str(data)!r}, {EVAL!r}, grid=[1, 1, 2, 2],
+summary = evaluate({str(probed)!r}, {str(data)!r}, {reference_eval!r}, grid=[1, 1, 2, 2],
                    checkpoints="all", progress=False)
 print(json.dumps({{"summary": summary, "torch_imported": "torch" in sys.modules}}))
 """
@@ -90,14 +92,22 @@ def test_four_rank_job_matches_serial_evaluation(runs):
     assert out["torch_imported"] is False  # the caller (a kernel, the CLI) stays torch-free
     ckpts = sorted((probed / "checkpoints").iterdir())
     assert [c.name for c in ckpts] == ["step-00000002", "step-00000004"]
+    _, reference = _serial(ckpts[0], data)
     for ckpt in ckpts:
         model, serial = _serial(ckpt, data)
         got = read_jsonl(probed / "evals" / ckpt.name / "memorization.jsonl")
         _same_records(got, serial.records, SCORES + ("token_match_rate", "exposure_rank",
                                                      "exposure"))
+        # reference = target log-likelihood - reference log-likelihood, both serial here.
+        for g, w, r in zip(got, serial.records, reference.records):
+            assert g["reference"] == pytest.approx(w["loss"] - r["loss"], abs=1e-5), g["id"]
+        summary = json.loads((probed / "evals" / ckpt.name / "eval.json").read_text())
+        assert set(summary["mia"]) == set(SCORES) | {"reference"}
         assert any("exposure_rank" in r for r in got)
-        assert json.loads((probed / "evals" / ckpt.name / "eval.json").read_text())[
-            "exact_match_by_repetitions"] == serial.summary["exact_match_by_repetitions"]
+        assert summary["exact_match_by_repetitions"] == \
+            serial.summary["exact_match_by_repetitions"]
+    assert all(r["reference"] == pytest.approx(0, abs=1e-5)  # the reference itself
+               for r in read_jsonl(probed / "evals" / ckpts[0].name / "memorization.jsonl"))
     # The newest checkpoint's files are also the run's own, and the call returned them.
     assert read_jsonl(probed / "memorization.jsonl") == got
     assert out["summary"] == json.loads((probed / "eval.json").read_text())
@@ -124,7 +134,10 @@ def test_probe_curve_equals_checkpoint_curve(runs):
         _same_records(p["records"], c["records"])
         for key in ("exact_match_by_repetitions", "matched_prefix_by_repetitions"):
             assert p[key] == c[key]
-        assert p["mia_auc"] == pytest.approx(c["mia_auc"], abs=1e-6)
+        # The job also had a reference model, which a probe cannot have.
+        assert set(c["mia_auc"]) == set(p["mia_auc"]) | {"reference"}
+        assert p["mia_auc"] == pytest.approx({s: c["mia_auc"][s] for s in p["mia_auc"]},
+                                             abs=1e-6)
         # The rates are the records', recomputed here from the per-canary fields.
         for n, rate in p["exact_match_by_repetitions"].items():
             hits = [r["exact"] for r in p["records"] if r["repetitions"] == int(n)]
@@ -195,6 +208,9 @@ def test_a_killed_evaluation_rank_is_named(runs, tmp_path):
     ({}, {"checkpoints": "newest"}, "checkpoints='newest': expected 'latest', 'all'"),
     ({}, {"grid": [1, 1, 3, 1]}, "grid \\[1, 1, 3, 1\\] cannot evaluate .*divide by y=3"),
     ({}, {"grid": [1, 1, 0, 1]}, "grid must be four positive integers"),
+    ({"reference": "/nowhere"}, {}, "reference: /nowhere: no such directory"),
+    ({"reference": str(ROOT / "data_recipes")}, {}, "reference: .*data_recipes is not a run "
+                                                    "directory"),
 ])
 def test_bad_evaluations_are_refused_before_launch(runs, tmp_path, config, kwargs, message):
     data, probed, _, _ = runs

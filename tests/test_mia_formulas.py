@@ -80,3 +80,67 @@ def test_zlib_uses_the_mean_not_the_sum():
     s = mia_scores(TokenScores(lp, -ones, ones, mask), [text, text])
     assert s["zlib"][0] == pytest.approx(s["zlib"][1])
     assert s["zlib"][0] == pytest.approx(-2.0 / len(zlib.compress(text.encode())))
+
+
+def test_reference_score_is_the_log_likelihood_difference():
+    lp, mu, sigma, mask, texts = _batch(3)
+    scores = TokenScores(torch.from_numpy(lp), torch.from_numpy(mu), torch.from_numpy(sigma),
+                         torch.from_numpy(mask))
+    ref_nll = np.random.default_rng(4).uniform(1, 5, len(LENGTHS))
+    got = mia_scores(scores, texts, 0.2, reference_nll=ref_nll)
+    for i, n in enumerate(LENGTHS):
+        # mink-plus-plus run_ref.py: ll - ll_ref, each minus the model's mean token loss
+        assert got["reference"][i] == pytest.approx(np.mean(lp[i, :n]) - (-ref_nll[i]),
+                                                    abs=1e-6)
+    assert "reference" not in mia_scores(scores, texts, 0.2)
+    with pytest.raises(ValueError, match="reference_nll has shape \\(2,\\), expected \\(6,\\)"):
+        mia_scores(scores, texts, 0.2, reference_nll=ref_nll[:2])
+
+
+def _fit(model, rows: torch.Tensor, steps: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        batch = rows[torch.randint(0, len(rows), (16,), generator=g)]
+        model(input_ids=batch, labels=batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def test_reference_attack_beats_the_loss_attack_on_hard_members():
+    """The case difficulty calibration exists for (Watson et al., 2022): the members are
+    intrinsically hard (random tokens) and the non-members easy (a pattern every model of this
+    data predicts), so a low loss marks easy text, not membership. The loss attack ranks them
+    backwards; the target-minus-reference log-likelihood finds the members. Both models are
+    real, trained here; the reference never saw the members."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from axolab.memorization.mia import mean_token_nll, roc_report
+    from axolab.memorization.scoring import token_scores
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(7)
+    vocab, n = 48, 24
+
+    def pattern(count):  # counting up from a random start, by a random stride of 1 or 2
+        start = torch.randint(0, vocab, (count, 1), generator=g)
+        stride = torch.randint(1, 3, (count, 1), generator=g)
+        return (start + stride * torch.arange(n)) % vocab
+
+    background, nonmembers = pattern(256), pattern(16)
+    members = torch.randint(0, vocab, (16, n), generator=g)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=n)
+    reference, target = LlamaForCausalLM(cfg), LlamaForCausalLM(cfg)
+    target.load_state_dict(reference.state_dict())
+    _fit(reference, background, 100, seed=1)
+    _fit(target, torch.cat([background, members.repeat(2, 1)]), 100, seed=1)
+    seqs = torch.cat([members, nonmembers])
+    texts = [" ".join(map(str, s.tolist())) for s in seqs]
+    with torch.no_grad():
+        scores = mia_scores(token_scores(target.eval(), seqs), texts, 0.2,
+                            mean_token_nll(token_scores(reference.eval(), seqs)))
+    auc = {name: roc_report(s[:16], s[16:])["auc"] for name, s in scores.items()}
+    assert auc["loss"] < 0.3, auc  # easy non-members look more like members than members do
+    assert auc["reference"] > 0.95, auc

@@ -109,6 +109,34 @@ def _check_grid(model_dir: Path, grid: list[int]) -> None:
         raise ValueError(f"grid {grid} cannot evaluate {model_dir}: {'; '.join(problems)}")
 
 
+def _check_reference(reference: Path, data: Path, grid: list[int]) -> Path:
+    """The reference model (EvalConfig.reference: a run, one checkpoint or a model directory)
+    exists, fits the grid, and covers the dataset's tokenizer; returns its absolute path."""
+    reference = reference.resolve()
+    try:
+        kind = _kind(reference)
+    except ValueError as e:
+        raise ValueError(f"reference: {e}") from None
+    if kind == "run":
+        found = complete_checkpoints(reference / "checkpoints")
+        if not found:
+            raise ValueError(f"reference {reference} has no complete checkpoint under "
+                             "checkpoints/")
+        model_dir = found[-1]
+    else:
+        model_dir = reference
+    _check_grid(model_dir, grid)
+    vocab = json.loads((model_dir / "config.json").read_text()).get("vocab_size", 0)
+    from tokenizers import Tokenizer
+
+    tokens = Tokenizer.from_file(str(data / "tokenizer" / "tokenizer.json")).get_vocab_size(
+        with_added_tokens=True)
+    if vocab < tokens:
+        raise ValueError(f"reference {reference} has a vocabulary of {vocab} tokens but the "
+                         f"dataset's tokenizer has {tokens}: not a model of this data")
+    return reference
+
+
 def _check_data(data: Path) -> None:
     for name in ("canaries.jsonl", "tokenizer", "recipe.yaml"):
         if not (data / name).exists():
@@ -171,6 +199,8 @@ def evaluate(target, data, config=None, *, grid=None, checkpoints="latest", out_
                   grid=list(grid or [1, 1, 1, 1]), config=dataclasses.replace(cfg),
                   collective_timeout_s=collective_timeout_s)
     job.validate()
+    if cfg.reference:
+        job.config.reference = str(_check_reference(Path(cfg.reference), data, job.grid))
     _check_grid(chosen[-1] if chosen else (target if kind == "model" else
                                            complete_checkpoints(target / "checkpoints")[-1]),
                 job.grid)

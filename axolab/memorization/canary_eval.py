@@ -96,15 +96,22 @@ class Scored:
     """One per canary (continuations.jsonl); empty when the config asks for none."""
 
 
-def score_canaries(model, canary_set: CanarySet, cfg: EvalConfig) -> Scored:
+def canary_sequences(canary_set: CanarySet) -> list[list[int]]:
+    """Each canary's tokens as training saw them (after the separator): what is scored."""
+    return [canary_set.separator + c.token_ids for c in canary_set.canaries]
+
+
+def score_canaries(model, canary_set: CanarySet, cfg: EvalConfig,
+                   reference_nll: np.ndarray | None = None) -> Scored:
     """Score every canary. Collective on a parallelized model: every rank calls it with the
-    same arguments and gets the same result."""
+    same arguments and gets the same result. ``reference_nll``: a reference model's
+    ``mean_token_nll`` of ``canary_sequences`` (adds the "reference" membership score)."""
     canaries, sep = canary_set.canaries, canary_set.separator
     records = [{"id": c.id, "group": c.group, "kind": c.kind, "repetitions": c.repetitions,
                 "member": c.member, "tokens": len(c.token_ids)} for c in canaries]
     continued = _extraction(model, canaries, sep, cfg, records)
-    scores = token_scores(model, [sep + c.token_ids for c in canaries], cfg.batch_size)
-    mia = mia_scores(scores, [c.text for c in canaries], cfg.mia_k)
+    scores = token_scores(model, canary_sequences(canary_set), cfg.batch_size)
+    mia = mia_scores(scores, [c.text for c in canaries], cfg.mia_k, reference_nll)
     for i, r in enumerate(records):
         r.update({name: float(v[i]) for name, v in mia.items()})
     logppl = (-scores.sequence_logprob()).tolist()

@@ -20,6 +20,7 @@ import torch
 
 from axolab.checkpoint import (complete_checkpoints, load_checkpoint_model, load_pretrained,
                                read_manifest, resume_checkpoint)
+from axolab.checkpoint.names import MANIFEST
 from axolab.checkpoint.verify import SkippedCheckpointWarning
 from axolab.config import EvalConfig, load_config
 from axolab.data.loader import PackedDataset
@@ -28,7 +29,8 @@ from axolab.metrics import MetricsLog
 from axolab.parallel import Grid
 
 from .curve import CHECKPOINT_CURVE, curve_record, replace_curve_record
-from .canary_eval import CanarySet, score_canaries, write_eval_files
+from .canary_eval import CanarySet, canary_sequences, score_canaries, write_eval_files
+from .mia import mean_token_nll
 from .scoring import token_scores
 
 
@@ -52,6 +54,32 @@ def validation_loss(model, data_dir: str | Path, batch_size: int) -> float:
     if count == 0:
         raise ValueError(f"{data_dir} has an empty validation split")
     return total / count
+
+
+def _load_model(path: Path, grid: Grid):
+    """A run directory's newest intact checkpoint, one checkpoint (hashes verified), or a
+    model directory, sharded on ``grid``."""
+    if (path / "checkpoints").is_dir():
+        found = resume_checkpoint(path / "checkpoints", grid)
+        if found is None:
+            raise ValueError(f"{path} has no complete, intact checkpoint to evaluate")
+        return load_checkpoint_model(found[0], grid, verify=False)  # verified just now
+    if (path / MANIFEST).is_file():
+        return load_checkpoint_model(path, grid, verify=True)
+    return load_pretrained(path, grid)
+
+
+def reference_nll(job: EvalJob, canaries: CanarySet, grid: Grid) -> np.ndarray | None:
+    """The reference model's mean token NLL of every canary, computed once for all the
+    checkpoints (the reference is freed before any of them is loaded)."""
+    if not job.config.reference:
+        return None
+    model = _load_model(Path(job.config.reference), grid).eval()
+    with torch.no_grad(), _autocast(job.config, grid):
+        nll = mean_token_nll(token_scores(model, canary_sequences(canaries),
+                                          job.config.batch_size))
+    del model
+    return nll
 
 
 def _targets(job: EvalJob, grid: Grid) -> list[Path | None]:
@@ -82,6 +110,9 @@ def run(job: EvalJob, grid: Grid | None = None) -> list[dict]:
     progress = MetricsLog(out / "logs" / "eval" / "progress.jsonl", None, lead)
     canaries = CanarySet.load(job.data)
     targets = _targets(job, grid)
+    if job.config.reference:
+        progress.write({"done": 0, "total": len(targets), "stage": "reference model"})
+    reference = reference_nll(job, canaries, grid)
     run_root = Path(job.target) / "checkpoints"
     newest = (complete_checkpoints(run_root) or [None])[-1] if run_root.is_dir() else None
     summaries = []
@@ -97,7 +128,7 @@ def run(job: EvalJob, grid: Grid | None = None) -> list[dict]:
         model.eval()
         progress.write({"done": i, "total": len(targets), "stage": f"{what}: scoring"})
         with torch.no_grad(), _autocast(job.config, grid):
-            scored = score_canaries(model, canaries, job.config)
+            scored = score_canaries(model, canaries, job.config, reference)
             if job.config.validation_loss:
                 scored.summary["validation_loss"] = validation_loss(model, job.data,
                                                                     job.config.batch_size)

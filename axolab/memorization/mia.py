@@ -17,6 +17,12 @@ of a sequence (every token after the first), with log-probs lp_1..lp_n:
   average nothing.
 - ``min_k_plus_plus``: the same over token log-probs standardized by the mean and std of log p
   under the model's own distribution at that position (Zhang et al., 2024, Min-K%++).
+- ``reference`` (only with a reference model): the target's mean token log-likelihood minus a
+  reference model's on the same tokens, which calibrates away how predictable a sequence is
+  for any model (Carlini et al., 2021, comparison with a second model; Watson et al., 2022, "On
+  the Importance of Difficulty Calibration in Membership Inference Attacks"). The reference
+  code computes ``ll - ll_ref`` with ``ll`` minus the HF mean loss (zjysteven/mink-plus-plus
+  run_ref.py).
 """
 
 from __future__ import annotations
@@ -43,8 +49,16 @@ def _lowest_fraction_mean(values: torch.Tensor, mask: torch.Tensor, k: float) ->
     return torch.stack(out)
 
 
-def mia_scores(scores: TokenScores, texts: list[str], k: float = 0.2) -> dict[str, np.ndarray]:
-    """The four scores per sequence; ``texts`` are the decoded sequences (for zlib)."""
+def mean_token_nll(scores: TokenScores) -> np.ndarray:
+    """Each sequence's mean token negative log-likelihood (its log-perplexity)."""
+    return (-(scores.logprob * scores.mask).sum(1) / scores.mask.sum(1).clamp_min(1)).numpy()
+
+
+def mia_scores(scores: TokenScores, texts: list[str], k: float = 0.2,
+               reference_nll: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The four scores per sequence, and ``reference`` when ``reference_nll`` (a reference
+    model's ``mean_token_nll`` of the same sequences) is given; ``texts`` are the decoded
+    sequences (for zlib)."""
     if not 0 < k <= 1:
         raise ValueError(f"k={k} must be a fraction in (0, 1]")
     if len(texts) != scores.logprob.shape[0]:
@@ -56,12 +70,19 @@ def mia_scores(scores: TokenScores, texts: list[str], k: float = 0.2) -> dict[st
                               dtype=torch.float32)
     z = (scores.logprob - scores.mean) / scores.std.clamp_min(1e-6)
     mean_nll = nll / n_tokens  # the log-perplexity
-    return {
+    out = {
         "loss": (-mean_nll).numpy(),
         "zlib": (-mean_nll / zlib_bytes).numpy(),
         "min_k": _lowest_fraction_mean(scores.logprob, m, k).numpy(),
         "min_k_plus_plus": _lowest_fraction_mean(z, m, k).numpy(),
     }
+    if reference_nll is not None:
+        reference_nll = np.asarray(reference_nll, dtype=np.float64)
+        if reference_nll.shape != (len(texts),):
+            raise ValueError(f"reference_nll has shape {reference_nll.shape}, expected "
+                             f"({len(texts)},): one per scored sequence")
+        out["reference"] = reference_nll - mean_nll.double().numpy()
+    return out
 
 
 def roc_report(member_scores: np.ndarray, nonmember_scores: np.ndarray,

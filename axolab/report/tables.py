@@ -17,7 +17,7 @@ from .errors import ReportError
 # Throughput of the first steps includes compilation, allocator growth and cold caches.
 WARMUP_FRACTION = 0.1
 # Membership scores in memorization.jsonl, each oriented so that higher means "member".
-MIA_SCORES = ("loss", "zlib", "min_k", "min_k_plus_plus")
+MIA_SCORES = ("loss", "zlib", "min_k", "min_k_plus_plus", "reference")
 # eval.json's per-repetition dicts and the column each becomes.
 BY_REPETITIONS = (("exact_match_by_repetitions", "exact"),
                   ("token_match_by_repetitions", "token_match"),
