@@ -61,6 +61,53 @@ def test_bad_shapes_are_refused():
         exact_match(model, torch.zeros(2, 10, dtype=torch.long), PREFIX, SUFFIX)
 
 
+def test_beam_search_is_transformers_beam_search():
+    from axolab.memorization.adversaries import beam_search
+
+    model = tiny_model("llama", tied=False).eval()
+    prompts = torch.randint(0, 99, (6, PREFIX), generator=torch.Generator().manual_seed(4))
+    model.generation_config.eos_token_id = None
+    beams = {}
+    for b in (1, 2, 4):
+        hf = model.generate(prompts, num_beams=b, do_sample=False, max_new_tokens=SUFFIX,
+                            min_new_tokens=SUFFIX, pad_token_id=0,
+                            attention_mask=torch.ones_like(prompts))[:, PREFIX:]
+        beams[b] = beam_search(model, prompts, SUFFIX, b, batch_size=4)
+        assert torch.equal(beams[b], hf), b
+    assert torch.equal(beams[1], _hf_greedy(model, prompts, SUFFIX))
+    assert not torch.equal(beams[4], beams[1])  # a wider search finds other continuations
+
+
+def test_sampling_draws_from_the_tempered_top_k_distribution():
+    from axolab.memorization.adversaries import sample
+
+    model = tiny_model("llama", tied=False).eval()
+    prompts = torch.randint(0, 99, (3, PREFIX), generator=torch.Generator().manual_seed(5))
+    # top_k=1 leaves one token: the greedy continuation, whatever the draws.
+    assert torch.equal(sample(model, prompts, SUFFIX, 2, top_k=1)[:, 1],
+                       _hf_greedy(model, prompts, SUFFIX))
+    # First tokens of 3000 samples follow softmax(logits / T) over the top k, as counted.
+    with torch.no_grad():
+        logits = model(input_ids=prompts[:1]).logits[0, -1].double()
+    for top_k, temperature in ((0, 1.0), (5, 0.7)):
+        first = sample(model, prompts[:1], 1, 3000, top_k=top_k, temperature=temperature,
+                       seed=top_k)[0, :, 0]
+        p = torch.softmax(logits / temperature, -1)
+        if top_k:
+            keep = torch.zeros_like(p, dtype=torch.bool)
+            keep[logits.argsort(descending=True)[:top_k]] = True
+            p = torch.where(keep, p, 0) / p[keep].sum()
+        freq = torch.bincount(first, minlength=len(p)).double() / len(first)
+        assert (freq[p == 0] == 0).all()
+        assert (freq - p).abs().max() < 4 * (p * (1 - p) / len(first)).sqrt().max() + 1e-3
+    # The draws depend on the seed and the prompt's position only, not on the batching.
+    a = sample(model, prompts, SUFFIX, 3, top_k=8, seed=1, batch_size=1)
+    assert torch.equal(a, sample(model, prompts, SUFFIX, 3, top_k=8, seed=1, batch_size=2))
+    assert not torch.equal(a, sample(model, prompts, SUFFIX, 3, top_k=8, seed=2))
+    with pytest.raises(ValueError, match="temperature=0 must be positive"):
+        sample(model, prompts, SUFFIX, 3, temperature=0)
+
+
 def parallel_extraction(shape):
     from axolab.parallel import Grid, parallelize
 
@@ -72,8 +119,16 @@ def parallel_extraction(shape):
     want = exact_match(serial, seqs, PREFIX, SUFFIX)
     model = parallelize(copy.deepcopy(serial), grid).eval()
     got = exact_match(model, seqs, PREFIX, SUFFIX, batch_size=4)
-    return {k: bool(torch.equal(getattr(got, k), getattr(want, k)))
-            for k in ("exact", "matched_prefix", "token_match_rate", "generated")}
+    out = {k: bool(torch.equal(getattr(got, k), getattr(want, k)))
+           for k in ("exact", "matched_prefix", "token_match_rate", "generated")}
+    from axolab.memorization.adversaries import beam_search, sample
+
+    prompts = seqs[:, :PREFIX]
+    out["beam"] = bool(torch.equal(beam_search(model, prompts, SUFFIX, 3, batch_size=4),
+                                   beam_search(serial, prompts, SUFFIX, 3)))
+    out["sample"] = bool(torch.equal(sample(model, prompts, SUFFIX, 2, top_k=10, batch_size=4),
+                                     sample(serial, prompts, SUFFIX, 2, top_k=10)))
+    return out
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 2, 2), (1, 2, 2, 1), (1, 1, 4, 2)])
