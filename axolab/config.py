@@ -43,6 +43,32 @@ class EvalConfig:
     """Also the mean token loss over the whole validation split (eval.json validation_loss)."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """"fp32", or "bf16" autocast (GPUs). In-training probes use the run's precision."""
+    beams: int = 1
+    """Beam-search adversary: with b > 1 each canary is also continued by the best of b beams
+    (records' beam_exact, eval.json beam_exact_by_repetitions). 1: greedy only."""
+    samples: int = 0
+    """Sampling adversary: n > 0 draws n continuations of each canary (top_k, temperature);
+    a canary counts as extracted when any of them is its suffix (sample_exact_any), and
+    sample_exact_rate is the fraction that are. 0: none."""
+    top_k: int = 40
+    """Sampling: draw from the top_k most likely tokens (0: the whole vocabulary)."""
+    temperature: float = 1.0
+    """Sampling: softmax temperature."""
+    sample_seed: int = 0
+    """Sampling: the draws depend on this seed and the canary's position only (the same on
+    every grid)."""
+    rows: int = 0
+    """Training-data extraction beyond canaries: sample this many rows of each of row_splits
+    and greedily continue them (row_extraction.jsonl; eval.json row_extraction). 0: none."""
+    row_splits: list[str] = field(default_factory=lambda: ["train", "validation"])
+    """Splits sampled for row extraction; validation (never trained on) is the baseline."""
+    row_prefix_len: int = 32
+    """Row extraction prompt tokens (Pythia: 32); 0: the whole row but its last row_suffix_len
+    tokens (the goldfish paper's probe)."""
+    row_suffix_len: int = 32
+    """Row extraction tokens to reproduce (Pythia: 32; goldfish paper: 50)."""
+    row_seed: int = 0
+    """Seed of the row sample (the same rows for every checkpoint)."""
     reference: str = ""
     """A reference model for the calibrated membership score "reference" (the target's mean
     token log-likelihood minus the reference's): a Hugging Face model directory or an axolab run
@@ -61,6 +87,16 @@ class EvalConfig:
                              "at least 1")
         if not 0 < self.mia_k <= 1:
             raise ValueError(f"{where}: mia_k={self.mia_k} must be a fraction in (0, 1]")
+        for name, low in (("beams", 1), ("samples", 0), ("top_k", 0), ("rows", 0),
+                          ("row_prefix_len", 0), ("row_suffix_len", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{where}: {name}={getattr(self, name)} must be at least {low}")
+        if self.temperature <= 0:
+            raise ValueError(f"{where}: temperature={self.temperature} must be positive")
+        bad = [s for s in self.row_splits if s not in ("train", "validation")]
+        if bad or not self.row_splits:
+            raise ValueError(f"{where}: row_splits={self.row_splits} must name 'train' and/or "
+                             "'validation'")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -201,6 +237,9 @@ class TrainConfig:
         if self.loss == "goldfish" and self.goldfish_k < 2:
             raise ValueError(f"goldfish_k={self.goldfish_k} must be at least 2")
         self.probe.validate("probe")
+        if self.probe.rows:
+            raise ValueError(f"probe: rows={self.probe.rows}: row extraction is measured by "
+                             "`axolab eval` on the kept checkpoints, not by in-training probes")
         if self.probe.reference:
             raise ValueError(f"probe: reference={self.probe.reference!r}: in-training probes "
                              "score with the live model only; score against a reference with "

@@ -203,3 +203,41 @@ def test_cli_builds_and_reports_bad_recipes(tmp_path):
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert Path(res.stdout.strip()) == tmp_path / "o" and (tmp_path / "o" / "train").is_dir()
+
+
+def test_target_set_from_a_second_source(tmp_path):
+    """Document canaries drawn from a file beside the corpus (a fine-tuning study's target
+    set): each injected exactly its scheduled number of times, counted in the tokens; the
+    controls never; every one a document of that file; the same bytes again from the seed."""
+    from transformers import AutoTokenizer
+
+    targets = [f"Target record {i}: the patient in room {100 + i} was given {i % 7} doses."
+               for i in range(40)]
+    (tmp_path / "targets.jsonl").write_text("".join(json.dumps({"text": t}) + "\n"
+                                                    for t in targets))
+    group = {"kind": "document", "name": "target", "repetitions": [1, 3, 6], "per_count": 2,
+             "min_tokens": 8, "corpus": {"files": ["targets.jsonl"]}}
+    data = _small(canaries=[group], packing={"seq_len": 64, "validation_fraction": 0.1})
+    out = build(recipe_from_dict(data, tmp_path), tmp_path / "t", progress=False)
+    flat, val = _rows(out / "train").reshape(-1), _rows(out / "validation").reshape(-1)
+    tok = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+    canaries = load_canaries(out)
+    assert [c.repetitions for c in canaries] == [1, 1, 3, 3, 6, 6] + [0] * 6
+    assert len({c.document for c in canaries}) == 12
+    for c in canaries:
+        assert c.text == targets[c.document]  # the document of the second source, whole
+        assert tok(c.text, add_special_tokens=False)["input_ids"] == c.token_ids
+        assert len(_find(flat, c.token_ids)) == c.repetitions, c.id
+        assert _find(val, c.token_ids) == [], f"{c.id} leaked into validation"
+    again = build(recipe_from_dict(data, tmp_path), tmp_path / "t2", progress=False)
+    assert np.array_equal(_rows(again / "train"), _rows(out / "train"))
+    assert [c.document for c in load_canaries(again)] == [c.document for c in canaries]
+    # A second source on another kind, or one that cannot fill the group, is refused.
+    with pytest.raises(RecipeError, match="canaries\\[0\\].corpus: only document canaries"):
+        recipe_from_dict(_small(canaries=[{**group, "kind": "random"}]), tmp_path)
+    short = {**group, "min_tokens": 60}
+    with pytest.raises(RecipeError, match="needs 12 documents of 60..62 tokens from its source "
+                                          "but the source has only 0"):
+        build(recipe_from_dict(_small(canaries=[short], packing={"seq_len": 64}), tmp_path),
+              tmp_path / "t3", progress=False)
+    assert not (tmp_path / "t3").exists()

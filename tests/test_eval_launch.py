@@ -23,7 +23,10 @@ from axolab.launch import LaunchError, evaluate as launch_evaluate, run as launc
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 4, 2
-EVAL = {"prefix_len": 4, "suffix_len": 8, "curve_prefix_lens": [2, 4]}
+EVAL = {"prefix_len": 4, "suffix_len": 8, "curve_prefix_lens": [2, 4], "beams": 3,
+        "samples": 3, "top_k": 5}
+# Row extraction, the goldfish paper's probe: each sampled row but its last 8 tokens prompts.
+ROWS = {"rows": 3, "row_prefix_len": 0, "row_suffix_len": 8}
 PROBE = {**EVAL, "exposure": False, "continuations": False}
 SCORES = ("loss", "zlib", "min_k", "min_k_plus_plus")
 # Min-K%++ standardizes a log-prob by the distribution's mean and std at that position:
@@ -51,7 +54,8 @@ def runs(tmp_path_factory):
     _train(data, probed, probes=True)
     _train(data, plain, probes=False)
     # The step-2 checkpoint as the reference model of the membership score "reference".
-    reference_eval = {**EVAL, "reference": str(probed / "checkpoints" / "step-00000002")}
+    reference_eval = {**EVAL, **ROWS,
+                      "reference": str(probed / "checkpoints" / "step-00000002")}
     script = f"""
 import json, sys
 from axolab.launch import evaluate
@@ -78,8 +82,10 @@ def _serial(ckpt: Path, data: Path):
 
 def _same_records(got: list[dict], want: list[dict], fields=SCORES) -> None:
     assert [r["id"] for r in got] == [r["id"] for r in want]
+    exact = ("exact", "matched_prefix", "beam_exact", "sample_exact_any", "sample_exact_rate")
     for g, w in zip(got, want):
-        assert (g["exact"], g["matched_prefix"]) == (w["exact"], w["matched_prefix"]), g["id"]
+        assert [g[k] for k in exact if k in w] == [w[k] for k in exact if k in w], g["id"]
+        assert all((k in g) == (k in w) for k in exact), g["id"]
         for name in fields:
             assert (name in g) == (name in w), (g["id"], name)  # exposure: secrets only
             if name in w:
@@ -104,6 +110,7 @@ def test_four_rank_job_matches_serial_evaluation(runs):
         summary = json.loads((probed / "evals" / ckpt.name / "eval.json").read_text())
         assert set(summary["mia"]) == set(SCORES) | {"reference"}
         assert any("exposure_rank" in r for r in got)
+        assert all("beam_exact" in r and "sample_exact_any" in r for r in got)
         assert summary["exact_match_by_repetitions"] == \
             serial.summary["exact_match_by_repetitions"]
     assert all(r["reference"] == pytest.approx(0, abs=1e-5)  # the reference itself
@@ -119,6 +126,39 @@ def test_four_rank_job_matches_serial_evaluation(runs):
     generated = continuations(model, data, config=EvalConfig(**EVAL))
     assert [(c.canary_id, c.generated, c.truth) for c in from_file] == \
         [(c.canary_id, c.generated, c.truth) for c in generated]
+
+
+def test_row_extraction_is_greedy_decoding_of_the_sampled_rows(runs):
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from axolab.data.loader import PackedDataset
+
+    data, probed, _, _ = runs
+    model = AutoModelForCausalLM.from_pretrained(
+        str(probed / "checkpoints" / "step-00000004")).eval()
+    model.generation_config.eos_token_id = None
+    got = read_jsonl(probed / "row_extraction.jsonl")
+    summary = json.loads((probed / "eval.json").read_text())["row_extraction"]
+    for split in ("train", "validation"):
+        split_data = PackedDataset(data, split)
+        records = [r for r in got if r["split"] == split]
+        rows = [r["row"] for r in records]
+        assert len(set(rows)) == len(rows) == min(3, split_data.rows)
+        assert all(0 <= r < split_data.rows for r in rows)
+        ids = split_data.read(np.array(rows))
+        prompt = split_data.seq_len - 8
+        hf = model.generate(ids[:, :prompt], do_sample=False, max_new_tokens=8,
+                            min_new_tokens=8, pad_token_id=0,
+                            attention_mask=torch.ones_like(ids[:, :prompt]))[:, prompt:]
+        hit = hf == ids[:, prompt:]
+        assert [r["score"] for r in records] == pytest.approx(hit.float().mean(1).tolist())
+        assert [r["exact"] for r in records] == hit.all(1).tolist()
+        assert [r["matched_prefix"] for r in records] == \
+            torch.cumprod(hit.int(), 1).sum(1).tolist()
+        assert summary[split]["mean_score"] == pytest.approx(hit.float().mean().item())
+        assert (summary[split]["prefix_len"], summary[split]["suffix_len"]) == (prompt, 8)
 
 
 def test_probe_curve_equals_checkpoint_curve(runs):
@@ -208,6 +248,12 @@ def test_a_killed_evaluation_rank_is_named(runs, tmp_path):
     ({}, {"checkpoints": "newest"}, "checkpoints='newest': expected 'latest', 'all'"),
     ({}, {"grid": [1, 1, 3, 1]}, "grid \\[1, 1, 3, 1\\] cannot evaluate .*divide by y=3"),
     ({}, {"grid": [1, 1, 0, 1]}, "grid must be four positive integers"),
+    ({"beams": 0}, {}, "beams=0 must be at least 1"),
+    ({"rows": 2, "row_prefix_len": 100, "row_suffix_len": 100}, {},
+     "row_prefix_len=100 and row_suffix_len=100 do not fit rows of 128 tokens"),
+    ({"rows": 2, "row_splits": ["test"]}, {}, "row_splits=\\['test'\\] must name 'train'"),
+    ({"samples": -2}, {}, "samples=-2 must be at least 0"),
+    ({"temperature": 0.0}, {}, "temperature=0.0 must be positive"),
     ({"reference": "/nowhere"}, {}, "reference: /nowhere: no such directory"),
     ({"reference": str(ROOT / "data_recipes")}, {}, "reference: .*data_recipes is not a run "
                                                     "directory"),

@@ -136,3 +136,20 @@ def test_parallel_model_gives_the_serial_results(pool8, shape):
     for rank, r in enumerate(pool8.run(parallel_extraction, shape)):
         if r is not None:
             assert all(r.values()), f"rank {rank}: {r}"
+
+
+def test_row_extraction_lengths_follow_the_published_probes():
+    import numpy as np
+
+    from axolab.config import EvalConfig
+    from axolab.memorization.row_extraction import row_lengths, sample_rows
+
+    assert row_lengths(2049, EvalConfig()) == (32, 32)  # Pythia: 32 prompt, 32 to reproduce
+    goldfish = EvalConfig(row_prefix_len=0, row_suffix_len=50)  # all but the last 50 tokens
+    assert row_lengths(128, goldfish) == (78, 50)
+    with pytest.raises(ValueError, match="do not fit rows of 40 tokens"):
+        row_lengths(40, EvalConfig())
+    assert sample_rows(10, 20, 0).tolist() == list(range(10))
+    picked = sample_rows(1000, 50, 3)
+    assert len(set(picked.tolist())) == 50 and (np.diff(picked) > 0).all()
+    assert picked.tolist() == sample_rows(1000, 50, 3).tolist() != sample_rows(1000, 50, 4).tolist()

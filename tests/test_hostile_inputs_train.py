@@ -47,6 +47,8 @@ BAD_TRAIN_CONFIGS = [
     ("a list instead of a mapping", [1, 2], "expected a mapping"),
     ("a negative collective timeout", {"collective_timeout_s": -1},
      "collective_timeout_s=-1 must be positive"),
+    ("row extraction in a probe", {"probe": {"rows": 4}},
+     "probe: rows=4: row extraction is measured by `axolab eval`"),
     ("a reference model in a probe", {"probe": {"reference": "base-model"}},
      "probe: reference='base-model': in-training probes score with the live model only"),
 ]

@@ -62,7 +62,7 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
 
 
 def _doc_limits(recipe: Recipe) -> tuple[int, int]:
-    groups = [g for g in recipe.canaries if g.kind == "document"]
+    groups = [g for g in recipe.canaries if g.kind == "document" and g.corpus is None]
     sep = 2 if recipe.packing.separate_canaries else 0
     lo = min((g.min_tokens for g in groups), default=0)
     hi = max((g.max_tokens or recipe.packing.seq_len - sep for g in groups), default=0)
@@ -73,7 +73,8 @@ def _pass1(recipe: Recipe, tokenizer, eos: int, work: Path, progress: bool) -> P
     """Tokenize every document once, split train/validation, reservoir-sample document canaries."""
     train, val = TokenFile(work / "train.u32"), TokenFile(work / "validation.u32")
     split_rng, pick_rng = _rng(recipe, 1), _rng(recipe, 2)
-    wanted = sum(len(schedule(g)) for g in recipe.canaries if g.kind == "document")
+    wanted = sum(len(schedule(g)) for g in recipe.canaries
+                 if g.kind == "document" and g.corpus is None)
     lo, hi = _doc_limits(recipe)
     reservoir: list[int] = []
     seen_eligible = 0
@@ -120,7 +121,7 @@ def _pass1(recipe: Recipe, tokenizer, eos: int, work: Path, progress: bool) -> P
     return Pass1(train, val, n_docs, sorted(reservoir, key=lambda p: train.doc_ids[p]))
 
 
-def _make_canaries(recipe: Recipe, tokenizer, p1: Pass1) -> list[Canary]:
+def _make_canaries(recipe: Recipe, tokenizer, p1: Pass1, eos: int) -> list[Canary]:
     out: list[Canary] = []
     docs = [(p1.train.doc_ids[p], p1.train.read(*p1.train.doc_range(p))[:-1].tolist())
             for p in p1.chosen]
@@ -132,11 +133,52 @@ def _make_canaries(recipe: Recipe, tokenizer, p1: Pass1) -> list[Canary]:
             out += secret_canaries(g, name, tokenizer, rng)
         elif g.kind == "random":
             out += random_canaries(g, name, tokenizer, rng)
+        elif g.corpus is not None:
+            out += document_canaries(g, name, _target_documents(recipe, g, i, tokenizer, eos),
+                                     tokenizer)
         else:
             k = len(schedule(g))
             out += document_canaries(g, name, docs[:k], tokenizer)
             docs = docs[k:]
     return out
+
+
+def _target_documents(recipe: Recipe, g, index: int, tokenizer,
+                      eos: int) -> list[tuple[int, list[int]]]:
+    """(position in the source, token ids) of a seeded uniform sample of the target source's
+    documents of min_tokens..max_tokens tokens, one per canary of the group, in stream order
+    shuffled by the seed."""
+    sep = 2 if recipe.packing.separate_canaries else 0
+    lo, hi = g.min_tokens, g.max_tokens or recipe.packing.seq_len - sep
+    wanted = len(schedule(g))
+    rng = _rng(recipe, 20 + index)
+    reservoir: list[tuple[int, list[int]]] = []
+    seen, position, batch = 0, 0, []
+
+    def flush():
+        nonlocal seen, position
+        for ids in _encode(tokenizer, batch):
+            if lo <= len(ids) <= hi and eos not in ids:
+                if len(reservoir) < wanted:
+                    reservoir.append((position, ids))
+                else:  # algorithm R, as for held-out corpus documents
+                    j = int(rng.integers(0, seen + 1))
+                    if j < wanted:
+                        reservoir[j] = (position, ids)
+                seen += 1
+            position += 1
+        batch.clear()
+
+    for doc in documents(g.corpus, recipe.source):
+        batch.append(doc)
+        if len(batch) == ENCODE_BATCH:
+            flush()
+    flush()
+    if len(reservoir) < wanted:
+        raise RecipeError(f"canary group {g.label(index)}: needs {wanted} documents of {lo}..{hi} "
+                          f"tokens from its source but the source has only {len(reservoir)}")
+    reservoir.sort()
+    return [reservoir[i] for i in rng.permutation(len(reservoir))]
 
 
 def _check_lengths(recipe: Recipe, canaries: list[Canary]) -> None:
@@ -283,6 +325,9 @@ def build(recipe: Recipe | str | Path, out: str | Path | None = None, *, overwri
     out = Path(out) if out else Path("results") / "data" / recipe.name
     _check_output(out, overwrite)
     check_corpus(recipe.corpus, recipe.source)
+    for g in recipe.canaries:
+        if g.corpus is not None:
+            check_corpus(g.corpus, recipe.source)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
@@ -294,7 +339,7 @@ def build(recipe: Recipe | str | Path, out: str | Path | None = None, *, overwri
                          unit="doc", disable=not progress)
         tokenizer, eos = load_tokenizer(recipe.tokenizer, recipe.source, texts)
         p1 = _pass1(recipe, tokenizer, eos, work, progress)
-        canaries = _make_canaries(recipe, tokenizer, p1)
+        canaries = _make_canaries(recipe, tokenizer, p1, eos)
         _check_lengths(recipe, canaries)
         train, canary_tokens = _pack_train(recipe, canaries, p1, eos, work, progress)
         val, val_tokens = _pack_validation(recipe, p1, work)

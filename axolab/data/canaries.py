@@ -38,7 +38,8 @@ class Canary:
     space_size: int | None = None
     """Secret canaries: how many fillers the template admits."""
     document: int | None = None
-    """Document canaries: index of the source document in the corpus stream."""
+    """Document canaries: index of the document in the corpus stream (or in the group's own
+    source, for a target set)."""
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,12 @@ class CanarySpec:
     """For "document": shortest document eligible."""
     max_tokens: int | None = None
     """For "document": longest document eligible (default: the sequence length)."""
+    corpus: CorpusSpec | None = None
+    """For "document": a second source of documents, the target set (a file, a
+    ``save_to_disk`` dataset or a Hub dataset, as ``corpus``). Its documents are sampled
+    (seeded) among those of min_tokens..max_tokens tokens and injected into the corpus stream
+    at the group's repetition counts (a source that shares text with the corpus is also seen
+    there). Default: documents held out of the corpus itself."""
     placement: str = "uniform"
     """"uniform" (occurrences spread over the training stream) or "clustered" (a canary's
     occurrences in consecutive sequences)."""
@@ -161,6 +168,10 @@ def _dataclass_of(hint):
     if dataclasses.is_dataclass(hint):
         return hint, False
     args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        inner = [a for a in args if a is not type(None)]  # an optional dataclass
+        if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
+            return inner[0], False
     if typing.get_origin(hint) is list and args and dataclasses.is_dataclass(args[0]):
         return args[0], True
     return None, False
@@ -187,7 +198,7 @@ def _build(cls, data, where: str):
             if not isinstance(v, list):
                 raise RecipeError(f"{where}: {k}={v!r} must be a list of mappings")
             v = [_build(inner, item, f"{where}: {k}[{i}]") for i, item in enumerate(v)]
-        elif inner is not None:
+        elif inner is not None and v is not None:
             v = _build(inner, v, f"{where}: {k}")
         kwargs[k] = v
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
@@ -219,26 +230,26 @@ def _at_least(where: str, values: dict, low: int) -> None:
             raise RecipeError(f"{where}.{name}={value} must be at least {low}")
 
 
-def _validate_corpus(c: CorpusSpec) -> None:
+def _validate_corpus(c: CorpusSpec, where: str = "corpus") -> None:
     sources = [n for n in ("embedded", "files", "saved", "hub") if getattr(c, n)]
     if len(sources) != 1:
-        raise RecipeError(f"corpus: give exactly one of embedded, files, saved, hub (got "
+        raise RecipeError(f"{where}: give exactly one of embedded, files, saved, hub (got "
                           f"{sources or 'none'})")
     if c.embedded and c.embedded != "austen":
-        raise RecipeError(f"corpus.embedded: unknown corpus {c.embedded!r}; shipped: austen")
+        raise RecipeError(f"{where}.embedded: unknown corpus {c.embedded!r}; shipped: austen")
     if not (c.document_boundary in ("blank_lines", "file")
             or c.document_boundary.startswith("regex:")):
-        raise RecipeError(f"corpus.document_boundary: {c.document_boundary!r} is not blank_lines, "
-                          "file or regex:PATTERN")
+        raise RecipeError(f"{where}.document_boundary: {c.document_boundary!r} is not "
+                          "blank_lines, file or regex:PATTERN")
     if c.document_boundary.startswith("regex:"):
         pattern = c.document_boundary[len("regex:"):]
         try:
             re.compile(pattern)
         except re.error as e:
-            raise RecipeError(f"corpus.document_boundary: {pattern!r} is not a valid regular "
+            raise RecipeError(f"{where}.document_boundary: {pattern!r} is not a valid regular "
                               f"expression: {e}") from None
-    _at_least("corpus", {"max_documents": c.max_documents}, 1)
-    _at_least("corpus", {"min_document_chars": c.min_document_chars}, 0)
+    _at_least(where, {"max_documents": c.max_documents}, 1)
+    _at_least(where, {"min_document_chars": c.min_document_chars}, 0)
 
 
 def _validate_canaries(r: Recipe) -> None:
@@ -257,6 +268,11 @@ def _validate_canaries(r: Recipe) -> None:
         if g.max_tokens is not None and g.max_tokens < g.min_tokens:
             raise RecipeError(f"{where}.max_tokens={g.max_tokens} is below min_tokens="
                               f"{g.min_tokens}")
+        if g.corpus is not None:
+            if g.kind != "document":
+                raise RecipeError(f"{where}.corpus: only document canaries come from a corpus "
+                                  f"of their own (this group is {g.kind!r})")
+            _validate_corpus(g.corpus, f"{where}.corpus")
         if g.kind == "secret":
             if not g.template or not _FILLER.search(g.template):
                 raise RecipeError(f"{where}: a secret canary needs a template with a filler such "

@@ -189,6 +189,10 @@ def evaluate(target, data, config=None, *, grid=None, checkpoints="latest", out_
     kind = _kind(target)
     _check_data(data)
     chosen, latest = _select(target, kind, checkpoints)
+    if cfg.rows:
+        from ..memorization.row_extraction import row_lengths
+
+        row_lengths(json.loads((data / "stats.json").read_text())["seq_len"], cfg)
     if out_dir is None:
         if kind == "model":
             raise ValueError(f"{target} is a model directory: give out_dir for the results")

@@ -24,8 +24,9 @@ from axolab.config import EvalConfig, write_json_atomic
 from axolab.data import Canary, load_canaries
 from axolab.files import write_text_atomic
 
-from .secret_exposure import exposure
+from .adversaries import beam_search, sample
 from .extraction import exact_match
+from .secret_exposure import exposure
 from .mia import mia_scores, roc_report
 from .scoring import token_scores
 
@@ -35,6 +36,14 @@ def _split(n: int, cfg: EvalConfig) -> tuple[int, int]:
         return cfg.prefix_len, cfg.suffix_len
     prefix = max(1, min(cfg.prefix_len, n // 2))
     return prefix, min(cfg.suffix_len, n - prefix)
+
+
+def _groups(canaries, cfg: EvalConfig) -> dict[tuple[int, int], list[int]]:
+    """Canary indices by their (prompt, suffix) lengths: each group is one batch shape."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, c in enumerate(canaries):
+        groups.setdefault(_split(len(c.token_ids), cfg), []).append(i)
+    return groups
 
 
 def _rouge_l(generated: torch.Tensor, truth: torch.Tensor) -> list[float]:
@@ -94,6 +103,8 @@ class Scored:
     """eval.json."""
     continuations: list[dict]
     """One per canary (continuations.jsonl); empty when the config asks for none."""
+    rows: list[dict] = dataclasses.field(default_factory=list)
+    """One per sampled row of row extraction (row_extraction.jsonl); empty without it."""
 
 
 def canary_sequences(canary_set: CanarySet) -> list[list[int]]:
@@ -110,6 +121,7 @@ def score_canaries(model, canary_set: CanarySet, cfg: EvalConfig,
     records = [{"id": c.id, "group": c.group, "kind": c.kind, "repetitions": c.repetitions,
                 "member": c.member, "tokens": len(c.token_ids)} for c in canaries]
     continued = _extraction(model, canaries, sep, cfg, records)
+    _adversaries(model, canaries, sep, cfg, records)
     scores = token_scores(model, canary_sequences(canary_set), cfg.batch_size)
     mia = mia_scores(scores, [c.text for c in canaries], cfg.mia_k, reference_nll)
     for i, r in enumerate(records):
@@ -119,6 +131,15 @@ def score_canaries(model, canary_set: CanarySet, cfg: EvalConfig,
         _exposures(model, canaries, sep, canary_set.tokenizer, cfg, records, logppl)
     summary = _summary(model, canaries, sep, cfg, records, mia)
     return Scored(records, summary, continued if cfg.continuations else [])
+
+
+def add_row_extraction(model, data_dir: str | Path, cfg: EvalConfig, scored: Scored) -> None:
+    """Row extraction (EvalConfig.rows) into ``scored``: its records and eval.json's
+    row_extraction."""
+    if cfg.rows:
+        from .row_extraction import score_rows
+
+        scored.rows, scored.summary["row_extraction"] = score_rows(model, data_dir, cfg)
 
 
 def write_eval_files(out_dir: str | Path, scored: Scored) -> None:
@@ -131,6 +152,9 @@ def write_eval_files(out_dir: str | Path, scored: Scored) -> None:
     if scored.continuations:
         write_text_atomic(out / "continuations.jsonl",
                           "".join(json.dumps(c) + "\n" for c in scored.continuations))
+    if scored.rows:
+        write_text_atomic(out / "row_extraction.jsonl",
+                          "".join(json.dumps(r) + "\n" for r in scored.rows))
     write_json_atomic(out / "eval.json", scored.summary)
 
 
@@ -148,6 +172,7 @@ def evaluate(model, data_dir: str | Path, config: EvalConfig | None = None,
         model = _model_from_run(Path(model), None)
     grid = getattr(model, "axolab_grid", None)
     scored = score_canaries(model, CanarySet.load(data_dir), cfg)
+    add_row_extraction(model, data_dir, cfg, scored)
     if out_dir is not None and (grid is None or grid.rank == grid.ranks[0]):
         write_eval_files(out_dir, scored)
     return scored.summary
@@ -163,9 +188,7 @@ def _separated(data_dir: Path) -> bool:
 def _extraction(model, canaries, sep, cfg, records) -> list[dict]:
     """Greedy extraction of every canary (records updated in place); returns each canary's
     continuation record, in manifest order."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, c in enumerate(canaries):
-        groups.setdefault(_split(len(c.token_ids), cfg), []).append(i)
+    groups = _groups(canaries, cfg)
     continued: list[dict | None] = [None] * len(canaries)
     for (prefix, suffix), idx in sorted(groups.items()):
         seqs = torch.tensor([sep + canaries[i].token_ids[:prefix + suffix] for i in idx])
@@ -183,6 +206,31 @@ def _extraction(model, canaries, sep, cfg, records) -> list[dict]:
                             "truth_ids": c.token_ids[prefix:prefix + suffix],
                             "generated_ids": res.generated[j].tolist()}
     return continued
+
+
+def _adversaries(model, canaries, sep, cfg, records) -> None:
+    """Beam search and sampling (EvalConfig.beams, .samples) on the same prompts as the
+    greedy extraction; records updated in place."""
+    if cfg.beams == 1 and cfg.samples == 0:
+        return
+    groups = _groups(canaries, cfg)
+    for (prefix, suffix), idx in sorted(groups.items()):
+        seqs = torch.tensor([sep + canaries[i].token_ids[:prefix + suffix] for i in idx])
+        prompts, truth = seqs[:, :prefix + len(sep)], seqs[:, prefix + len(sep):]
+        if cfg.beams > 1:
+            hit = (beam_search(model, prompts, suffix, cfg.beams, cfg.batch_size) == truth).all(1)
+            for j, i in enumerate(idx):
+                records[i]["beam_exact"] = bool(hit[j])
+        if cfg.samples:
+            # Draws follow the seed and the row within its (prefix, suffix) group, both fixed
+            # by the manifest: the same on any grid and batch size.
+            drawn = sample(model, prompts, suffix, cfg.samples, top_k=cfg.top_k,
+                           temperature=cfg.temperature, batch_size=cfg.batch_size,
+                           seed=cfg.sample_seed * 1_000_003 + prefix * 1009 + suffix)
+            hits = (drawn == truth[:, None]).all(-1)
+            for j, i in enumerate(idx):
+                records[i].update(sample_exact_any=bool(hits[j].any()),
+                                  sample_exact_rate=float(hits[j].float().mean()))
 
 
 def _exposures(model, canaries, sep, tok, cfg, records, logppl) -> None:
@@ -221,6 +269,9 @@ def _summary(model, canaries, sep, cfg, records, mia) -> dict:
                "matched_prefix_by_repetitions": _rate_by(records, "repetitions",
                                                          "matched_prefix"),
                "rouge_l_by_repetitions": _rate_by(records, "repetitions", "rouge_l"),
+               "beam_exact_by_repetitions": _rate_by(records, "repetitions", "beam_exact"),
+               "sample_exact_by_repetitions": _rate_by(records, "repetitions",
+                                                       "sample_exact_any"),
                "exposure_by_repetitions": _rate_by(
                    [r for r in records if r["kind"] == "secret"], "repetitions", "exposure"),
                "mia": {}, "extraction_curve": {}}

@@ -16,10 +16,11 @@ PROBE_CURVE = "memorization_curve.jsonl"
 CHECKPOINT_CURVE = "checkpoint_curve.jsonl"
 # The per-canary fields that change over training (the rest of memorization.jsonl does not).
 RECORD_FIELDS = ("id", "kind", "repetitions", "member", "exact", "matched_prefix",
-                 "token_match_rate", "loss", "zlib", "min_k", "min_k_plus_plus", "reference",
-                 "exposure")
+                 "token_match_rate", "beam_exact", "sample_exact_any", "loss", "zlib",
+                 "min_k", "min_k_plus_plus", "reference", "exposure")
 SUMMARY_FIELDS = ("exact_match_by_repetitions", "token_match_by_repetitions",
                   "matched_prefix_by_repetitions", "exposure_by_repetitions",
+                  "beam_exact_by_repetitions", "sample_exact_by_repetitions",
                   "extraction_curve")
 
 

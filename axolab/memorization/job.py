@@ -29,7 +29,8 @@ from axolab.metrics import MetricsLog
 from axolab.parallel import Grid
 
 from .curve import CHECKPOINT_CURVE, curve_record, replace_curve_record
-from .canary_eval import CanarySet, canary_sequences, score_canaries, write_eval_files
+from .canary_eval import (CanarySet, add_row_extraction, canary_sequences, score_canaries,
+                          write_eval_files)
 from .mia import mean_token_nll
 from .scoring import token_scores
 
@@ -129,6 +130,7 @@ def run(job: EvalJob, grid: Grid | None = None) -> list[dict]:
         progress.write({"done": i, "total": len(targets), "stage": f"{what}: scoring"})
         with torch.no_grad(), _autocast(job.config, grid):
             scored = score_canaries(model, canaries, job.config, reference)
+            add_row_extraction(model, job.data, job.config, scored)
             if job.config.validation_loss:
                 scored.summary["validation_loss"] = validation_loss(model, job.data,
                                                                     job.config.batch_size)
