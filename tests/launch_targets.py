@@ -17,5 +17,9 @@ elif rank == target and mode == "raise":
 elif rank == target and mode == "kill":
     time.sleep(0.5)
     os.kill(os.getpid(), signal.SIGKILL)
+elif rank == target and mode == "abort":
+    time.sleep(0.5)
+    print("native code gave up", flush=True)
+    os.abort()  # what a C++ std::terminate does: SIGABRT, no Python exception
 else:
     time.sleep(300)  # a peer blocked in a collective that will never complete

@@ -26,6 +26,14 @@ def trained(tmp_path_factory):
     return data, base / "run"
 
 
+@pytest.fixture(scope="module")
+def evaluated(trained):
+    """The trained run evaluated once, for the tests that read what evaluate() wrote."""
+    data, run_dir = trained
+    evaluate(run_dir, data, EvalConfig(prefix_len=8, suffix_len=8, curve_prefix_lens=[4]))
+    return data, run_dir
+
+
 def test_evaluate_run_dir(trained):
     from axolab.checkpoint import latest_checkpoint, load_pretrained
     from axolab.parallel import Grid
@@ -63,13 +71,12 @@ def test_evaluate_run_dir(trained):
     assert summary["exposure_by_repetitions"]
 
 
-def test_drilldown_agrees_with_the_records(trained):
+def test_drilldown_agrees_with_the_records(evaluated):
     from transformers import AutoTokenizer
 
     from axolab.memorization import Continuation, continuation_html, continuations
 
-    data, run_dir = trained
-    evaluate(run_dir, data, EvalConfig(prefix_len=8, suffix_len=8, curve_prefix_lens=[4]))
+    data, run_dir = evaluated
     records = [json.loads(x) for x in (run_dir / "memorization.jsonl").read_text().splitlines()]
     shown = continuations(run_dir, data)  # split as eval.json's config says
     tok = AutoTokenizer.from_pretrained(str(data / "tokenizer"))
@@ -91,10 +98,10 @@ def test_drilldown_agrees_with_the_records(trained):
     assert "\\x0b" in page and "1/2 tokens reproduced, first miss at 1" in page
 
 
-def test_canary_browser_shows_the_picked_canary(trained):
+def test_canary_browser_shows_the_picked_canary(evaluated):
     from axolab.widgets import canary_browser, run_controls
 
-    data, run_dir = trained
+    data, run_dir = evaluated
     box = canary_browser(run_dir, data)
     picker, view = box.children
     first = min(load_canaries(data), key=lambda c: (-c.repetitions, c.id))  # listed first

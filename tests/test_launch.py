@@ -77,6 +77,18 @@ def test_a_killed_rank_ends_the_job(targets, tmp_path):
     assert "SIGKILL" in str(info.value) or "-9" in str(info.value)
 
 
+def test_an_aborted_rank_shows_its_own_last_words(targets, tmp_path):
+    # A rank that dies in native code names itself, and the error carries the end of its own
+    # log: what it printed last and the Python stack it was in.
+    with pytest.raises(LaunchError) as info:
+        spmd("launch_targets", ["abort", "1"], 2, tmp_path / "logs", echo=False)
+    message = str(info.value)
+    assert info.value.rank == 1 and "rank 1 was killed" in message
+    own = message.split("Last lines of rank 1's log:", 1)[1]
+    assert "native code gave up" in own and "Fatal Python error: Aborted" in own
+    assert "launch_targets.py" in own
+
+
 def test_timeout_stops_the_job(targets, tmp_path):
     t0 = time.monotonic()
     with pytest.raises(LaunchError, match="timeout_s=3"):

@@ -116,9 +116,11 @@ def _failure(log_dir: Path, nprocs: int, rc: int, launcher_log: Path) -> LaunchE
         who = f"rank {rank} was" if rank is not None else "a rank was"
         also = (f" ({len(reports)} other rank(s) then failed with Python errors; logs in "
                 f"{log_dir})" if reports else "")
+        own = _last_lines(log_path(log_dir, rank), 20) if rank is not None else []
         return LaunchError(
             f"the job failed (exit code {rc}): {who} killed (a signal, out of memory) without "
             f"a Python error{also}. Launcher output:\n" + "\n".join(tail) +
+            (f"\nLast lines of rank {rank}'s log:\n" + "\n".join(own) if own else "") +
             f"\n(logs in {log_dir})", rank=rank, exitcode=rc, log_dir=log_dir)
     # Once one rank fails, its peers fail too (broken connections); the first is the cause.
     first = min(reports.values(), key=lambda r: r["time"])
@@ -127,6 +129,15 @@ def _failure(log_dir: Path, nprocs: int, rc: int, launcher_log: Path) -> LaunchE
         f"{first['message']}\n\n{first['traceback']}\n"
         f"({len(reports)} of {nprocs} ranks reported an error; logs in {log_dir})",
         rank=first["rank"], exitcode=rc, log_dir=log_dir)
+
+
+def _last_lines(path: Path, n: int) -> list[str]:
+    """The last ``n`` lines of a rank's log (a C++ abort message, the faulthandler stack)."""
+    if not path.is_file():
+        return []
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
+        return f.read().decode("utf-8", "replace").splitlines()[-n:]
 
 
 def _signalled_ranks(launcher_text: str) -> list[int]:

@@ -8,6 +8,7 @@ from the ranks that were stopped because of it.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import runpy
@@ -92,6 +93,9 @@ def main(argv: list[str]) -> int:
     os.dup2(log.fileno(), 2)
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
+    # A rank that dies in C++ (abort, segfault) cannot report a Python error; its Python stack
+    # at that moment, written into its log, is then the only clue.
+    faulthandler.enable(file=log, all_threads=True)
     sys.argv = [module, *args]
     _follow_launcher()
     try:
