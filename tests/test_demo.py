@@ -40,13 +40,12 @@ def test_the_demo_recipe_is_valid():
     assert {c.kind for c in recipe.canaries} == {"random", "secret", "document"}
 
 
-def test_demo_end_to_end_on_a_short_schedule(tmp_path, capsys):
+def test_demo_end_to_end_on_a_short_schedule(tiny_study):
     # The tiny recipe (fewer secret candidates to score) keeps this test short; the demo
-    # recipe itself is checked above and run by `make demo`.
-    out = tmp_path / "demo"
-    assert main(["--out", str(out), "--sizes", "tiny-llama", "--grid", "1,1,1,2",
-                 "--epochs", "0.1", "--global-batch", "8",
-                 "--recipe", str(ROOT / "data_recipes" / "tiny.yaml")]) == 0
+    # recipe itself is checked above and run by `make demo`. The study runs once per session
+    # (conftest.tiny_study): the goldfish notebook's test continues from it.
+    out, printed, rc = tiny_study
+    assert rc == 0
     runs = {"tiny-llama-standard": "standard", "tiny-llama-goldfish": "goldfish"}
     study = json.loads((out / "study.json").read_text())
     assert [r["run"] for r in study] == list(runs)
@@ -87,4 +86,4 @@ def test_demo_end_to_end_on_a_short_schedule(tmp_path, capsys):
     assert (out / "report" / "plots" / "memorization_curve.png").is_file()
     curve_table = (out / "report" / "tables" / "memorization_curve.csv").read_text()
     assert all(name in curve_table for name in runs)
-    assert "report: " in capsys.readouterr().out
+    assert f"report: {out / 'report' / 'index.html'}" in printed

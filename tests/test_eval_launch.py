@@ -23,8 +23,8 @@ from axolab.launch import LaunchError, evaluate as launch_evaluate, run as launc
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 4, 2
-EVAL = {"prefix_len": 4, "suffix_len": 8, "curve_prefix_lens": [2, 4], "beams": 3,
-        "samples": 3, "top_k": 5}
+EVAL = {"prefix_len": 4, "suffix_len": 8, "curve_prefix_lens": [2, 4], "beams": 2,
+        "samples": 2, "top_k": 5}
 # Row extraction, the goldfish paper's probe: each sampled row but its last 8 tokens prompts.
 ROWS = {"rows": 3, "row_prefix_len": 0, "row_suffix_len": 8}
 PROBE = {**EVAL, "exposure": False, "continuations": False}
@@ -54,7 +54,7 @@ def runs(tmp_path_factory):
     _train(data, probed, probes=True)
     _train(data, plain, probes=False)
     # The step-2 checkpoint as the reference model of the membership score "reference".
-    reference_eval = {**EVAL, **ROWS,
+    reference_eval = {**EVAL, **ROWS, "validation_loss": True,
                       "reference": str(probed / "checkpoints" / "step-00000002")}
     script = f"""
 import json, sys
@@ -128,6 +128,37 @@ def test_four_rank_job_matches_serial_evaluation(runs):
         [(c.canary_id, c.generated, c.truth) for c in generated]
 
 
+def test_utility_per_domain_matches_the_serial_model(runs):
+    """The job's validation loss (every next-token position of every validation row) and
+    held-out perplexity per domain, against the newest checkpoint as a plain HF model."""
+    import math
+
+    import numpy as np
+    import torch
+
+    from axolab.data.loader import PackedDataset
+
+    data, probed, _, _ = runs
+    model, serial = _serial(probed / "checkpoints" / "step-00000004", data)
+    val = PackedDataset(data, "validation")
+    ids = val.read(np.arange(val.rows))
+    with torch.no_grad():
+        logits = model(ids).logits[:, :-1]
+    want = float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                   ids[:, 1:].reshape(-1)))
+    summary = json.loads((probed / "eval.json").read_text())
+    assert summary["validation_loss"] == pytest.approx(want, rel=1e-5)
+    domains = summary["perplexity_by_domain"]
+    assert domains["background"]["perplexity"] == pytest.approx(math.exp(want), rel=1e-5)
+    assert domains["background"]["tokens"] == ids[:, 1:].numel()
+    heldout = serial.summary["perplexity_by_domain"]["document_groups"]
+    assert set(domains["document_groups"]) == set(heldout) == {"paragraph"}
+    for group, entry in heldout.items():
+        got = domains["document_groups"][group]
+        assert (got["tokens"], got["documents"]) == (entry["tokens"], entry["documents"])
+        assert got["perplexity"] == pytest.approx(entry["perplexity"], rel=1e-5)
+
+
 def test_row_extraction_is_greedy_decoding_of_the_sampled_rows(runs):
     import numpy as np
     import torch
@@ -174,6 +205,9 @@ def test_probe_curve_equals_checkpoint_curve(runs):
         _same_records(p["records"], c["records"])
         for key in ("exact_match_by_repetitions", "matched_prefix_by_repetitions"):
             assert p[key] == c[key]
+        for group, entry in c["perplexity_by_domain"]["document_groups"].items():
+            assert p["perplexity_by_domain"]["document_groups"][group]["perplexity"] == \
+                pytest.approx(entry["perplexity"], rel=1e-5)
         # The job also had a reference model, which a probe cannot have.
         assert set(c["mia_auc"]) == set(p["mia_auc"]) | {"reference"}
         assert p["mia_auc"] == pytest.approx({s: c["mia_auc"][s] for s in p["mia_auc"]},

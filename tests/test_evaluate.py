@@ -71,6 +71,37 @@ def test_evaluate_run_dir(trained):
     assert summary["exposure_by_repetitions"]
 
 
+def test_heldout_perplexity_per_document_group(evaluated):
+    """eval.json's held-out perplexity of each document group against the checkpoint as a
+    plain Hugging Face model: exp of the summed cross-entropy of the group's never-trained
+    documents (each after the separator, as injected) over their predicted tokens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from axolab.checkpoint import latest_checkpoint
+
+    data, run_dir = evaluated
+    summary = json.loads((run_dir / "eval.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(str(latest_checkpoint(run_dir / "checkpoints")))
+    eos = AutoTokenizer.from_pretrained(str(data / "tokenizer")).eos_token_id
+    found = summary["perplexity_by_domain"]["document_groups"]
+    canaries = load_canaries(data)
+    groups = {c.group for c in canaries if c.kind == "document"}
+    assert set(found) == groups == {"paragraph"}
+    for group in groups:
+        nll, tokens, docs = 0.0, 0, 0
+        for c in canaries:
+            if c.group == group and not c.member:
+                ids = torch.tensor([[eos] + c.token_ids])
+                with torch.no_grad():
+                    logits = model(ids).logits[0, :-1]
+                nll += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:],
+                                                               reduction="sum"))
+                tokens, docs = tokens + len(c.token_ids), docs + 1
+        assert (found[group]["tokens"], found[group]["documents"]) == (tokens, docs) == \
+            (tokens, 6)
+        assert found[group]["perplexity"] == pytest.approx(np.exp(nll / tokens), rel=1e-5)
+
+
 def test_drilldown_agrees_with_the_records(evaluated):
     from transformers import AutoTokenizer
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -163,15 +164,28 @@ def test_train_then_memorization(tmp_path, dataset):
     assert _no_torch(cells[5])
 
 
-def test_goldfish_mitigation_sweeps_k(tmp_path):
+def test_goldfish_mitigation_sweeps_k(tmp_path, tiny_study):
+    # The sweep continues from the demo's short study (standard and goldfish k=4, same recipe,
+    # schedule and grid), as after an interrupted sweep: runs with an eval.json are kept, the
+    # missing k is trained and evaluated.
+    study, _, _ = tiny_study
     out = tmp_path / "goldfish"
+    shutil.copytree(study / "data", out / "data")
+    shutil.copytree(study / "tiny-llama-standard", out / "tiny-llama-standard")
+    shutil.copytree(study / "tiny-llama-goldfish", out / "tiny-llama-goldfish-k4")
+    kept = {name: (out / name / "metrics.jsonl").read_bytes()
+            for name in ("tiny-llama-standard", "tiny-llama-goldfish-k4")}
     status = run_notebook(NB / "goldfish_mitigation.ipynb",
                           {"recipe": str(ROOT / "data_recipes" / "tiny.yaml"), "out": str(out),
-                           "goldfish_ks": [2, 4], "epochs": 0.25, "global_batch": 8},
+                           "goldfish_ks": [2, 4], "epochs": 0.1, "global_batch": 8,
+                           "grid": [1, 1, 1, 2]},
                           tmp_path / "results", "gf", progress=False)
     assert status["state"] == "completed"
     runs = sorted(p.name for p in out.iterdir() if (p / "eval.json").is_file())
     assert runs == ["tiny-llama-goldfish-k2", "tiny-llama-goldfish-k4", "tiny-llama-standard"]
+    assert all((out / name / "metrics.jsonl").read_bytes() == before
+               for name, before in kept.items())  # not trained again
+    assert (out / "tiny-llama-goldfish-k2" / "logs" / "rank1.log").is_file()  # trained here
     for name, k in (("tiny-llama-goldfish-k2", 2), ("tiny-llama-goldfish-k4", 4)):
         cfg = json.loads((out / name / "config.json").read_text())
         assert (cfg["loss"], cfg["goldfish_k"]) == ("goldfish", k)

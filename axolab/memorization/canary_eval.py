@@ -25,6 +25,7 @@ from axolab.data import Canary, load_canaries
 from axolab.files import write_text_atomic
 
 from .adversaries import beam_search, sample
+from .domain_perplexity import heldout_perplexity
 from .extraction import exact_match
 from .secret_exposure import exposure
 from .mia import mia_scores, roc_report
@@ -130,6 +131,7 @@ def score_canaries(model, canary_set: CanarySet, cfg: EvalConfig,
     if cfg.exposure:
         _exposures(model, canaries, sep, canary_set.tokenizer, cfg, records, logppl)
     summary = _summary(model, canaries, sep, cfg, records, mia)
+    summary["perplexity_by_domain"] = {"document_groups": heldout_perplexity(canaries, scores)}
     return Scored(records, summary, continued if cfg.continuations else [])
 
 

@@ -21,7 +21,7 @@ RECORD_FIELDS = ("id", "kind", "repetitions", "member", "exact", "matched_prefix
 SUMMARY_FIELDS = ("exact_match_by_repetitions", "token_match_by_repetitions",
                   "matched_prefix_by_repetitions", "exposure_by_repetitions",
                   "beam_exact_by_repetitions", "sample_exact_by_repetitions",
-                  "extraction_curve")
+                  "extraction_curve", "perplexity_by_domain")
 
 
 def curve_record(summary: dict, records: list[dict], *, step: int, epoch: float,

@@ -31,6 +31,7 @@ from axolab.parallel import Grid
 from .curve import CHECKPOINT_CURVE, curve_record, replace_curve_record
 from .canary_eval import (CanarySet, add_row_extraction, canary_sequences, score_canaries,
                           write_eval_files)
+from .domain_perplexity import background_perplexity
 from .mia import mean_token_nll
 from .scoring import token_scores
 
@@ -42,9 +43,9 @@ def _autocast(cfg: EvalConfig, grid: Grid):
 
 
 @torch.no_grad()
-def validation_loss(model, data_dir: str | Path, batch_size: int) -> float:
+def validation_loss(model, data_dir: str | Path, batch_size: int) -> tuple[float, int]:
     """Mean token loss over the whole validation split (every next-token position of every
-    row), scored batch by batch over the grid."""
+    row), scored batch by batch over the grid, and the number of tokens it averages."""
     val = PackedDataset(data_dir, "validation")
     total, count = 0.0, 0
     for start in range(0, val.rows, batch_size):
@@ -54,7 +55,7 @@ def validation_loss(model, data_dir: str | Path, batch_size: int) -> float:
         count += int(scores.mask.sum())
     if count == 0:
         raise ValueError(f"{data_dir} has an empty validation split")
-    return total / count
+    return total / count, count
 
 
 def _load_model(path: Path, grid: Grid):
@@ -132,8 +133,10 @@ def run(job: EvalJob, grid: Grid | None = None) -> list[dict]:
             scored = score_canaries(model, canaries, job.config, reference)
             add_row_extraction(model, job.data, job.config, scored)
             if job.config.validation_loss:
-                scored.summary["validation_loss"] = validation_loss(model, job.data,
-                                                                    job.config.batch_size)
+                loss, tokens = validation_loss(model, job.data, job.config.batch_size)
+                scored.summary["validation_loss"] = loss
+                scored.summary["perplexity_by_domain"]["background"] = \
+                    background_perplexity(loss, tokens)
         dt = time.perf_counter() - t0
         del model
         scored.summary["checkpoint"] = str(ckpt or job.target)
