@@ -8,7 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from axolab.demo import main, summary_markdown
+from axolab.demo import summary_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
