@@ -9,7 +9,16 @@ mode = sys.argv[1]
 rank = int(os.environ["RANK"])
 target = int(sys.argv[2]) if len(sys.argv) > 2 else -1
 print(f"rank {rank} started", flush=True)
-if mode == "ok":
+if mode == "group":
+    # A job that leaves its process group to the worker, which must shut it down before exit.
+    import atexit
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    dist.barrier()
+    atexit.register(lambda: print(f"group open at exit: {dist.is_initialized()}", flush=True))
+elif mode == "ok":
     print(f"hello from rank {rank}", flush=True)
 elif rank == target and mode == "raise":
     time.sleep(0.5)

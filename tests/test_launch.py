@@ -89,6 +89,13 @@ def test_an_aborted_rank_shows_its_own_last_words(targets, tmp_path):
     assert "launch_targets.py" in own
 
 
+def test_the_worker_shuts_the_process_group_down(targets, tmp_path):
+    # Exit-time destructors of a live gloo group can abort a rank that finished its work.
+    spmd("launch_targets", ["group"], 2, tmp_path / "logs", echo=False)
+    for rank in range(2):
+        assert "group open at exit: False" in (tmp_path / "logs" / f"rank{rank}.log").read_text()
+
+
 def test_timeout_stops_the_job(targets, tmp_path):
     t0 = time.monotonic()
     with pytest.raises(LaunchError, match="timeout_s=3"):

@@ -80,6 +80,15 @@ def _follow_launcher(grace_s: float = 60.0, poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="axolab-launcher-watch", daemon=True).start()
 
 
+def _release_process_group() -> None:
+    """Shut the default process group down before the interpreter exits. Left to exit-time
+    destructors, gloo's worker threads can still be joinable when they run, and the rank then
+    dies of std::terminate (SIGABRT) after finishing its work: the job fails at its very end."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print("usage: python -m axolab.launch.worker LOG_DIR MODULE [ARGS ...]", file=sys.stderr)
@@ -102,8 +111,10 @@ def main(argv: list[str]) -> int:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as exc:
         if exc.code in (None, 0):
+            _release_process_group()
             return 0
         if exc.code == PREEMPTED_EXIT:
+            _release_process_group()
             write_preempted(log_dir, rank)
             return PREEMPTED_EXIT
         _write_error(log_dir, rank, exc)
@@ -112,6 +123,7 @@ def main(argv: list[str]) -> int:
         _write_error(log_dir, rank, exc)
         traceback.print_exc()
         return 1
+    _release_process_group()
     return 0
 
 
