@@ -31,8 +31,7 @@ def _entry(nll_sum: float, tokens: int, documents: int | None) -> dict:
 def heldout_perplexity(canaries: list[Canary], scores: TokenScores) -> dict[str, dict]:
     """{group: perplexity, mean NLL, tokens and documents} over each document group's
     never-injected controls; ``scores`` are the canaries' TokenScores, in manifest order."""
-    nll = -(scores.logprob * scores.mask).sum(1)
-    counts = scores.mask.sum(1)
+    nll, counts = -scores.sequence_logprob(), scores.mask.sum(1)
     sums: dict[str, list[float]] = {}
     for i, c in enumerate(canaries):
         if c.kind == "document" and not c.member:
