@@ -18,6 +18,19 @@ if mode == "group":
     dist.init_process_group("gloo")
     dist.barrier()
     atexit.register(lambda: print(f"group open at exit: {dist.is_initialized()}", flush=True))
+elif mode == "abort-in-finalization":
+    # Stands in for a C++ destructor that aborts at interpreter exit (a joinable std::thread):
+    # the job's work is done, so the worker must end the rank without finalizing.
+    import types
+
+    class AbortsWhenDestroyed:
+        def __del__(self):
+            os.abort()
+
+    keeper = types.ModuleType("axolab_test_keeper")
+    keeper.obj = AbortsWhenDestroyed()
+    sys.modules[keeper.__name__] = keeper
+    print(f"rank {rank} done", flush=True)
 elif mode == "ok":
     print(f"hello from rank {rank}", flush=True)
 elif rank == target and mode == "raise":

@@ -96,6 +96,12 @@ def test_the_worker_shuts_the_process_group_down(targets, tmp_path):
         assert "group open at exit: False" in (tmp_path / "logs" / f"rank{rank}.log").read_text()
 
 
+def test_a_rank_that_finished_is_not_killed_by_exit_time_destructors(targets, tmp_path):
+    spmd("launch_targets", ["abort-in-finalization"], 2, tmp_path / "logs", echo=False)
+    for rank in range(2):
+        assert f"rank {rank} done" in (tmp_path / "logs" / f"rank{rank}.log").read_text()
+
+
 def test_timeout_stops_the_job(targets, tmp_path):
     t0 = time.monotonic()
     with pytest.raises(LaunchError, match="timeout_s=3"):

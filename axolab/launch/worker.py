@@ -8,6 +8,7 @@ from the ranks that were stopped because of it.
 
 from __future__ import annotations
 
+import atexit
 import faulthandler
 import json
 import os
@@ -89,6 +90,22 @@ def _release_process_group() -> None:
         dist.destroy_process_group()
 
 
+def _leave(code: int) -> None:
+    """End the rank without interpreter finalization. The job's work and its exit hooks are
+    done; what finalization would add is only C++ destructors of torch/gloo objects still
+    alive (worker threads of process groups, futures of async collectives), and one of them
+    destroying a still-joinable thread aborts the rank (std::terminate, SIGABRT) after it
+    finished, failing the whole job at its very end. Files the job writes are closed or
+    renamed by the job itself, so nothing is lost by skipping finalization."""
+    atexit._run_exitfuncs()  # the job's own exit hooks still run, in the usual order
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print("usage: python -m axolab.launch.worker LOG_DIR MODULE [ARGS ...]", file=sys.stderr)
@@ -128,4 +145,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    _leave(main(sys.argv[1:]))
