@@ -133,11 +133,12 @@ def _autocast(cfg: TrainConfig, grid: Grid):
 def _train_step(cfg, model, grid, data, step, micro,
                 goldfish: GoldfishRule | None) -> tuple[float, float | None]:
     """Loss of the step (over kept tokens) and, with goldfish, the loss on dropped tokens."""
-    rows = shard_rows(global_batch_rows(step, cfg.global_batch, data.rows, cfg.seed),
-                      grid.batch_shards, grid.batch_index)
+    rows = shard_rows(global_batch_rows(step, cfg.global_batch, data.rows, cfg.seed,
+                                        data.shuffled), grid.batch_shards, grid.batch_index)
     ids = data.read(rows).to(grid.device)
-    labels = ids.clone() if goldfish is None else goldfish.labels(ids, ids)
-    dropped = ids.masked_fill(labels != -100, -100)  # targets the goldfish mask left out
+    targets = data.labels(rows, ids)  # the padding of padded rows is never a target
+    labels = targets if goldfish is None else goldfish.labels(targets, ids)
+    dropped = targets.masked_fill(labels != -100, -100)  # targets the goldfish mask left out
     # Normalize by the kept tokens of the whole global batch, all micro-steps together.
     kept = (labels[:, 1:] != -100).sum().double()
     kept = comm.all_reduce_sum_(kept, grid.batch)
@@ -327,4 +328,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from axolab.launch.rank_exit import exit_rank
+
+    exit_rank(main())

@@ -62,4 +62,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from axolab.launch.rank_exit import exit_rank
+
+    exit_rank(main())

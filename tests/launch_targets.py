@@ -31,6 +31,9 @@ elif mode == "abort-in-finalization":
     keeper.obj = AbortsWhenDestroyed()
     sys.modules[keeper.__name__] = keeper
     print(f"rank {rank} done", flush=True)
+    from axolab.launch.rank_exit import exit_rank
+
+    exit_rank(0)  # how axolab's job modules end, under the worker or torchrun directly
 elif mode == "ok":
     print(f"hello from rank {rank}", flush=True)
 elif rank == target and mode == "raise":

@@ -4,6 +4,7 @@ torch; a rank that raises or is killed ends the job promptly with that rank's er
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -100,6 +101,16 @@ def test_a_rank_that_finished_is_not_killed_by_exit_time_destructors(targets, tm
     spmd("launch_targets", ["abort-in-finalization"], 2, tmp_path / "logs", echo=False)
     for rank in range(2):
         assert f"rank {rank} done" in (tmp_path / "logs" / f"rank{rank}.log").read_text()
+
+
+def test_a_job_module_under_plain_torchrun_also_skips_finalization(targets, tmp_path):
+    """`torchrun -m axolab.train` without axolab's worker: the module's own exit_rank ends it."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node=2", "-m", "launch_targets", "abort-in-finalization"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "rank 1 done" in done.stdout
 
 
 def test_timeout_stops_the_job(targets, tmp_path):

@@ -5,6 +5,7 @@ complete; ``overwrite`` replaces only a directory that holds a dataset built her
 ``_check_output``, and swaps the new one in so that a kill at any moment leaves one whole dataset):
 
     train/, validation/   Hugging Face datasets (save_to_disk), column input_ids [seq_len] int32
+                          (and, for packing.rows: padded, the train column length: real tokens)
     tokenizer/            the tokenizer (AutoTokenizer.from_pretrained works on it)
     recipe.yaml           the resolved recipe, every default filled in
     canaries.jsonl        one line per canary: id, kind, text, token ids, repetitions, member,
@@ -31,9 +32,9 @@ from tqdm.auto import tqdm
 
 from .canaries import Canary, document_canaries, random_canaries, schedule, secret_canaries
 from .corpus import check_corpus, documents
-from .placement import Request, place
+from .packing import pack_train, pack_validation
 from .recipe import Recipe, RecipeError, load_recipe
-from .store import SequenceWriter, TokenFile, TokenReader
+from .store import TokenFile
 from .tokenizer import load_tokenizer
 
 ENCODE_BATCH = 512
@@ -61,9 +62,17 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
+def _separator_tokens(recipe: Recipe) -> int:
+    """Tokens a row adds around a canary: the end-of-document token after it in a padded row,
+    a separator on each side with ``separate_canaries`` in a packed one."""
+    if recipe.packing.rows == "padded":
+        return 1
+    return 2 if recipe.packing.separate_canaries else 0
+
+
 def _doc_limits(recipe: Recipe) -> tuple[int, int]:
     groups = [g for g in recipe.canaries if g.kind == "document" and g.corpus is None]
-    sep = 2 if recipe.packing.separate_canaries else 0
+    sep = _separator_tokens(recipe)
     lo = min((g.min_tokens for g in groups), default=0)
     hi = max((g.max_tokens or recipe.packing.seq_len - sep for g in groups), default=0)
     return lo, hi
@@ -148,7 +157,7 @@ def _target_documents(recipe: Recipe, g, index: int, tokenizer,
     """(position in the source, token ids) of a seeded uniform sample of the target source's
     documents of min_tokens..max_tokens tokens, one per canary of the group, in stream order
     shuffled by the seed."""
-    sep = 2 if recipe.packing.separate_canaries else 0
+    sep = _separator_tokens(recipe)
     lo, hi = g.min_tokens, g.max_tokens or recipe.packing.seq_len - sep
     wanted = len(schedule(g))
     rng = _rng(recipe, 20 + index)
@@ -184,57 +193,13 @@ def _target_documents(recipe: Recipe, g, index: int, tokenizer,
 def _check_lengths(recipe: Recipe, canaries: list[Canary]) -> None:
     if recipe.packing.allow_split:
         return
-    sep = 2 if recipe.packing.separate_canaries else 0
+    sep = _separator_tokens(recipe)
+    fix = "raise packing.seq_len" if recipe.packing.rows == "padded" else \
+        "shorten it or set packing.allow_split: true"
     for c in canaries:
         if len(c.token_ids) + sep > recipe.packing.seq_len:
             raise RecipeError(f"canary {c.id} has {len(c.token_ids)} tokens (+{sep} separators), "
-                              f"longer than packing.seq_len={recipe.packing.seq_len}; shorten it "
-                              "or set packing.allow_split: true")
-
-
-def _pack_train(recipe, canaries, p1: Pass1, eos: int, work: Path, progress: bool):
-    L, sep = recipe.packing.seq_len, recipe.packing.separate_canaries
-    reader = TokenReader(p1.train, skip_docs=set(p1.chosen))
-    members = [i for i, c in enumerate(canaries) if c.member]
-    slots = {i: np.asarray(([eos] if sep else []) + canaries[i].token_ids + ([eos] if sep else []),
-                           dtype=np.uint32) for i in members}
-    canary_tokens = sum(len(slots[i]) * canaries[i].repetitions for i in members)
-    if canary_tokens > reader.total:
-        raise RecipeError(f"more canary tokens than the corpus can hold: {canary_tokens} canary "
-                          f"tokens (with separators) but only {reader.total} corpus tokens")
-    n_seq = (reader.total + canary_tokens) // L
-    if n_seq == 0:
-        raise RecipeError(f"the corpus has {reader.total} training tokens, fewer than one "
-                          f"sequence of {L}")
-    clustered = {id(g): g.placement == "clustered" for g in recipe.canaries}
-    group_of = {g.label(i): g for i, g in enumerate(recipe.canaries)}  # names are distinct
-    requests = [Request(i, canaries[i].repetitions, len(slots[i]),
-                        clustered[id(group_of[canaries[i].group])]) for i in members]
-    starts = place(requests, n_seq, L, recipe.packing.allow_split, _rng(recipe, 4))
-    writer = SequenceWriter(work / "train.arrow", L)
-    bar = tqdm(total=n_seq * L, desc="pack", unit="tok", unit_scale=True, disable=not progress)
-    pos = 0
-    for start, r in starts:
-        i = requests[r].canary
-        if start > pos:
-            writer.write(reader.take(start - pos))
-        writer.write(slots[i])
-        canaries[i].occurrences.append(list(divmod(start + int(sep), L)))
-        bar.update(start + len(slots[i]) - pos)
-        pos = start + len(slots[i])
-    writer.write(reader.take(n_seq * L - pos))
-    bar.update(n_seq * L - pos)
-    bar.close()
-    return writer.close(), canary_tokens
-
-
-def _pack_validation(recipe, p1: Pass1, work: Path):
-    L = recipe.packing.seq_len
-    reader = TokenReader(p1.validation)
-    writer = SequenceWriter(work / "validation.arrow", L)
-    if reader.total >= L:
-        writer.write(reader.take(reader.total // L * L))
-    return writer.close(), reader.total
+                              f"longer than packing.seq_len={recipe.packing.seq_len}; {fix}")
 
 
 def _save_dataset(table_info, path: Path, fingerprint: str, progress: bool) -> int:
@@ -247,7 +212,9 @@ def _save_dataset(table_info, path: Path, fingerprint: str, progress: bool) -> i
     if not progress:
         datasets.disable_progress_bars()
     try:
-        ds.save_to_disk(str(path))
+        # An empty split (validation_fraction: 0) gets one empty shard: with none,
+        # load_from_disk cannot read it back.
+        ds.save_to_disk(str(path), num_shards=1 if len(ds) == 0 else None)
     finally:
         if was_enabled:
             datasets.enable_progress_bars()
@@ -341,8 +308,9 @@ def build(recipe: Recipe | str | Path, out: str | Path | None = None, *, overwri
         p1 = _pass1(recipe, tokenizer, eos, work, progress)
         canaries = _make_canaries(recipe, tokenizer, p1, eos)
         _check_lengths(recipe, canaries)
-        train, canary_tokens = _pack_train(recipe, canaries, p1, eos, work, progress)
-        val, val_tokens = _pack_validation(recipe, p1, work)
+        train, canary_tokens, real_tokens = pack_train(recipe, canaries, p1.train,
+                                                       set(p1.chosen), eos, work, progress)
+        val, val_tokens = pack_validation(recipe, p1.validation, work)
         digest = hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()
         n_train = _save_dataset(train, tmp / "train", digest[:16], progress)
         n_val = _save_dataset(val, tmp / "validation", digest[16:32], progress)
@@ -356,10 +324,13 @@ def build(recipe: Recipe | str | Path, out: str | Path | None = None, *, overwri
         L = recipe.packing.seq_len
         stats = {
             "documents": p1.documents, "train_sequences": n_train, "validation_sequences": n_val,
-            "train_tokens": n_train * L, "validation_tokens": n_val * L,
+            "train_tokens": real_tokens, "validation_tokens": n_val * L,
             "validation_tokens_dropped": val_tokens - n_val * L, "seq_len": L,
             "canaries": len(canaries), "member_canaries": sum(c.member for c in canaries),
-            "canary_tokens": canary_tokens, "canary_token_share": canary_tokens / (n_train * L),
+            "canary_tokens": canary_tokens, "canary_token_share": canary_tokens / real_tokens,
+            "rows": recipe.packing.rows,
+            "row_order": "stored" if recipe.fixed_order else "shuffled",
+            "passes": recipe.packing.passes,
             "vocab_size": len(tokenizer), "build_seconds": round(time.perf_counter() - t0, 3),
         }
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")

@@ -2,11 +2,14 @@
 
 The order is a seeded permutation per epoch, indexed by the global step, so it depends on the
 seed and the step only; each rank then reads just its batch shard's rows from the memory-mapped
-dataset.
+dataset. A fixed-order split (stats.json ``row_order: stored``: several corpus passes or
+windowed canaries) is read in stored order instead, so its rows meet the model when the build
+placed them.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -26,20 +29,45 @@ class PackedDataset:
         self.ds = datasets.load_from_disk(str(path)).with_format("numpy")
         self.rows = len(self.ds)
         self.seq_len = int(self.ds.features["input_ids"].length)
+        self.padded = "length" in self.ds.features
+        """Rows of one document each, padded; ``lengths`` gives the real tokens."""
+        stats_file = Path(data_dir) / "stats.json"
+        stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+        self.shuffled = split != "train" or stats.get("row_order", "shuffled") == "shuffled"
+        """False for a fixed-order training split, read in stored order."""
 
     def read(self, rows: np.ndarray) -> torch.Tensor:
         if len(rows) == 0:
             return torch.empty(0, self.seq_len, dtype=torch.long)
         return torch.from_numpy(np.asarray(self.ds[rows.tolist()]["input_ids"], dtype=np.int64))
 
+    def lengths(self, rows: np.ndarray) -> torch.Tensor:
+        """Real tokens of each row (``seq_len`` for every row of a packed split)."""
+        if not self.padded:
+            return torch.full((len(rows),), self.seq_len, dtype=torch.long)
+        if len(rows) == 0:
+            return torch.empty(0, dtype=torch.long)
+        return torch.from_numpy(np.asarray(self.ds[rows.tolist()]["length"], dtype=np.int64))
 
-def global_batch_rows(step: int, batch: int, rows: int, seed: int) -> np.ndarray:
+    def labels(self, rows: np.ndarray, ids: torch.Tensor) -> torch.Tensor:
+        """``ids`` as language-model targets, with the padding of padded rows ignored (-100)."""
+        if not self.padded:
+            return ids.clone()
+        position = torch.arange(ids.shape[1], device=ids.device)
+        real = self.lengths(rows).to(ids.device)
+        return ids.masked_fill(position[None, :] >= real[:, None], -100)
+
+
+def global_batch_rows(step: int, batch: int, rows: int, seed: int,
+                      shuffled: bool = True) -> np.ndarray:
     """Row indices of the global batch at ``step``: consecutive slices of per-epoch seeded
-    permutations (a batch may span an epoch boundary)."""
+    permutations (a batch may span an epoch boundary), or of the stored order when not
+    ``shuffled``."""
     start, out = step * batch, []
     while len(out) < batch:
         epoch, offset = divmod(start + len(out), rows)
-        perm = np.random.default_rng([seed, epoch]).permutation(rows)
+        perm = np.random.default_rng([seed, epoch]).permutation(rows) if shuffled else \
+            np.arange(rows)
         out.extend(perm[offset:offset + batch - len(out)].tolist())
     return np.asarray(out, dtype=np.int64)
 

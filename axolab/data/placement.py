@@ -23,6 +23,10 @@ class Request:
     repetitions: int
     length: int        # slot length in tokens
     clustered: bool
+    window: tuple[int, int] | None = None  # [first, end) sequence the occurrences may go in
+
+    def span(self, n: int) -> tuple[int, int]:
+        return self.window if self.window is not None else (0, n)
 
 
 def _gaps(free: int, k: int, rng) -> np.ndarray:
@@ -39,18 +43,21 @@ def _assign_sequences(requests: list[Request], n: int, seq_len: int, rng) -> dic
             raise RecipeError(f"canary {r.canary} needs {r.length} tokens (with separators) but "
                               f"sequences hold {seq_len}; raise packing.seq_len or set "
                               "packing.allow_split")
-        if r.repetitions > n:
+        lo, hi = r.span(n)
+        if r.repetitions > hi - lo:
+            where = f"its window holds {hi - lo} of the {n}" if r.window is not None else \
+                f"the corpus packs into only {n}"
             raise RecipeError(f"a canary repeated {r.repetitions} times needs as many sequences "
-                              f"but the corpus packs into only {n}")
+                              f"but {where}")
         if r.clustered:
-            start = int(rng.integers(0, n - r.repetitions + 1))
+            start = int(rng.integers(lo, hi - r.repetitions + 1))
             wanted = list(range(start, start + r.repetitions))
         else:
-            wanted = rng.choice(n, size=r.repetitions, replace=False).tolist()
+            wanted = (lo + rng.choice(hi - lo, size=r.repetitions, replace=False)).tolist()
         taken: set[int] = set()
         for s in wanted:
             if used[s] + r.length > seq_len or s in taken:
-                room = np.flatnonzero(used + r.length <= seq_len)
+                room = np.flatnonzero(used[lo:hi] + r.length <= seq_len) + lo
                 room = [int(x) for x in room if int(x) not in taken]
                 if not room:
                     raise RecipeError(

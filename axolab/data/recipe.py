@@ -103,6 +103,11 @@ class CanarySpec:
     placement: str = "uniform"
     """"uniform" (occurrences spread over the training stream) or "clustered" (a canary's
     occurrences in consecutive sequences)."""
+    window: list[float] | None = None
+    """[start, end): the fraction of the training split (in stored order, so of training time)
+    the group's occurrences are confined to, e.g. [0, 0.25] for canaries seen only in the first
+    quarter of training (forgetting curves). A recipe with a window is read by the trainer in
+    stored order, without the per-epoch shuffle (see ``packing.passes``)."""
     name: str | None = None
     """Label of the group in the manifest and the prefix of its canary ids (default: the kind
     and the group's position, e.g. "random1"). Distinct groups need distinct names."""
@@ -124,6 +129,21 @@ class PackingSpec:
     """Surround each injected canary with the separator token, as its own document."""
     allow_split: bool = False
     """Allow canaries to straddle a sequence boundary (needed for canaries longer than seq_len)."""
+    rows: str = "packed"
+    """"packed": documents concatenated and cut into rows of seq_len. "padded": one document
+    per row, as the goldfish paper trains on its target documents: each canary occurrence and
+    each corpus document (cut into seq_len pieces when longer) starts its own row, padded with
+    the separator token; the column ``length`` holds the real tokens, and the loss skips the
+    padding. The validation split is packed either way."""
+    background: bool = True
+    """False: the training split holds only the canary occurrences, the target set (train on
+    it for E epochs with the trainer's ``epochs``); the corpus then only gives the validation
+    split and, with ``train_bpe_vocab``, the tokenizer's training text."""
+    passes: int = 1
+    """Passes over the corpus written one after another into the training split, each in its
+    own seeded document order. More than one (or any canary ``window``) makes the split
+    fixed-order: the trainer reads it in stored order, so a window is a span of training steps.
+    Train one epoch over such a split."""
 
 
 @dataclass
@@ -150,6 +170,11 @@ class Recipe:
         d = dataclasses.asdict(self)
         d.pop("source")
         return d
+
+    @property
+    def fixed_order(self) -> bool:
+        """Whether the training split is meant to be read in stored order (no shuffle)."""
+        return self.packing.passes > 1 or any(g.window is not None for g in self.canaries)
 
     def validate(self, where: str = "recipe") -> None:
         """Refuse, naming the field and the value, anything that cannot be built. ``build``
@@ -273,6 +298,13 @@ def _validate_canaries(r: Recipe) -> None:
                 raise RecipeError(f"{where}.corpus: only document canaries come from a corpus "
                                   f"of their own (this group is {g.kind!r})")
             _validate_corpus(g.corpus, f"{where}.corpus")
+        if g.window is not None:
+            if len(g.window) != 2 or not 0 <= g.window[0] < g.window[1] <= 1:
+                raise RecipeError(f"{where}.window={g.window}: expected [start, end) with "
+                                  "0 <= start < end <= 1 (fractions of the training split)")
+            if r.packing.allow_split:
+                raise RecipeError(f"{where}.window: confining occurrences to a window needs "
+                                  "packing.allow_split: false")
         if g.kind == "secret":
             if not g.template or not _FILLER.search(g.template):
                 raise RecipeError(f"{where}: a secret canary needs a template with a filler such "
@@ -305,6 +337,23 @@ def _validate(r: Recipe) -> None:
         raise RecipeError(f"packing.seq_len={p.seq_len} must be at least 2")
     if not 0 <= p.validation_fraction < 1:
         raise RecipeError(f"packing.validation_fraction={p.validation_fraction} must be in [0, 1)")
+    if p.rows not in ("packed", "padded"):
+        raise RecipeError(f"packing.rows={p.rows!r}: expected packed or padded")
+    if p.rows == "padded" and p.allow_split:
+        raise RecipeError("packing.allow_split: a padded row holds one whole canary; it "
+                          "cannot be combined with rows: padded")
+    _at_least("packing", {"passes": p.passes}, 1)
+    if not p.background:
+        if not r.canaries:
+            raise RecipeError("packing.background: false leaves only the canaries in the "
+                              "training split, and the recipe has none")
+        if p.rows != "padded":
+            raise RecipeError("packing.background: false (a training split of canaries only) "
+                              "needs packing.rows: padded, one canary occurrence per row")
+        if p.passes != 1:
+            raise RecipeError(f"packing.passes={p.passes} repeats the corpus, but "
+                              "packing.background is false (no corpus in the training split); "
+                              "repeat the target set with the trainer's epochs")
     _validate_canaries(r)
 
 

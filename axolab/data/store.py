@@ -45,11 +45,13 @@ class TokenFile:
 
 
 class TokenReader:
-    """Reads a TokenFile front to back, skipping some documents, ``take(n)`` tokens at a time."""
+    """Reads a TokenFile's documents (front to back, or in ``order``, which may list a document
+    more than once), skipping some, ``take(n)`` tokens at a time."""
 
-    def __init__(self, store: TokenFile, skip_docs: set[int] = frozenset()):
+    def __init__(self, store: TokenFile, skip_docs: set[int] = frozenset(),
+                 order: list[int] | None = None):
         ranges: list[list[int]] = []
-        for i in range(len(store.starts)):
+        for i in range(len(store.starts)) if order is None else order:
             if i in skip_docs:
                 continue
             a, b = store.doc_range(i)
@@ -126,6 +128,62 @@ class SequenceWriter:
         from datasets.table import MemoryMappedTable
 
         self._flush()
+        if self.rows == 0:  # an empty split (validation_fraction: 0) still loads as a dataset
+            self._writer.write_batch(pa.RecordBatch.from_pylist([], schema=self.features.arrow_schema))
+        self._writer.close()
+        self._sink.close()
+        return MemoryMappedTable.from_file(str(self.path)), datasets.DatasetInfo(
+            features=self.features)
+
+
+class PaddedRowWriter:
+    """Rows of one document each: ``write_row(tokens)`` pads to ``seq_len`` with ``pad`` and
+    records the real length in the column ``length``, which the loss reads to skip padding."""
+
+    def __init__(self, path: Path, seq_len: int, pad: int, rows_per_batch: int = 1024):
+        import datasets
+
+        self.features = datasets.Features(
+            {"input_ids": datasets.List(datasets.Value("int32"), length=seq_len),
+             "length": datasets.Value("int32")})
+        self.path, self.seq_len, self.pad = path, seq_len, pad
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_stream(self._sink, self.features.arrow_schema)
+        self._ids = np.full((rows_per_batch, seq_len), pad, dtype=np.int32)
+        self._lengths = np.zeros(rows_per_batch, dtype=np.int32)
+        self._fill = 0
+        self.rows = 0
+
+    def write_row(self, tokens: np.ndarray) -> None:
+        if not 0 < len(tokens) <= self.seq_len:
+            raise ValueError(f"a padded row holds 1..{self.seq_len} tokens, got {len(tokens)}")
+        self._ids[self._fill, :len(tokens)] = tokens
+        self._ids[self._fill, len(tokens):] = self.pad
+        self._lengths[self._fill] = len(tokens)
+        self._fill += 1
+        if self._fill == len(self._lengths):
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._fill:
+            return
+        n = self._fill
+        values = pa.array(self._ids[:n].reshape(-1), type=pa.int32())
+        column = pa.FixedSizeListArray.from_arrays(values, self.seq_len)
+        lengths = pa.array(self._lengths[:n], type=pa.int32())
+        self._writer.write_batch(pa.record_batch([column, lengths],
+                                                 schema=self.features.arrow_schema))
+        self.rows += n
+        self._fill = 0
+
+    def close(self):
+        """Flush and return the dataset (as ``SequenceWriter.close``)."""
+        import datasets
+        from datasets.table import MemoryMappedTable
+
+        self._flush()
+        if self.rows == 0:  # an empty split (validation_fraction: 0) still loads as a dataset
+            self._writer.write_batch(pa.RecordBatch.from_pylist([], schema=self.features.arrow_schema))
         self._writer.close()
         self._sink.close()
         return MemoryMappedTable.from_file(str(self.path)), datasets.DatasetInfo(

@@ -8,7 +8,6 @@ from the ranks that were stopped because of it.
 
 from __future__ import annotations
 
-import atexit
 import faulthandler
 import json
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from .environment import rank_of_this_process
 from .preemption import PREEMPTED_EXIT, write_preempted
+from .rank_exit import WORKER_PID, leave, release_process_group
 
 LAUNCHER_PID = "AXOLAB_LAUNCHER_PID"
 LAUNCHER_HOST = "AXOLAB_LAUNCHER_HOST"
@@ -81,31 +81,6 @@ def _follow_launcher(grace_s: float = 60.0, poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="axolab-launcher-watch", daemon=True).start()
 
 
-def _release_process_group() -> None:
-    """Shut the default process group down before the interpreter exits. Left to exit-time
-    destructors, gloo's worker threads can still be joinable when they run, and the rank then
-    dies of std::terminate (SIGABRT) after finishing its work: the job fails at its very end."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def _leave(code: int) -> None:
-    """End the rank without interpreter finalization. The job's work and its exit hooks are
-    done; what finalization would add is only C++ destructors of torch/gloo objects still
-    alive (worker threads of process groups, futures of async collectives), and one of them
-    destroying a still-joinable thread aborts the rank (std::terminate, SIGABRT) after it
-    finished, failing the whole job at its very end. Files the job writes are closed or
-    renamed by the job itself, so nothing is lost by skipping finalization."""
-    atexit._run_exitfuncs()  # the job's own exit hooks still run, in the usual order
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
-
-
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print("usage: python -m axolab.launch.worker LOG_DIR MODULE [ARGS ...]", file=sys.stderr)
@@ -123,15 +98,16 @@ def main(argv: list[str]) -> int:
     # at that moment, written into its log, is then the only clue.
     faulthandler.enable(file=log, all_threads=True)
     sys.argv = [module, *args]
+    os.environ[WORKER_PID] = str(os.getpid())
     _follow_launcher()
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as exc:
         if exc.code in (None, 0):
-            _release_process_group()
+            release_process_group()
             return 0
         if exc.code == PREEMPTED_EXIT:
-            _release_process_group()
+            release_process_group()
             write_preempted(log_dir, rank)
             return PREEMPTED_EXIT
         _write_error(log_dir, rank, exc)
@@ -140,9 +116,9 @@ def main(argv: list[str]) -> int:
         _write_error(log_dir, rank, exc)
         traceback.print_exc()
         return 1
-    _release_process_group()
+    release_process_group()
     return 0
 
 
 if __name__ == "__main__":
-    _leave(main(sys.argv[1:]))
+    leave(main(sys.argv[1:]))

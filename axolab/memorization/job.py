@@ -168,4 +168,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from axolab.launch.rank_exit import exit_rank
+
+    exit_rank(main())

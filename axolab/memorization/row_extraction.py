@@ -57,7 +57,11 @@ def score_rows(model, data_dir: str | Path, cfg: EvalConfig) -> tuple[list[dict]
     for split in cfg.row_splits:
         data = PackedDataset(data_dir, split)
         prefix, suffix = row_lengths(data.seq_len, cfg)
-        rows = sample_rows(data.rows, cfg.rows, cfg.row_seed)
+        # A padded row is scored only when its document fills prompt and suffix: padding is
+        # not training data, and reproducing it measures nothing.
+        eligible = np.arange(data.rows) if not data.padded else np.flatnonzero(
+            data.lengths(np.arange(data.rows)).numpy() >= prefix + suffix)
+        rows = eligible[sample_rows(len(eligible), cfg.rows, cfg.row_seed)]
         if len(rows) == 0:
             continue
         res = exact_match(model, data.read(rows), prefix, suffix, cfg.batch_size)

@@ -1,0 +1,193 @@
+"""Row layouts and training-time placement: padded rows, target-only splits, corpus passes and
+canary windows, each checked on the tokens the build wrote."""
+
+import json
+
+import numpy as np
+import pytest
+
+from axolab.data import RecipeError, build, load_canaries, recipe_from_dict
+from axolab.data.loader import PackedDataset, global_batch_rows
+
+
+def _columns(out, split="train"):
+    import datasets
+
+    ds = datasets.load_from_disk(str(out / split))
+    ids = np.asarray(ds["input_ids"], dtype=np.int64)
+    lengths = np.asarray(ds["length"]) if "length" in ds.features else None
+    return ids, lengths
+
+
+def _recipe(**packing):
+    return {"name": "t", "corpus": {"embedded": "austen", "max_documents": 300},
+            "tokenizer": {"train_bpe_vocab": 300}, "canaries": [],
+            "packing": {"seq_len": 64, "validation_fraction": 0.0, **packing}}
+
+
+def _targets(tmp_path, n=30):
+    texts = [f"Target record {i}: the patient in room {100 + i} was given {i % 7} doses."
+             for i in range(n)]
+    (tmp_path / "targets.jsonl").write_text("".join(json.dumps({"text": t}) + "\n"
+                                                    for t in texts))
+    return texts
+
+
+def test_target_only_split_has_one_padded_row_per_occurrence(tmp_path):
+    """background: false with padded rows is "train only on the target set": every row is one
+    target document at position 0, then the end-of-document token, then padding; the rows are
+    exactly the scheduled occurrences, found in the tokens; the build repeats byte for byte."""
+    from transformers import AutoTokenizer
+
+    texts = _targets(tmp_path)
+    group = {"kind": "document", "name": "target", "repetitions": [1, 3], "per_count": 4,
+             "min_tokens": 8, "corpus": {"files": ["targets.jsonl"]}}
+    data = {**_recipe(rows="padded", background=False), "canaries": [group]}
+    out = build(recipe_from_dict(data, tmp_path), tmp_path / "t", progress=False)
+    ids, lengths = _columns(out)
+    tok = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+    eos = tok.convert_tokens_to_ids(tok.eos_token)
+    canaries = load_canaries(out)
+    assert len(ids) == sum(c.repetitions for c in canaries) == 16
+    by_tokens = {tuple(c.token_ids): c for c in canaries}
+    seen: dict[str, list] = {}
+    for row, (r, n) in enumerate(zip(ids, lengths)):
+        assert r[n - 1] == eos and (r[n:] == eos).all(), f"row {row} is not document + padding"
+        c = by_tokens[tuple(r[:n - 1].tolist())]  # KeyError: a row that is no target document
+        assert c.text == texts[c.document]
+        seen.setdefault(c.id, []).append([row, 0])
+    for c in canaries:
+        assert seen.get(c.id, []) == c.occurrences and len(c.occurrences) == c.repetitions
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["rows"] == "padded" and stats["train_tokens"] == int(lengths.sum())
+    again = build(recipe_from_dict(data, tmp_path), tmp_path / "t2", progress=False)
+    assert all(np.array_equal(a, b) for a, b in zip(_columns(again), (ids, lengths)))
+
+
+def test_padded_rows_keep_every_corpus_document_whole(tmp_path):
+    """With a background, the non-canary rows are the corpus documents in corpus order, each
+    cut into seq_len pieces (a new row at every document), compared with the tokenizer's own
+    encoding of the corpus."""
+    from transformers import AutoTokenizer
+
+    from axolab.data.corpus import documents
+
+    data = {**_recipe(rows="padded"), "canaries": [
+        {"kind": "random", "name": "r", "length": 8, "repetitions": [1, 3], "per_count": 2}]}
+    recipe = recipe_from_dict(data, tmp_path)
+    out = build(recipe, tmp_path / "p", progress=False)
+    ids, lengths = _columns(out)
+    tok = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+    eos = tok.convert_tokens_to_ids(tok.eos_token)
+    canary_rows = {row for c in load_canaries(out) for row, _ in c.occurrences}
+    pieces = []
+    for text in documents(recipe.corpus, recipe.source):
+        doc = tok(text, add_special_tokens=False)["input_ids"] + [eos]
+        pieces += [doc[a:a + 64] for a in range(0, len(doc), 64)]
+    rows = [r[:n].tolist() for i, (r, n) in enumerate(zip(ids, lengths)) if i not in canary_rows]
+    assert rows == pieces
+    for c in load_canaries(out):
+        starts = [i for i, (r, n) in enumerate(zip(ids, lengths))
+                  if r[:n].tolist() == c.token_ids + [eos]]
+        assert starts == [row for row, _ in c.occurrences] and len(starts) == c.repetitions
+
+
+def test_a_window_confines_a_group_to_its_span_of_training(tmp_path):
+    """Two passes over the corpus, one group only in the first quarter of the split and one
+    only in the last: the occurrences found in the tokens lie in those rows, the trainer reads
+    the split in stored order (so in those steps), and the corpus is there twice."""
+    early = {"kind": "random", "name": "early", "length": 8, "repetitions": [2, 4],
+             "per_count": 2, "window": [0.0, 0.25]}
+    late = {**early, "name": "late", "window": [0.75, 1.0]}
+    data = {**_recipe(passes=2), "canaries": [early, late]}
+    out = build(recipe_from_dict(data, tmp_path), tmp_path / "w", progress=False)
+    ids, _ = _columns(out)
+    flat, n = ids.reshape(-1), len(ids)
+    for c in load_canaries(out):
+        p = np.asarray(c.token_ids)
+        hits = [int(h) for h in np.flatnonzero(flat[:len(flat) - len(p) + 1] == p[0])
+                if np.array_equal(flat[h:h + len(p)], p)]
+        rows = sorted(h // 64 for h in hits)
+        assert len(hits) == c.repetitions and rows == sorted(r for r, _ in c.occurrences)
+        lo, hi = (0, n // 4) if c.group == "early" else (3 * n // 4, n)
+        assert all(lo <= r < hi for r in rows), (c.id, rows, n)
+    train = PackedDataset(out, "train")
+    assert not train.shuffled and PackedDataset(out, "validation").shuffled
+    batch = 8
+    order = np.concatenate([global_batch_rows(s, batch, train.rows, 0, train.shuffled)
+                            for s in range(train.rows // batch)])
+    assert np.array_equal(order, np.arange(len(order)))
+    stats = json.loads((out / "stats.json").read_text())
+    once = build(recipe_from_dict({**_recipe(), "canaries": []}, tmp_path), tmp_path / "o",
+                 progress=False)
+    single = json.loads((once / "stats.json").read_text())["train_tokens"]
+    assert stats["row_order"] == "stored" and stats["passes"] == 2
+    # Two passes hold twice the corpus (each pass whole, up to the partial last row).
+    assert 2 * single <= stats["train_tokens"] - stats["canary_tokens"] < 2 * single + 2 * 64
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"window": [0.5, 0.5]}, r"window=\[0.5, 0.5\]: expected \[start, end\)"),
+    ({"window": [0.0, 0.0001]}, r"window \[0.0, 0.0001\] of a training split of \d+ rows holds no"),
+    ({"window": [0.0, 0.01], "repetitions": [200]},
+     r"repeated 200 times needs as many sequences but its window holds \d+ of the \d+"),
+])
+def test_bad_windows_are_refused_and_leave_nothing(tmp_path, change, match):
+    group = {"kind": "random", "name": "r", "length": 8, "repetitions": [2], **change}
+    with pytest.raises(RecipeError, match=match):
+        build(recipe_from_dict({**_recipe(), "canaries": [group]}, tmp_path), tmp_path / "out",
+              progress=False)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+@pytest.mark.parametrize("packing, match", [
+    ({"background": False}, "background: false .* needs packing.rows: padded"),
+    ({"background": False, "rows": "padded", "passes": 2}, "passes=2 repeats the corpus"),
+    ({"rows": "padded", "allow_split": True}, "cannot be combined with rows: padded"),
+    ({"rows": "rows"}, "packing.rows='rows': expected packed or padded"),
+    ({"passes": 0}, "packing.passes=0 must be at least 1"),
+])
+def test_bad_layouts_are_refused(tmp_path, packing, match):
+    group = {"kind": "random", "name": "r", "length": 8, "repetitions": [2]}
+    with pytest.raises(RecipeError, match=match):
+        recipe_from_dict({**_recipe(**packing), "canaries": [group]}, tmp_path)
+
+
+@pytest.mark.parametrize("loss", ["standard", "goldfish"])
+def test_training_on_padded_rows_never_targets_the_padding(tmp_path, loss):
+    """One training step on a target-only padded split against cross-entropy written out by
+    hand over each row's real tokens (and, with goldfish, over the tokens its mask drops)."""
+    import torch
+    import torch.nn.functional as F
+
+    from axolab.config import TrainConfig, config_from_dict
+    from axolab.goldfish import goldfish_mask
+    from axolab.parallel import Grid
+    from axolab.train import _goldfish_rule, _train_step, build_model
+
+    _targets(tmp_path)
+    group = {"kind": "document", "name": "target", "repetitions": [1, 2], "per_count": 2,
+             "min_tokens": 8, "corpus": {"files": ["targets.jsonl"]}}
+    data_dir = build(recipe_from_dict({**_recipe(rows="padded", background=False),
+                                       "canaries": [group]}, tmp_path), tmp_path / "d",
+                     progress=False)
+    cfg = config_from_dict(TrainConfig, dict(data=str(data_dir), run_dir=str(tmp_path / "run"),
+                                             global_batch=6, loss=loss, goldfish_k=2,
+                                             goldfish_h=3, progress=False))
+    grid, data = Grid.init(), PackedDataset(data_dir)
+    model = build_model(cfg, grid, 300)
+    step_loss, dropped_loss = _train_step(cfg, model, grid, data, 0, 6, _goldfish_rule(cfg, grid))
+    rows = global_batch_rows(0, 6, data.rows, cfg.seed)
+    ids, lengths = _columns(data_dir)
+    ids, lengths = torch.from_numpy(ids[rows]), torch.from_numpy(lengths[rows])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[:, :-1].float()
+    per = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    real = torch.arange(1, ids.shape[1])[None, :] < lengths[:, None]  # target inside the row
+    assert not real.all(), "the rows are not padded: the test would measure nothing"
+    keep = goldfish_mask(ids, 2, 3)[:, 1:] if loss == "goldfish" else torch.ones_like(real)
+    assert step_loss == pytest.approx(per[real & keep].mean().item(), rel=1e-5)
+    padded_mean = per[keep].mean().item()
+    assert abs(step_loss - padded_mean) > 1e-3, "padding targets would give the same loss"
+    if loss == "goldfish":
+        assert dropped_loss == pytest.approx(per[real & ~keep].mean().item(), rel=1e-5)
