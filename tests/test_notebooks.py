@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
 from axolab.config import TrainConfig, config_from_dict
 from axolab.data import build, canary_table
@@ -58,7 +59,7 @@ def test_every_notebook_reads_as_a_protocol():
     """A markdown title first, the parameters cell next, and text between the steps; only the
     parameters cell and code cells that call axolab carry code."""
     notebooks = sorted(NB.glob("*.ipynb"))
-    assert len(notebooks) == 6
+    assert len(notebooks) == 7
     for path in notebooks:
         nb = nbformat.read(str(path), as_version=4)
         first = nb.cells[0]
@@ -232,6 +233,58 @@ def test_finetune_405b_runs_with_a_tiny_stand_in(tmp_path, dataset):
     assert _images(cells[3]) == 1 and _value(cells[3]) == summary["exact_match_by_repetitions"]
     assert _images(cells[4]) == 1  # memorization over fine-tuning
     assert _no_torch(cells[5])
+
+
+def test_finetune_study_pretrains_then_fine_tunes_on_unseen_targets(tmp_path):
+    import numpy as np
+
+    from axolab.data import load_canaries
+    from axolab.data.loader import PackedDataset
+    from axolab.files import read_jsonl
+
+    out = tmp_path / "study"
+    status = run_notebook(_with_torch_probe(NB / "finetune_memorization.ipynb", tmp_path),
+                          {"out": str(out), "sizes": ["tiny-llama"], "losses": ["goldfish"],
+                           "targets": 4, "max_documents": 400, "pretrain_epochs": 0.3,
+                           "epochs": 2, "batch": 4},
+                          tmp_path / "results", "fts", progress=False)
+    assert status["state"] == "completed"
+    (base_ckpt,) = sorted((out / "tiny-llama-base" / "checkpoints").glob("step-*"))
+    targets = load_canaries(out / "data-target")
+    members = [c for c in targets if c.member]
+    assert len(members) == 4 and len(targets) == 8
+    # The targets are documents the base model never saw: none is in its training tokens.
+    base_tokens = PackedDataset(out / "data-base").read(np.arange(
+        PackedDataset(out / "data-base").rows)).numpy().reshape(-1)
+    candidates = {json.loads(line)["text"] for line in
+                  (out / "corpus" / "targets.jsonl").read_text().splitlines()}
+    for c in targets:
+        assert c.text in candidates
+        ids = np.asarray(c.token_ids)
+        starts = np.flatnonzero(base_tokens[:len(base_tokens) - len(ids) + 1] == ids[0])
+        assert not any(np.array_equal(base_tokens[h:h + len(ids)], ids) for h in starts), c.id
+    # The target split is the members, one padded row each, and nothing else.
+    train = PackedDataset(out / "data-target")
+    assert train.rows == 4 and train.padded
+    rows_seen = []
+    for loss in ("goldfish",):  # the loss is only passed through: one keeps the test short
+        run_dir = out / f"tiny-llama-{loss}"
+        cfg = json.loads((run_dir / "config.json").read_text())
+        assert (cfg["model"], cfg["loss"], cfg["epochs"]) == (str(base_ckpt), loss, 2)
+        assert cfg["data"] == str(out / "data-target")
+        curve = read_jsonl(run_dir / "memorization_curve.jsonl")
+        assert [r["epoch"] for r in curve] == [1.0, 2.0]
+        rows_seen += [r["exact_match_by_repetitions"]["1"] for r in curve]
+    cells = _outputs(Path(status["output"]))
+    shown = _text(cells[0])
+    assert "tiny-llama" in shown and "goldfish" in shown
+    study_rows = json.loads((out / "finetune_study.json").read_text())
+    assert [r["exact_targets"] for r in study_rows] == rows_seen
+    assert _images(cells[1]) == 1
+    assert "val_loss" in _text(cells[2]) and _no_torch(cells[3])
+    # The recipes the study wrote are the ones its datasets were built from.
+    assert yaml.safe_load((out / "recipes" / "finetune-target.yaml").read_text())[
+        "packing"]["background"] is False
 
 
 def test_scaling_sweep_points_are_every_valid_grid():
