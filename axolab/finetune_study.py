@@ -7,7 +7,7 @@ set of target documents, one per padded row, then prompted with each document's 
 of the size trend it relies on (Tirumala et al., 2022, "Memorization Without Overfitting":
 larger models memorize the same data in fewer passes).
 
-`python -m axolab.finetune_study [--sizes tiny-llama,mini-llama,small-llama] [--epochs 6]`
+`python -m axolab.finetune_study [--sizes tiny-llama,mini-llama,small-llama] [--epochs 32]`
 
 1. The corpus is split into a background (pretraining text) and target candidates (every
    ``target_every``-th document), written as jsonl so the recipes can read them as files.
@@ -59,17 +59,17 @@ class FinetuneStudy:
     """Row length of both datasets."""
     vocab: int = 1024
     """Byte-level BPE trained on the background; the presets' vocabulary size."""
-    pretrain_epochs: float = 2.0
+    pretrain_epochs: float = 3.0
     """Passes over the background when pretraining."""
     pretrain_lr: float = 2e-3
     """Peak learning rate of pretraining."""
     pretrain_batch: int = 32
     """Sequences per pretraining step."""
-    epochs: int = 6
+    epochs: int = 32
     """Fine-tuning epochs over the target set (a probe after each)."""
-    lr: float = 1e-3
+    lr: float = 2e-3
     """Peak learning rate of fine-tuning."""
-    batch: int = 8
+    batch: int = 4
     """Target documents per fine-tuning step."""
     grid: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
     """data, z, y, x of every job."""

@@ -619,10 +619,10 @@ losses = ["standard", "goldfish"]  # fine-tuning losses
 goldfish_k = 4  # the goldfish runs leave one token in k out of the loss
 targets = 32  # target documents (as many more are the controls)
 max_documents = 3000  # corpus documents used (background + target candidates)
-pretrain_epochs = 2.0  # passes over the background when pretraining
-epochs = 16  # fine-tuning epochs, a probe after each
-lr = 3e-3  # peak fine-tuning learning rate
-batch = 8  # target documents per fine-tuning step
+pretrain_epochs = 3.0  # passes over the background when pretraining
+epochs = 32  # fine-tuning epochs, a probe after each
+lr = 2e-3  # peak fine-tuning learning rate
+batch = 4  # target documents per fine-tuning step
 grid = [1, 1, 1, 1]  # data, z, y, x of every job"""),
     (MD, """\
 **On a cluster.**
