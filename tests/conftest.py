@@ -29,6 +29,6 @@ def tiny_study(tmp_path_factory):
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         rc = main(["--out", str(out), "--sizes", "tiny-llama", "--grid", "1,1,1,2",
-                   "--epochs", "0.1", "--global-batch", "8", "--recipe",
+                   "--epochs", "0.03", "--global-batch", "8", "--recipe",
                    str(Path(__file__).resolve().parents[1] / "data_recipes" / "tiny.yaml")])
     return out, printed.getvalue(), rc

@@ -178,7 +178,7 @@ def test_goldfish_mitigation_sweeps_k(tmp_path, tiny_study):
             for name in ("tiny-llama-standard", "tiny-llama-goldfish-k4")}
     status = run_notebook(NB / "goldfish_mitigation.ipynb",
                           {"recipe": str(ROOT / "data_recipes" / "tiny.yaml"), "out": str(out),
-                           "goldfish_ks": [2, 4], "epochs": 0.1, "global_batch": 8,
+                           "goldfish_ks": [2, 4], "epochs": 0.03, "global_batch": 8,
                            "grid": [1, 1, 1, 2]},
                           tmp_path / "results", "gf", progress=False)
     assert status["state"] == "completed"
@@ -245,7 +245,7 @@ def test_finetune_study_pretrains_then_fine_tunes_on_unseen_targets(tmp_path):
     out = tmp_path / "study"
     status = run_notebook(_with_torch_probe(NB / "finetune_memorization.ipynb", tmp_path),
                           {"out": str(out), "sizes": ["tiny-llama"], "losses": ["goldfish"],
-                           "targets": 4, "max_documents": 400, "pretrain_epochs": 0.3,
+                           "targets": 4, "max_documents": 400, "pretrain_epochs": 0.1,
                            "epochs": 2, "batch": 4},
                           tmp_path / "results", "fts", progress=False)
     assert status["state"] == "completed"
