@@ -1,6 +1,8 @@
 """Files that survive a kill at any byte: atomic rewrites and append-only JSON lines.
 
-Every file a run keeps (metrics, sessions, status, configs) is written one of two ways:
+Every file a run keeps (metrics, sessions, status, configs) is written one of two ways (and a
+directory a command produces whole, a dataset or a report, replaces the old one in one step,
+``replace_directory``):
 - rewritten whole through a temporary file in the same directory and a rename, so a reader sees
   the old file or the new one, never half of either;
 - appended one JSON line at a time by a single writer (the run directory's lock holder). A kill
@@ -11,9 +13,13 @@ Torch-free: the notebook kernel and the launcher read these files.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import sys
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +38,50 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 with RENAME_EXCHANGE). False where the
+    system or the file system cannot, so the caller falls back to two renames."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:  # glibc older than 2.28
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_directory(new: str | Path, out: str | Path) -> None:
+    """Put the finished directory ``new`` (a sibling of ``out``) at ``out``, replacing what is
+    there. With an atomic exchange there is always a whole directory at ``out``; without one, a
+    kill between the two renames leaves the previous one whole under ``.<name>.*.old`` beside
+    it. The previous directory is deleted only once the new one is in place."""
+    new, out = Path(new), Path(out)
+    if not os.path.lexists(out):
+        new.rename(out)
+        return
+    if _exchange(new, out):
+        shutil.rmtree(new)  # now the previous directory
+        return
+    old = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old"
+    out.rename(old)
+    try:
+        new.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _complete_length(path: Path) -> int:

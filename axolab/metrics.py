@@ -13,6 +13,18 @@ GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12
                  "MI250X": 191.5e12, "MI300X": 1307e12, "V100": 125e12}
 
 
+# Throughput is summarized over the steps after warm-up: the first step always (it carries
+# one-time costs: allocator growth, tuned-matmul choices, lazy imports) and the first 10% of
+# the steps done so far. The report and the scaling sweep both use this, so one run shows one
+# median throughput wherever it is read.
+WARMUP_FRACTION = 0.1
+
+
+def past_warmup(step: int, last_step: int) -> bool:
+    """Whether logged step ``step`` counts for throughput, ``last_step`` the newest logged."""
+    return step > max(1.0, WARMUP_FRACTION * last_step)
+
+
 def flops_per_token(config, seq_len: int) -> float:
     """Training FLOPs per token: 6 per parameter-token for the matmuls (forward + backward,
     embedding lookup excluded) plus attention scores and values, 12 * layers * hidden * seq

@@ -20,11 +20,10 @@ from pathlib import Path
 import pandas as pd
 
 from .config import TrainConfig, config_from_dict
-from .metrics import read_metrics
+from .metrics import past_warmup, read_metrics
 
 # Steps timed before this fraction of the run (at least the first) include start-up costs:
 # allocator growth, first-call kernels, gloo connection set-up.
-WARMUP_FRACTION = 0.25
 
 
 @dataclass(frozen=True)
@@ -81,8 +80,8 @@ def measured_throughput(run_dir: Path) -> dict:
     records = [r for r in read_metrics(run_dir) if "step_time_s" in r]
     if not records:
         raise ValueError(f"{run_dir}: metrics.jsonl has no timed steps")
-    skip = max(1, int(len(records) * WARMUP_FRACTION)) if len(records) > 1 else 0
-    steady = records[skip:]
+    last = records[-1]["step"]
+    steady = [r for r in records if past_warmup(r["step"], last)] or records[-1:]
     med = {k: statistics.median(r[k] for r in steady)
            for k in ("step_time_s", "tokens_per_s", "model_flops_per_s", "mfu")}
     return {"measured_step_s": med["step_time_s"], "measured_tokens_per_s": med["tokens_per_s"],

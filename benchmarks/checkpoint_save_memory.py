@@ -23,11 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from axolab.net import free_port
 
 GRIDS = [(1, 2, 2, 1), (1, 1, 2, 2), (1, 2, 1, 2)]  # Z*Y, Y*X, Z*X (data, z, y, x)
 MIB = 2**20
@@ -95,11 +96,6 @@ def worker(rank: int, world: int, port: int, chunk: int, out_dir: str, queue) ->
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def run(chunk: int) -> list[dict]:
     import torch.multiprocessing as mp
@@ -107,7 +103,7 @@ def run(chunk: int) -> list[dict]:
     world = 4
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as out_dir:
         procs = [ctx.Process(target=worker, args=(r, world, port, chunk, out_dir, queue))
                  for r in range(world)]

@@ -11,16 +11,12 @@ from __future__ import annotations
 import datetime
 import os
 import queue
-import socket
 import traceback
 
 import torch.multiprocessing as mp
 
+from axolab.net import free_port
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, tasks, results) -> None:
@@ -71,7 +67,7 @@ class RankPool:
         ctx = mp.get_context("spawn")
         self.results = ctx.Queue()
         self.tasks = [ctx.Queue() for _ in range(self.world)]
-        port = _free_port()
+        port = free_port()
         self.procs = [ctx.Process(target=_worker, args=(r, self.world, port, self.tasks[r],
                                                         self.results), daemon=True)
                       for r in range(self.world)]

@@ -14,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from axolab.net import free_port
+
 TEMPLATE = Path(__file__).parent / "slurm" / "slurm.conf.in"
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol")
 
@@ -34,11 +36,6 @@ def _exe(name: str) -> str:
     return shutil.which(name) or f"/usr/sbin/{name}"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class SlurmCluster:
     def __init__(self, root: Path):
@@ -56,7 +53,7 @@ class SlurmCluster:
         key.chmod(0o600)
         text = TEMPLATE.read_text()
         for name, value in (("HOST", socket.gethostname().split(".")[0]), ("DIR", str(self.root)),
-                            ("CTLD_PORT", str(_free_port())), ("SLURMD_PORT", str(_free_port()))):
+                            ("CTLD_PORT", str(free_port())), ("SLURMD_PORT", str(free_port()))):
             text = text.replace(f"@{name}@", value)
         self.conf.write_text(text)
         logs = open(self.root / "log" / "daemons.out", "ab")

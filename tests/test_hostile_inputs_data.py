@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import gzip
-import importlib
 import re
 import shutil
 from pathlib import Path
@@ -16,7 +15,7 @@ import yaml
 
 from axolab.cli import main as axolab
 from axolab.data import RecipeError, build, load_recipe, recipe_from_dict
-from axolab.data.build import _move_into_place
+from axolab.files import replace_directory
 from axolab.data.corpus import _first_invalid_utf8
 from axolab.runs import ParameterError, prepare_sweep
 from axolab.runs.sweep import sweep_directory
@@ -258,14 +257,13 @@ def test_overwrite_replaces_a_dataset_and_leaves_nothing_beside(built, tmp_path)
 
 @pytest.mark.parametrize("atomic", [True, False], ids=["exchange", "two renames"])
 def test_replacing_keeps_one_whole_dataset(atomic, tmp_path, monkeypatch):
-    build_module = importlib.import_module("axolab.data.build")  # axolab.data.build: a function
     if not atomic:
-        monkeypatch.setattr(build_module, "_exchange", lambda a, b: False)
+        monkeypatch.setattr("axolab.files._exchange", lambda a, b: False)
     old, new = tmp_path / "ds", tmp_path / ".ds.x.partial"
     for d, tag in ((old, "old"), (new, "new")):
         d.mkdir()
         (d / "stats.json").write_text(tag)
-    _move_into_place(new, old)
+    replace_directory(new, old)
     assert (old / "stats.json").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
     if atomic:
@@ -282,7 +280,7 @@ def test_replacing_keeps_one_whole_dataset(atomic, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Path, "rename", second_rename_fails)
     with pytest.raises(OSError, match="disk gone"):
-        _move_into_place(new, old)
+        replace_directory(new, old)
     assert (old / "stats.json").read_text() == "new"
 
 

@@ -37,6 +37,21 @@ def _csv(out: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(out / "tables" / f"{name}.csv")
 
 
+def test_the_report_and_the_scaling_sweep_give_one_throughput(study):
+    """One run, one median: the report's runs table and axolab.scaling read the same steps."""
+    from axolab.scaling import measured_throughput
+
+    runs, out = study
+    table = _csv(out, "runs").set_index("run")
+    timed = [name for name, files in runs.items()
+             if any("step_time_s" in m for m in files["metrics"])]
+    assert timed
+    for name in timed:
+        run_dir = out.parents[1] / "results" / name
+        assert measured_throughput(run_dir)["measured_tokens_per_s"] == pytest.approx(
+            table.loc[name, "median_tokens_per_s"])
+
+
 def test_runs_table_agrees_with_the_run_files(study):
     runs, out = study
     table = _csv(out, "runs").set_index("run")
@@ -45,8 +60,8 @@ def test_runs_table_agrees_with_the_run_files(study):
         row, metrics = table.loc[name], files["metrics"]
         assert row["final_loss"] == pytest.approx(metrics[-1]["loss"])
         assert row["steps"] == metrics[-1]["step"]
-        # Warm-up is the first 10% of the steps done; it is left out of the medians.
-        steady = [m for m in metrics if m["step"] > 0.1 * metrics[-1]["step"]]
+        # Warm-up, left out of the medians: the first step and the first 10% of the steps done.
+        steady = [m for m in metrics if m["step"] > max(1, 0.1 * metrics[-1]["step"])]
         assert row["median_tokens_per_s"] == pytest.approx(
             np.median([m["tokens_per_s"] for m in steady]))
         assert row["median_mfu"] == pytest.approx(np.median([m["mfu"] for m in steady]))
@@ -261,7 +276,7 @@ def test_plots_without_data_are_skipped_and_said_so(tmp_path, capsys, monkeypatc
     def disk_full(new, out):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr("axolab.report.build._replace", disk_full)
+    monkeypatch.setattr("axolab.report.build.replace_directory", disk_full)
     with pytest.raises(OSError, match="No space left"):
         build_report(tmp_path / "results", out)
     assert (out / "index.html").read_bytes() == page

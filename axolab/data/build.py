@@ -15,12 +15,10 @@ complete; ``overwrite`` replaces only a directory that holds a dataset built her
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
+from ..files import replace_directory
 from .canaries import Canary, document_canaries, random_canaries, schedule, secret_canaries
 from .corpus import check_corpus, documents
 from .packing import pack_train, pack_validation
@@ -239,48 +238,6 @@ def _check_output(out: Path, overwrite: bool) -> None:
                           "yourself or choose another output")
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one step (Linux renameat2 with RENAME_EXCHANGE). False where the
-    system or the file system cannot, so the caller falls back to two renames."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:  # glibc older than 2.28
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                          ctypes.c_uint]
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Put the finished ``tmp`` at ``out``, replacing the dataset there, if any. With an atomic
-    exchange there is always a whole dataset at ``out``; without one, a kill between the two
-    renames leaves the previous dataset whole under ``.<name>.*.old`` beside it."""
-    if not os.path.lexists(out):
-        tmp.rename(out)
-        return
-    if _exchange(tmp, out):
-        shutil.rmtree(tmp)  # now the previous dataset
-        return
-    old = tmp.with_name(tmp.name.removesuffix(".partial") + ".old")
-    out.rename(old)
-    try:
-        tmp.rename(out)
-    except BaseException:
-        old.rename(out)
-        raise
-    shutil.rmtree(old)
-
-
 def build(recipe: Recipe | str | Path, out: str | Path | None = None, *, overwrite: bool = False,
           progress: bool = True) -> Path:
     """Build the recipe's dataset into ``out`` (default results/data/<name>) and return the path.
@@ -338,7 +295,7 @@ def build(recipe: Recipe | str | Path, out: str | Path | None = None, *, overwri
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the dataset is not
         _check_output(out, overwrite)  # again: something may have appeared there meanwhile
-        _move_into_place(tmp, out)
+        replace_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..net import free_port
 from .environment import SlurmAllocation, first_slurm_host, slurm_allocation
 from .preemption import preempted_path
 from .worker import LAUNCHER_HOST, LAUNCHER_PID, error_path, log_path
@@ -42,11 +43,6 @@ class JobPreempted(LaunchError):
     """The ranks stopped early on request (a Slurm time-limit warning, a requeue, SIGTERM) after
     saving their state; running the same job again resumes where it stopped."""
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def launch_command(module: str, args: Sequence[str], nprocs: int, log_dir: Path,
@@ -68,7 +64,7 @@ def launch_command(module: str, args: Sequence[str], nprocs: int, log_dir: Path,
     env["MASTER_ADDR"] = first_slurm_host() or socket.gethostname()
     # This process runs on the job's first node (the batch host), so a port free here is free
     # where rank 0 listens.
-    env["MASTER_PORT"] = str(_free_port())
+    env["MASTER_PORT"] = str(free_port())
     return ["srun", f"--ntasks={nprocs}", "--kill-on-bad-exit=1", sys.executable, *worker], env
 
 

@@ -20,6 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
+from ..files import write_text_atomic
 from .environment import rank_of_this_process
 from .preemption import PREEMPTED_EXIT, write_preempted
 from .rank_exit import WORKER_PID, leave, release_process_group
@@ -40,9 +41,7 @@ def _write_error(log_dir: Path, rank: int, exc: BaseException) -> None:
     record = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(), "time": time.time(),
               "exception": type(exc).__name__, "message": str(exc),
               "traceback": "".join(traceback.format_exception(exc))}
-    tmp = error_path(log_dir, rank).with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, error_path(log_dir, rank))
+    write_text_atomic(error_path(log_dir, rank), json.dumps(record, indent=1))
 
 
 def _process_alive(pid: int) -> bool:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
 from ..launch.environment import first_slurm_host, in_slurm_step
+from ..net import free_port
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,6 @@ def _default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _ensure_process_group(backend: str | None, world_needed: int, timeout_s: float | None) -> None:
     if dist.is_available() and dist.is_initialized():
@@ -79,7 +74,7 @@ def _ensure_process_group(backend: str | None, world_needed: int, timeout_s: flo
                 "srun (no RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS in the environment); start it "
                 "with axolab.launch or torchrun --nproc-per-node N")
         env = dict(rank=0, world_size=1, local_rank=0, master_addr="127.0.0.1",
-                   master_port=str(_free_port()))
+                   master_port=str(free_port()))
     if env["world_size"] != world_needed:
         raise ValueError(f"grid data*z*y*x = {world_needed} but the launcher started "
                          f"{env['world_size']} ranks")

@@ -10,16 +10,12 @@ from __future__ import annotations
 import datetime
 import os
 import queue
-import socket
 import traceback
 
 import torch.multiprocessing as mp
 
+from ..net import free_port
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, fn, args, results, timeout_s: float) -> None:
@@ -47,7 +43,7 @@ def run_on_ranks(fn, ranks: int, *args, timeout_s: float = 3600.0) -> list:
         raise ValueError(f"ranks must be a positive integer, got {ranks!r}")
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, ranks, port, fn, args, results, timeout_s),
                          daemon=True) for r in range(ranks)]
     for p in procs:

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
+from ..files import replace_directory
 from .collect import find_runs
 from .errors import ReportError
 from .page import render_page
@@ -64,7 +65,7 @@ def build_report(dirs: Iterable[str | Path] | str | Path = ("results",),
             if plot.png is not None:
                 (tmp / "plots" / f"{plot.name}.png").write_bytes(plot.png)
         (tmp / "index.html").write_text(page, encoding="utf-8")
-        _replace(tmp, out)
+        replace_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -83,17 +84,3 @@ def _check_replaceable(out: Path) -> None:
                           "tables/); refusing to replace it, choose another --out")
 
 
-def _replace(new: Path, out: Path) -> None:
-    """Put ``new`` at ``out``; an earlier report there is moved aside first and deleted only
-    once the new one is in place."""
-    if not out.exists():
-        new.rename(out)
-        return
-    old = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old"
-    out.rename(old)
-    try:
-        new.rename(out)
-    except BaseException:
-        old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
+from ..metrics import past_warmup
 from .collect import CURVE_FILES, Run
 from .errors import ReportError
 
 # Throughput of the first steps includes compilation, allocator growth and cold caches.
-WARMUP_FRACTION = 0.1
 # Membership scores in memorization.jsonl, each oriented so that higher means "member".
 MIA_SCORES = ("loss", "zlib", "min_k", "min_k_plus_plus", "reference")
 # eval.json's per-repetition dicts and the column each becomes.
@@ -57,11 +57,12 @@ def build_tables(runs: list[Run]) -> dict[str, pd.DataFrame]:
 
 
 def after_warmup(metrics: pd.DataFrame) -> pd.DataFrame:
-    """The logged steps past the first WARMUP_FRACTION of the steps done so far. Counted from
-    the last logged step, not the planned total, so a run still training has a throughput."""
+    """The logged steps past warm-up (``axolab.metrics.past_warmup``), counted from the last
+    logged step, not the planned total, so a run still training has a throughput."""
     if metrics is None or not len(metrics):
         return pd.DataFrame()
-    return metrics[metrics["step"] > WARMUP_FRACTION * metrics["step"].max()]
+    last = metrics["step"].max()
+    return metrics[[past_warmup(step, last) for step in metrics["step"]]]
 
 
 def runs_table(runs: list[Run]) -> pd.DataFrame:
