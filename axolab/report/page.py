@@ -71,7 +71,7 @@ def render_page(plots: list[Plot], runs: pd.DataFrame, extracted: pd.DataFrame,
         f"{len(runs)} run(s) found under {where}. Every table is also in <code>tables/"
         "</code> as CSV, every figure in <code>plots/</code> as PNG.</p>",
         "<h2>Runs</h2>",
-        "<p>One row per run. Throughput medians leave out the first 10% of steps (warm-up); "
+        "<p>One row per run. Throughput medians leave out warm-up (the first step and the first 10% of steps); "
         "<code>*_at_max_repetitions</code> are for the most repeated canaries; "
         "<code>mia_&lt;score&gt;_auc</code> is the membership-inference ROC AUC.</p>",
         table_html(runs),
