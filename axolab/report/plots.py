@@ -133,9 +133,10 @@ def loss_curves(metrics: pd.DataFrame) -> Plot:
 def throughput(runs: pd.DataFrame) -> Plot:
     """Median tokens/s and % of peak FLOP/s against the number of ranks, a point per run."""
     plot = Plot("throughput", "Throughput",
-                "Median training throughput after warm-up (the first step and the first 10% of steps are "
-                "left out) against the number of ranks, one point per run: tokens per second, and "
-                "model FLOP/s as a percentage of the devices' peak (MFU).")
+                "Median training throughput after warm-up (the first step and the first 10% "
+                "of steps are left out) against the number of ranks, one point per run: "
+                "tokens per second, and model FLOP/s as a percentage of the devices' peak "
+                "(MFU).")
     if not has_values(runs, "ranks", "median_tokens_per_s"):
         return _skip(plot, "no run has both a grid in config.json and throughput in "
                            "metrics.jsonl")
