@@ -129,7 +129,8 @@ class SequenceWriter:
 
         self._flush()
         if self.rows == 0:  # an empty split (validation_fraction: 0) still loads as a dataset
-            self._writer.write_batch(pa.RecordBatch.from_pylist([], schema=self.features.arrow_schema))
+            empty = pa.RecordBatch.from_pylist([], schema=self.features.arrow_schema)
+            self._writer.write_batch(empty)
         self._writer.close()
         self._sink.close()
         return MemoryMappedTable.from_file(str(self.path)), datasets.DatasetInfo(
@@ -183,7 +184,8 @@ class PaddedRowWriter:
 
         self._flush()
         if self.rows == 0:  # an empty split (validation_fraction: 0) still loads as a dataset
-            self._writer.write_batch(pa.RecordBatch.from_pylist([], schema=self.features.arrow_schema))
+            empty = pa.RecordBatch.from_pylist([], schema=self.features.arrow_schema)
+            self._writer.write_batch(empty)
         self._writer.close()
         self._sink.close()
         return MemoryMappedTable.from_file(str(self.path)), datasets.DatasetInfo(
