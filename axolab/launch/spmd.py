@@ -23,8 +23,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..cluster import first_slurm_host
 from ..net import free_port
-from .environment import SlurmAllocation, first_slurm_host, slurm_allocation
+from .environment import SlurmAllocation, slurm_allocation
 from .preemption import preempted_path
 from .worker import LAUNCHER_HOST, LAUNCHER_PID, error_path, log_path
 

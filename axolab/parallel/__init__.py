@@ -11,7 +11,8 @@ from .grads import clip_grad_norm_, global_grad_norm, sync_gradients
 from .grid import Axis, Grid
 from .options import Optimizations
 from .overlap import no_data_sync
-from .parallelize import grid_of, parallel_modules, parallelize, vocab_shard
+from .modules import grid_of, parallel_modules, vocab_shard
+from .parallelize import parallelize
 from .plans import PLANS, Plan
 from .state import full_state_dict, parallel_parameters
 from .vocab import (VocabShard, gather_logits, vocab_parallel_argmax,

@@ -15,7 +15,7 @@ from torch import nn
 
 from . import comm
 from .base import GradSpec
-from .parallelize import grid_of, parallel_modules
+from .modules import grid_of, parallel_modules
 
 
 def grad_specs(model: nn.Module) -> list[GradSpec]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from ..launch.environment import first_slurm_host, in_slurm_step
+from ..cluster import first_slurm_host, in_slurm_step
 from ..net import free_port
 
 

@@ -92,7 +92,7 @@ class Runtime:
 
     def _attach(self, specs) -> None:
         from .linear import ParallelLinear
-        from .parallelize import parallel_modules
+        from .modules import parallel_modules
 
         for hook in getattr(self, "_hooks", []):
             hook.remove()

@@ -152,22 +152,3 @@ def _generate_unsupported(*args, **kwargs):
         "transformers' generate() takes the argmax over this rank's vocabulary slice only; on a "
         "parallelized model decode with axolab.parallel.vocab_parallel_argmax (see "
         "axolab.memorization for batched greedy decoding)")
-
-
-def parallel_modules(model: nn.Module):
-    """(name, module) of every parallel layer of ``model``."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, ParallelModule)]
-
-
-def vocab_shard(model: nn.Module) -> VocabShard:
-    """Which vocabulary columns this rank's ``model(...).logits`` hold."""
-    if not isinstance(getattr(model, "loss_function", None), ParallelCausalLMLoss):
-        raise ValueError("model is not parallelized (call axolab.parallel.parallelize first)")
-    return model.loss_function.shard
-
-
-def grid_of(model: nn.Module) -> Grid:
-    grid = getattr(model, "axolab_grid", None)
-    if grid is None:
-        raise ValueError("model is not parallelized (call axolab.parallel.parallelize first)")
-    return grid

@@ -12,9 +12,19 @@ from typing import Iterable
 from ..files import replace_directory
 from .collect import find_runs
 from .errors import ReportError
+from .curve_plots import memorization_curve_panels, memorization_curves
 from .page import render_page
-from .plots import Plot, make_plots
+from .plots import Plot, exact_by_repetitions, extraction_curves, loss_curves, mia_roc, throughput
 from .tables import build_tables, extracted_canaries
+
+
+def make_plots(tables: dict) -> list[Plot]:
+    """Every figure of the report, in page order, drawn or skipped."""
+    curve = tables["memorization_curve"]
+    return [loss_curves(tables["metrics"]), throughput(tables["runs"]),
+            exact_by_repetitions(tables["exact_by_repetitions"]), memorization_curves(curve),
+            *memorization_curve_panels(curve, tables["mia_curve"]),
+            extraction_curves(tables["extraction_curves"]), mia_roc(tables["mia_roc"])]
 
 
 def report_plots(dirs: Iterable[str | Path] | str | Path = ("results",)) -> dict[str, Plot]:

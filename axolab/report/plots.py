@@ -42,18 +42,6 @@ class Plot:
         return f"*{self.title}: not drawn ({self.skipped})*" if self.png is None else None
 
 
-def make_plots(tables: dict[str, pd.DataFrame]) -> list[Plot]:
-    """Every figure of the report, in page order, drawn or skipped."""
-    # Here, not at the top: curve_plots builds on this module's helpers and imports it.
-    from .curve_plots import memorization_curve_panels, memorization_curves
-
-    curve = tables["memorization_curve"]
-    return [loss_curves(tables["metrics"]), throughput(tables["runs"]),
-            exact_by_repetitions(tables["exact_by_repetitions"]), memorization_curves(curve),
-            *memorization_curve_panels(curve, tables["mia_curve"]),
-            extraction_curves(tables["extraction_curves"]), mia_roc(tables["mia_roc"])]
-
-
 @contextlib.contextmanager
 def _style():
     # Context managers restore the rc settings afterwards; sns.set_theme would not.
