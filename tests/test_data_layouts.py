@@ -122,6 +122,10 @@ def test_a_window_confines_a_group_to_its_span_of_training(tmp_path):
                  progress=False)
     single = json.loads((once / "stats.json").read_text())["train_tokens"]
     assert stats["row_order"] == "stored" and stats["passes"] == 2
+    again = build(recipe_from_dict(data, tmp_path), tmp_path / "w2", progress=False)
+    assert np.array_equal(_columns(again)[0], ids)  # the same bytes from the same seed
+    assert [c.occurrences for c in load_canaries(again)] == \
+        [c.occurrences for c in load_canaries(out)]
     # Two passes hold twice the corpus (each pass whole, up to the partial last row).
     assert 2 * single <= stats["train_tokens"] - stats["canary_tokens"] < 2 * single + 2 * 64
 
