@@ -94,18 +94,20 @@ def pack_train(recipe: Recipe, canaries: list[Canary], train: TokenFile, skip: s
     return writer.close(), canary_tokens, n_seq * L
 
 
-def _background_rows(recipe: Recipe, train: TokenFile, skip: set[int]):
-    """The corpus documents of a padded split, cut into pieces of at most seq_len tokens."""
+def _background_docs(recipe: Recipe, train: TokenFile, skip: set[int]) -> list[int]:
+    """The corpus documents of a padded split, in the order they are written."""
     if not recipe.packing.background:
-        return
-    L = recipe.packing.seq_len
+        return []
     order = _document_order(recipe, train, skip)
-    for doc in range(len(train.starts)) if order is None else order:
-        if doc in skip:
-            continue
+    return [d for d in (range(len(train.starts)) if order is None else order) if d not in skip]
+
+
+def _background_rows(train: TokenFile, docs: list[int], seq_len: int):
+    """Those documents cut into pieces of at most seq_len tokens, one per row."""
+    for doc in docs:
         ids = train.read(*train.doc_range(doc))
-        for a in range(0, len(ids), L):
-            yield ids[a:a + L]
+        for a in range(0, len(ids), seq_len):
+            yield ids[a:a + seq_len]
 
 
 def _pack_padded(recipe, canaries, train: TokenFile, skip: set[int], eos: int, work, progress):
@@ -113,7 +115,8 @@ def _pack_padded(recipe, canaries, train: TokenFile, skip: set[int], eos: int, w
     members = [i for i, c in enumerate(canaries) if c.member]
     # A target document ends with the separator, as corpus documents do: the end is learnt too.
     slots = {i: np.asarray(canaries[i].token_ids + [eos], dtype=np.uint32) for i in members}
-    n_bg = sum(1 for _ in _background_rows(recipe, train, skip))
+    docs = _background_docs(recipe, train, skip)
+    n_bg = sum(-(-(b - a) // L) for a, b in map(train.doc_range, docs))  # ceil, from lengths
     n_rows = n_bg + sum(canaries[i].repetitions for i in members)
     if n_rows == 0:
         raise RecipeError("the training split would hold no rows: no corpus documents and no "
@@ -122,7 +125,7 @@ def _pack_padded(recipe, canaries, train: TokenFile, skip: set[int], eos: int, w
     # One slot per row: placement in rows of capacity one is placement in rows.
     starts = place(requests, n_rows, 1, False, np.random.default_rng([recipe.seed, 4]))
     canary_at = {row: requests[r].canary for row, r in starts}
-    background = _background_rows(recipe, train, skip)
+    background = _background_rows(train, docs, L)
     writer = PaddedRowWriter(work / "train.arrow", L, eos)
     real = 0
     for row in tqdm(range(n_rows), desc="pack rows", unit="row", disable=not progress):

@@ -87,20 +87,46 @@ class TokenReader:
         self._pos = stop
 
 
-class SequenceWriter:
-    """Collects a stream of token segments into rows of ``seq_len`` and writes Arrow batches."""
+class _ArrowRows:
+    """An Arrow stream of rows with ``features``, written batch by batch; ``close`` returns it
+    as a memory-mapped table for ``datasets.Dataset``."""
+
+    def __init__(self, path: Path, features):
+        self.path, self.features = path, features
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_stream(self._sink, features.arrow_schema)
+        self.rows = 0
+
+    def _flush(self) -> None:
+        raise NotImplementedError
+
+    def close(self):
+        """Flush and return (table, DatasetInfo)."""
+        import datasets
+        from datasets.table import MemoryMappedTable
+
+        self._flush()
+        if self.rows == 0:  # an empty split (validation_fraction: 0) still loads as a dataset
+            empty = pa.RecordBatch.from_pylist([], schema=self.features.arrow_schema)
+            self._writer.write_batch(empty)
+        self._writer.close()
+        self._sink.close()
+        return MemoryMappedTable.from_file(str(self.path)), datasets.DatasetInfo(
+            features=self.features)
+
+
+class SequenceWriter(_ArrowRows):
+    """Collects a stream of token segments into rows of ``seq_len`` and writes Arrow batches;
+    a partial last row is dropped at ``close``."""
 
     def __init__(self, path: Path, seq_len: int, rows_per_batch: int = 1024):
         import datasets
 
-        self.features = datasets.Features(
-            {"input_ids": datasets.List(datasets.Value("int32"), length=seq_len)})
-        self.path, self.seq_len = path, seq_len
-        self._sink = pa.OSFile(str(path), "wb")
-        self._writer = pa.ipc.new_stream(self._sink, self.features.arrow_schema)
+        super().__init__(path, datasets.Features(
+            {"input_ids": datasets.List(datasets.Value("int32"), length=seq_len)}))
+        self.seq_len = seq_len
         self._buf = np.empty(rows_per_batch * seq_len, dtype=np.int32)
         self._fill = 0
-        self.rows = 0
 
     def write(self, tokens: np.ndarray) -> None:
         while len(tokens):
@@ -122,38 +148,22 @@ class SequenceWriter:
         self._buf[:rest] = self._buf[n * self.seq_len:self._fill]
         self._fill = rest
 
-    def close(self):
-        """Flush whole rows (a partial last row is dropped) and return the dataset."""
-        import datasets
-        from datasets.table import MemoryMappedTable
-
-        self._flush()
-        if self.rows == 0:  # an empty split (validation_fraction: 0) still loads as a dataset
-            empty = pa.RecordBatch.from_pylist([], schema=self.features.arrow_schema)
-            self._writer.write_batch(empty)
-        self._writer.close()
-        self._sink.close()
-        return MemoryMappedTable.from_file(str(self.path)), datasets.DatasetInfo(
-            features=self.features)
 
 
-class PaddedRowWriter:
+class PaddedRowWriter(_ArrowRows):
     """Rows of one document each: ``write_row(tokens)`` pads to ``seq_len`` with ``pad`` and
     records the real length in the column ``length``, which the loss reads to skip padding."""
 
     def __init__(self, path: Path, seq_len: int, pad: int, rows_per_batch: int = 1024):
         import datasets
 
-        self.features = datasets.Features(
+        super().__init__(path, datasets.Features(
             {"input_ids": datasets.List(datasets.Value("int32"), length=seq_len),
-             "length": datasets.Value("int32")})
-        self.path, self.seq_len, self.pad = path, seq_len, pad
-        self._sink = pa.OSFile(str(path), "wb")
-        self._writer = pa.ipc.new_stream(self._sink, self.features.arrow_schema)
+             "length": datasets.Value("int32")}))
+        self.seq_len, self.pad = seq_len, pad
         self._ids = np.full((rows_per_batch, seq_len), pad, dtype=np.int32)
         self._lengths = np.zeros(rows_per_batch, dtype=np.int32)
         self._fill = 0
-        self.rows = 0
 
     def write_row(self, tokens: np.ndarray) -> None:
         if not 0 < len(tokens) <= self.seq_len:
@@ -177,16 +187,3 @@ class PaddedRowWriter:
         self.rows += n
         self._fill = 0
 
-    def close(self):
-        """Flush and return the dataset (as ``SequenceWriter.close``)."""
-        import datasets
-        from datasets.table import MemoryMappedTable
-
-        self._flush()
-        if self.rows == 0:  # an empty split (validation_fraction: 0) still loads as a dataset
-            empty = pa.RecordBatch.from_pylist([], schema=self.features.arrow_schema)
-            self._writer.write_batch(empty)
-        self._writer.close()
-        self._sink.close()
-        return MemoryMappedTable.from_file(str(self.path)), datasets.DatasetInfo(
-            features=self.features)
