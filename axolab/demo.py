@@ -3,7 +3,7 @@
 1. builds the ``demo`` recipe: Austen paragraphs with random-token, PIN-secret and paragraph
    canaries injected 1, 4, 16, 32 and 64 times (and never-injected controls);
 2. trains Llamas of two sizes from scratch, each with the standard and the goldfish loss, on a
-   4D grid of 4 ranks (each run a real torchrun job through ``axolab.launch``);
+   4D grid of 4 ranks (each run a real multi-process job through ``axolab.launch``);
 3. evaluates every canary of every run (exact match, exposure, membership inference);
 4. writes ``results/demo/report/`` (``axolab report``) and ``results/demo/summary.md``.
 

@@ -34,6 +34,16 @@ elif mode == "abort-in-finalization":
     from axolab.launch.rank_exit import exit_rank
 
     exit_rank(0)  # how axolab's job modules end, under the worker or torchrun directly
+elif mode == "term":
+    # A rank that saves on SIGTERM (as a training rank does) and is cut short by a second one.
+    got = []
+    signal.signal(signal.SIGTERM, lambda *_: got.append(1))
+    print(f"rank {rank} ready", flush=True)
+    while not got:
+        time.sleep(0.05)
+    time.sleep(1.0)  # "saving"; a second SIGTERM would arrive in here
+    print(f"rank {rank} saved after {len(got)} SIGTERM", flush=True)
+    sys.exit(3 if len(got) > 1 else 0)
 elif mode == "ok":
     print(f"hello from rank {rank}", flush=True)
 elif rank == target and mode == "raise":

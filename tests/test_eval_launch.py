@@ -235,7 +235,7 @@ def _eval_ranks(log_dir: Path) -> dict[int, psutil.Process]:
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
         if "axolab.launch.worker" in cmd and str(log_dir) in cmd \
-                and "torch.distributed.run" not in cmd:
+                and "axolab.launch.local_ranks" not in cmd:
             try:
                 found[int(p.environ()["RANK"])] = p
             except (psutil.Error, KeyError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from axolab.cli import main as axolab
 from axolab.data import build
 from axolab.launch import LaunchError, spmd
 from axolab.launch.environment import SlurmAllocation, in_slurm_step, slurm_allocation
+from axolab.launch.local_ranks import exit_line, rank_environments
 from axolab.launch.spmd import launch_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +113,26 @@ def test_a_job_module_under_plain_torchrun_also_skips_finalization(targets, tmp_
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "rank 1 done" in done.stdout
+
+
+def test_local_ranks_environment_and_group_signal(targets, tmp_path):
+    """The launcher gives each rank its rendezvous variables; a SIGTERM sent to the job's process
+    group reaches every rank once (a second would cut its checkpoint short) and the launcher
+    waits for them to finish saving."""
+    env = rank_environments(3, 29999, {"KEEP": "1"})
+    assert [e["RANK"] for e in env] == ["0", "1", "2"] == [e["LOCAL_RANK"] for e in env]
+    assert {(e["WORLD_SIZE"], e["MASTER_PORT"], e["KEEP"]) for e in env} == {("3", "29999", "1")}
+    assert exit_line(1, -9) == "axolab: rank 1 exited with code -9 (SIGKILL)"
+    job = subprocess.Popen([sys.executable, "-m", "axolab.launch.local_ranks", "2",
+                            sys.executable, "-m", "launch_targets", "term"],
+                           stdout=subprocess.PIPE, text=True, start_new_session=True)
+    lines = [job.stdout.readline(), job.stdout.readline(), job.stdout.readline(),
+             job.stdout.readline()]
+    assert sum("ready" in line for line in lines) == 2, lines
+    os.killpg(job.pid, signal.SIGTERM)
+    out = job.communicate(timeout=60)[0]
+    assert job.returncode == 0, out
+    assert out.count("saved after 1 SIGTERM") == 2, out
 
 
 def test_timeout_stops_the_job(targets, tmp_path):

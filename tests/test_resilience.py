@@ -74,7 +74,8 @@ def _ranks_of(run_dir: Path) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "axolab.launch.worker" in cmd and mark in cmd and "torch.distributed.run" not in cmd:
+        launcher = "torch.distributed.run" in cmd or "axolab.launch.local_ranks" in cmd
+        if "axolab.launch.worker" in cmd and mark in cmd and not launcher:
             found.append(p)
     return found
 

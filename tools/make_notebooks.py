@@ -73,7 +73,7 @@ if not (Path(data) / "train").is_dir():
     (MD, '''\
 ## 2. Train
 
-`axolab.launch.run` writes the run's config and starts the ranks (torchrun on this machine,
+`axolab.launch.run` writes the run's config and starts the ranks (local processes on this machine,
 `srun` inside a Slurm allocation); the progress bar follows `metrics.jsonl`. The cell's value
 is the last metrics record (loss, learning rate, gradient norm, tokens/s, MFU, memory). A
 failing rank raises `LaunchError` with its traceback; every rank's log is in `RUN_DIR/logs/`.
@@ -195,8 +195,8 @@ how often each canary was seen in training. It needs a run directory with checkp
 manifest (`canaries.jsonl`) says which canaries were injected how many times and which are
 controls, never injected.
 
-The model is never loaded in this kernel. Scoring is a launched job on `grid` ranks (torchrun
-here, `srun` inside a Slurm allocation); the cells below read the files it writes
+The model is never loaded in this kernel. Scoring is a launched job on `grid` ranks (local
+processes here, `srun` inside a Slurm allocation); the cells below read the files it writes
 (`eval.json`, `memorization.jsonl`, `continuations.jsonl`, docs/memorization-files.md). The
 same cells evaluate a model of a few hundred thousand parameters on a laptop and a 405B model
 on a cluster.'''),

@@ -1,4 +1,4 @@
-"""Starting jobs: ranks from torchrun or srun, watched from a notebook cell or the CLI."""
+"""Starting jobs: ranks on this machine or from srun, watched from a notebook cell or the CLI."""
 
 from .environment import SlurmAllocation, slurm_allocation
 from .evaluation import EvalJob, evaluate

@@ -1,6 +1,6 @@
 """`axolab.launch.evaluate(...)`: memorization measured where the model lives, as an SPMD job.
 
-The canaries are scored by a job on a grid of ranks (torchrun here, srun inside Slurm), the
+The canaries are scored by a job on a grid of ranks (local ranks here, srun inside Slurm), the
 same way training runs: rank logs in OUT/logs/eval/, the failing rank named, a progress bar
 here. The grid may differ from the training grid (checkpoints reshard on load). This process
 checks everything it can first (config, dataset, which checkpoints, grid against the model)

@@ -1,9 +1,10 @@
 """Start an SPMD job (one process per rank) from a notebook cell or the command line.
 
-Outside Slurm the ranks come from torchrun on this machine; inside a Slurm allocation (a batch
-script, or a kernel started in one) from ``srun`` over the allocation, with the rendezvous on
-the job's first node. Either way every rank runs :mod:`axolab.launch.worker`, which keeps its
-output in ``LOG_DIR/rank<R>.log`` and reports a Python error in ``rank<R>.error.json``.
+Outside Slurm the ranks are started on this machine by :mod:`axolab.launch.local_ranks`;
+inside a Slurm allocation (a batch script, or a kernel started in one) by ``srun`` over the
+allocation, with the rendezvous on the job's first node. Either way every rank runs
+:mod:`axolab.launch.worker`, which keeps its output in ``LOG_DIR/rank<R>.log`` and reports a
+Python error in ``rank<R>.error.json``.
 
 This process only watches: it echoes rank 0's output, shows progress, and turns a failed job
 into a :class:`LaunchError` naming the rank that failed first. It never imports
@@ -54,11 +55,11 @@ def launch_command(module: str, args: Sequence[str], nprocs: int, log_dir: Path,
     env = {"PYTHONUNBUFFERED": "1", LAUNCHER_PID: str(os.getpid()),
            LAUNCHER_HOST: socket.gethostname()}
     if allocation is None:
-        # torchrun would set OMP_NUM_THREADS=1 and warn; share the cores out instead.
+        # Share the cores out: every rank with all of them oversubscribes the machine.
         env["OMP_NUM_THREADS"] = os.environ.get(
             "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nprocs)))
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc-per-node={nprocs}", "--monitor-interval=0.5", *worker], env
+        return [sys.executable, "-m", "axolab.launch.local_ranks", str(nprocs),
+                sys.executable, *worker], env
     # One rank per task: its own cores, not all the node's (oversubscribed threads crawl).
     env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS",
                                             os.environ.get("SLURM_CPUS_PER_TASK", "1"))
@@ -106,8 +107,8 @@ def _failure(log_dir: Path, nprocs: int, rc: int, launcher_log: Path) -> LaunchE
     # of its peers (broken connections) are consequences, so the killed rank is the cause.
     killed = [r for r in _signalled_ranks(text) if r not in reports]
     if killed or not reports:
-        # torchrun names the first rank to die under "Root Cause"; srun says "task N: Killed".
-        cause = re.search(r"Root Cause.*?rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", text, re.S) \
+        # local_ranks names the first rank to fail; srun says "task N: Killed".
+        cause = re.search(r"axolab: rank (\d+) exited with code (-?\d+)", text) \
             or re.search(r"task (\d+): (Killed|Terminated|Segmentation)", text)
         rank = killed[0] if killed else (int(cause.group(1)) if cause else None)
         who = f"rank {rank} was" if rank is not None else "a rank was"
@@ -138,12 +139,11 @@ def _last_lines(path: Path, n: int) -> list[str]:
 
 
 def _signalled_ranks(launcher_text: str) -> list[int]:
-    """Ranks the launcher saw die by a signal: torchrun's failure blocks with a negative
-    exit code, or srun's "task N: Killed". SIGTERM (-15) is left out: it is how a launcher
-    stops the peers of a failed rank, not a cause."""
+    """Ranks the launcher saw die by a signal: local_ranks' line with a negative exit code, or
+    srun's "task N: Killed". SIGTERM (-15) is left out: it is how a launcher stops the peers of
+    a failed rank, not a cause."""
     found = [int(r) for r, code in re.findall(
-        r"rank\s*:\s*(\d+)[^\n]*\n\s*exitcode\s*:\s*(-\d+)", launcher_text)
-        if code != "-15"]
+        r"axolab: rank (\d+) exited with code (-\d+)", launcher_text) if code != "-15"]
     found += [int(r) for r in re.findall(r"task (\d+): (?:Killed|Segmentation)", launcher_text)]
     return list(dict.fromkeys(found))
 
@@ -167,7 +167,7 @@ def spmd(module: str, args: Sequence[str] = (), nprocs: int = 1, log_dir: str | 
          watch: Callable[[], None] | None = None, poll_s: float = 0.5) -> None:
     """Run ``python -m MODULE ARGS`` on ``nprocs`` ranks and wait for it.
 
-    launcher: "auto" (srun inside a Slurm allocation, else torchrun), "local" or "slurm".
+    launcher: "auto" (srun inside a Slurm allocation, else local ranks), "local" or "slurm".
     timeout_s: stop the whole job after this long. echo: print rank 0's output lines here.
     watch: called every ``poll_s`` seconds while the job runs (progress display).
     Raises LaunchError if any rank fails; interrupting (Ctrl-C, a kernel interrupt) stops the job.
@@ -219,4 +219,10 @@ def spmd(module: str, args: Sequence[str] = (), nprocs: int = 1, log_dir: str | 
         raise
     pump()
     if proc.returncode != 0:
+        # A launcher that was itself killed cannot have stopped its ranks; they are still in
+        # its process group.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         raise _failure(log_dir, nprocs, proc.returncode, launcher_log)

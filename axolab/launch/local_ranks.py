@@ -1,0 +1,113 @@
+"""Start the ranks of one job on this machine: ``python -m axolab.launch.local_ranks N CMD ...``.
+
+What a single-node ``torchrun --standalone`` does for axolab's jobs, without what it costs: it
+imports torch before starting a rank (about 2 s of a small machine's cores per job, paid again
+by every rank) and runs an elastic agent that axolab does not use (a failed job is resumed by
+running it again, from its checkpoint). Torch-free, so it starts in milliseconds.
+
+Each rank runs ``CMD ...`` with the variables torch.distributed's ``env://`` rendezvous reads
+(RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT). The ranks share
+this process's process group, so a signal sent to the group (how :func:`axolab.launch.spmd`
+stops a job, or a terminal's Ctrl-C) reaches every rank once, and this process then waits for
+them. When a rank ends with a non-zero code on its own, a line ``axolab: rank R exited with
+code C`` (negative: killed by that signal) names it, the others are stopped (SIGTERM, then
+SIGKILL after a grace period), and this process exits with that rank's code.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from ..net import free_port
+
+GRACE_S = 10.0
+"""How long the peers of a failed rank get between SIGTERM and SIGKILL (a rank that is saving
+a checkpoint on SIGTERM finishes the save)."""
+
+
+def exit_line(rank: int, code: int) -> str:
+    """How the first failed rank is named in the launcher's output (parsed by spmd)."""
+    how = ""
+    if code < 0:
+        try:
+            how = f" ({signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return f"axolab: rank {rank} exited with code {code}{how}"
+
+
+def rank_environments(nprocs: int, port: int, base: dict[str, str]) -> list[dict[str, str]]:
+    """The environment of each rank: ``base`` plus the rendezvous variables."""
+    common = {"WORLD_SIZE": str(nprocs), "LOCAL_WORLD_SIZE": str(nprocs),
+              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    return [{**base, **common, "RANK": str(r), "LOCAL_RANK": str(r)} for r in range(nprocs)]
+
+
+def _stop(procs: list[subprocess.Popen], grace_s: float) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def run_ranks(nprocs: int, cmd: list[str], *, grace_s: float = GRACE_S,
+              poll_s: float = 0.05) -> int:
+    """Run ``cmd`` as ``nprocs`` ranks; the job's exit code (0, or the first failure's)."""
+    if nprocs < 1:
+        raise ValueError(f"nprocs must be at least 1, got {nprocs}")
+    envs = rank_environments(nprocs, free_port(), dict(os.environ))
+    procs = [subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL) for env in envs]
+    asked_to_stop = []
+
+    def note_stop(signum, _frame):
+        # The ranks are in this process's group and got the same signal (a training rank then
+        # saves at its next step boundary): stopping them again here would cut that save
+        # short, so from now on this process only waits for them.
+        asked_to_stop.append(signum)
+
+    signal.signal(signal.SIGTERM, note_stop)
+    signal.signal(signal.SIGINT, note_stop)
+    first = None
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
+            if failed and first is None:
+                # Several can look failed at once (a crash breaks its peers' connections): a
+                # death by signal is the cause rather than a Python exit, else the lowest rank.
+                first = min(failed, key=lambda r: (codes[r] >= 0, r))
+                print(exit_line(first, codes[first]), file=sys.stderr, flush=True)
+                if not asked_to_stop:
+                    _stop(procs, grace_s)
+                    codes = [p.poll() for p in procs]
+            if all(c is not None for c in codes):
+                if first is None:
+                    return 0
+                return codes[first] if codes[first] > 0 else 128 - codes[first]
+            time.sleep(poll_s)
+    finally:
+        _stop(procs, 0.0)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or not argv[0].isdigit():
+        print("usage: python -m axolab.launch.local_ranks NPROCS CMD [ARGS ...]", file=sys.stderr)
+        return 2
+    return run_ranks(int(argv[0]), argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
