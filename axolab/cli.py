@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .grid_shape import GridShape
+
 
 def _data_build(args) -> int:
     from axolab.data import build
@@ -62,10 +64,10 @@ def _eval(args) -> int:
 
 
 def _grid_shape(text: str) -> list[int]:
-    parts = text.split(",")
-    if len(parts) != 4 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(f"--grid {text!r}: expected four positive integers data,z,y,x")
-    return [int(p) for p in parts]
+    try:
+        return list(GridShape.parse(text).dims)
+    except ValueError as e:
+        raise ValueError(f"--{e}") from None
 
 
 def _params(pairs) -> dict:

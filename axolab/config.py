@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .grid_shape import GridShape
 from .typecheck import check_field_types
 
 
@@ -194,9 +195,7 @@ class TrainConfig:
         """Refuse, with the field and the numbers, anything that would fail or silently
         misbehave once ranks are running (every check here is cheap and torch-free)."""
         check_field_types(self, "train config")
-        g = self.grid
-        if len(g) != 4 or any(v < 1 for v in g):
-            raise ValueError(f"grid must be four positive integers [data, z, y, x], got {g}")
+        shards = GridShape.of(self.grid).batch_shards
         at_least = {"global_batch": 1, "warmup_steps": 0, "eval_interval": 0, "eval_batches": 1,
                     "checkpoint_interval": 0, "keep_checkpoints": 1, "log_interval": 1,
                     "seed": 0, "goldfish_h": 1, "memorization_interval": 0}
@@ -223,7 +222,6 @@ class TrainConfig:
             raise ValueError(f"weight_decay={self.weight_decay} must be at least 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas={self.betas} must be two numbers in [0, 1)")
-        shards = g[0] * g[1]
         if self.global_batch % shards:
             raise ValueError(f"global_batch={self.global_batch} does not split over data*z = "
                              f"{shards} batch shards")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import resource
+import statistics
 import time
 from pathlib import Path
 
@@ -23,6 +26,33 @@ WARMUP_FRACTION = 0.1
 def past_warmup(step: int, last_step: int) -> bool:
     """Whether logged step ``step`` counts for throughput, ``last_step`` the newest logged."""
     return step > max(1.0, WARMUP_FRACTION * last_step)
+
+
+THROUGHPUT_FIELDS = ("step_time_s", "tokens_per_s", "model_flops_per_s", "mfu")
+
+
+def _number(value) -> bool:
+    # Records read through pandas carry NaN for a field a step did not log.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def throughput_summary(records: list[dict]) -> dict[str, float | None]:
+    """Medians of the throughput fields over the steps past warm-up of one run's metrics
+    records (the newest step when every logged step is still warm-up), and ``timed_steps``,
+    how many steps the medians cover. A field no step logged is None."""
+    timed = [r for r in records if _number(r.get("step_time_s"))]
+    out: dict[str, float | None] = {k: None for k in THROUGHPUT_FIELDS}
+    out["timed_steps"] = 0
+    if not timed:
+        return out
+    last = max(r["step"] for r in timed)
+    steady = [r for r in timed if past_warmup(r["step"], last)] or timed[-1:]
+    for key in THROUGHPUT_FIELDS:
+        values = [float(r[key]) for r in steady if _number(r.get(key))]
+        out[key] = statistics.median(values) if values else None
+    out["timed_steps"] = len(steady)
+    return out
 
 
 def flops_per_token(config, seq_len: int) -> float:

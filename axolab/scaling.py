@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from .config import TrainConfig, config_from_dict
-from .metrics import past_warmup, read_metrics
+from .metrics import read_metrics, throughput_summary
 
 # Steps timed before this fraction of the run (at least the first) include start-up costs:
 # allocator growth, first-call kernels, gloo connection set-up.
@@ -77,16 +76,12 @@ def sweep_points(models: list[str], rank_counts: list[int], global_batch: int,
 
 def measured_throughput(run_dir: Path) -> dict:
     """Medians over the steps after warm-up of one run's metrics.jsonl."""
-    records = [r for r in read_metrics(run_dir) if "step_time_s" in r]
-    if not records:
+    med = throughput_summary(read_metrics(run_dir))
+    if not med["timed_steps"]:
         raise ValueError(f"{run_dir}: metrics.jsonl has no timed steps")
-    last = records[-1]["step"]
-    steady = [r for r in records if past_warmup(r["step"], last)] or records[-1:]
-    med = {k: statistics.median(r[k] for r in steady)
-           for k in ("step_time_s", "tokens_per_s", "model_flops_per_s", "mfu")}
     return {"measured_step_s": med["step_time_s"], "measured_tokens_per_s": med["tokens_per_s"],
             "measured_flops_per_s": med["model_flops_per_s"], "measured_mfu": med["mfu"],
-            "timed_steps": len(steady)}
+            "timed_steps": med["timed_steps"]}
 
 
 def predicted_throughput(point: ScalingPoint, machine, global_batch: int, seq_len: int,

@@ -34,7 +34,7 @@ from .data.loader import PackedDataset, global_batch_rows, shard_rows
 from .goldfish import GoldfishRule
 from .metrics import MetricsLog, device_peak, flops_per_token, memory_mb
 from .parallel import (Grid, Optimizations, clip_grad_norm_, comm, no_data_sync,
-                       parallel_parameters, parallelize, sync_gradients,
+                       parallel_parameters, parallel_state, parallelize, sync_gradients,
                        vocab_parallel_cross_entropy)
 from .runlock import RunDirLock, RunDirLocked
 
@@ -156,7 +156,7 @@ def _train_step(cfg, model, grid, data, step, micro,
             with torch.no_grad():  # what the model would pay on the tokens it never trains on
                 target = dropped[start:start + micro, 1:]
                 per = vocab_parallel_cross_entropy(out.logits[:, :-1].float(), target,
-                                                   model.loss_function.shard)
+                                                   parallel_state(model).vocab)
                 dropped_sum += torch.stack([per.sum().double(), (target != -100).sum().double()])
     if cfg.loss != "goldfish":
         return loss, None

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .grid_shape import GridShape
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,11 +24,7 @@ class Controls:
         """Current values, typed like the parameters (grid as a list of 4 ints)."""
         out = {name: w.value for name, w in self.fields.items()}
         if "grid" in out:
-            parts = [p.strip() for p in str(out["grid"]).split(",")]
-            if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
-                raise ValueError(f"grid {out['grid']!r}: expected four positive integers "
-                                 "data,z,y,x")
-            out["grid"] = [int(p) for p in parts]
+            out["grid"] = list(GridShape.parse(out["grid"]).dims)
         return out
 
 

@@ -256,7 +256,9 @@ def compare_linear(s: dict, grid) -> dict:
                                  for i in range(n)])
     for layer, w in zip(ours, weights):
         layer.load_full("weight", w)
-    runtime = Runtime(grid, Optimizations(), ours)  # what parallelize() attaches to its linears
+    # What parallelize() attaches to its linears: one runtime given the layers' gradient specs.
+    runtime = Runtime(grid, Optimizations(),
+                      lambda: [spec for layer in ours for spec in layer.grad_specs()])
     for layer in ours:
         layer.runtime = runtime
     theirs = torch.nn.Sequential(*[Linear(d, d, bias=False, expert_mode=True, transpose=i % 2 == 1)

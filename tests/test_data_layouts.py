@@ -148,7 +148,7 @@ def test_bad_windows_are_refused_and_leave_nothing(tmp_path, change, match):
     ({"background": False}, "background: false .* needs packing.rows: padded"),
     ({"background": False, "rows": "padded", "passes": 2}, "passes=2 repeats the corpus"),
     ({"rows": "padded", "allow_split": True}, "cannot be combined with rows: padded"),
-    ({"rows": "rows"}, "packing.rows='rows': expected packed or padded"),
+    ({"rows": "rows"}, "packing: rows='rows' must be 'packed' or 'padded'"),
     ({"passes": 0}, "packing.passes=0 must be at least 1"),
 ])
 def test_bad_layouts_are_refused(tmp_path, packing, match):

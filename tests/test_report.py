@@ -52,6 +52,25 @@ def test_the_report_and_the_scaling_sweep_give_one_throughput(study):
             table.loc[name, "median_tokens_per_s"])
 
 
+def test_throughput_summary_by_hand():
+    import pandas as pd
+
+    from axolab.metrics import throughput_summary
+
+    records = [{"step": s, "step_time_s": 1.0 / s, "tokens_per_s": float(s), "mfu": 0.01 * s}
+               for s in range(1, 21)]
+    records.insert(5, {"step": 5, "val_loss": 3.0})  # an eval record: not a timed step
+    got = throughput_summary(records)
+    # Past warm-up: step > max(1, 0.1 * 20) = 2, so steps 3..20; the median of 3..20 is 11.5.
+    assert got["timed_steps"] == 18 and got["tokens_per_s"] == 11.5
+    assert got["mfu"] == pytest.approx(0.115) and got["model_flops_per_s"] is None
+    # The same records through pandas (NaN where a record has no value) give the same medians.
+    assert throughput_summary(pd.DataFrame(records).to_dict("records")) == got
+    # Only warm-up steps logged so far: the newest one stands in.
+    assert throughput_summary(records[:1])["tokens_per_s"] == 1.0
+    assert throughput_summary([])["timed_steps"] == 0
+
+
 def test_runs_table_agrees_with_the_run_files(study):
     runs, out = study
     table = _csv(out, "runs").set_index("run")

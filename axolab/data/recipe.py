@@ -16,6 +16,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 from ..typecheck import check_field_types
@@ -71,7 +72,7 @@ class TokenizerSpec:
 class CanarySpec:
     """One group of canaries with one repetition schedule."""
 
-    kind: str = "random"
+    kind: Literal["secret", "random", "document"] = "random"
     """"secret" (a template with random fillers), "random" (uniform random tokens) or
     "document" (whole corpus documents held out and injected)."""
     repetitions: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
@@ -96,7 +97,7 @@ class CanarySpec:
     (seeded) among those of min_tokens..max_tokens tokens and injected into the corpus stream
     at the group's repetition counts (a source that shares text with the corpus is also seen
     there). Default: documents held out of the corpus itself."""
-    placement: str = "uniform"
+    placement: Literal["uniform", "clustered"] = "uniform"
     """"uniform" (occurrences spread over the training stream) or "clustered" (a canary's
     occurrences in consecutive sequences)."""
     window: list[float] | None = None
@@ -125,7 +126,7 @@ class PackingSpec:
     """Surround each injected canary with the separator token, as its own document."""
     allow_split: bool = False
     """Allow canaries to straddle a sequence boundary (needed for canaries longer than seq_len)."""
-    rows: str = "packed"
+    rows: Literal["packed", "padded"] = "packed"
     """"packed": documents concatenated and cut into rows of seq_len. "padded": one document
     per row, as the goldfish paper trains on its target documents: each canary occurrence and
     each corpus document (cut into seq_len pieces when longer) starts its own row, padded with
@@ -277,10 +278,6 @@ def _validate_canaries(r: Recipe) -> None:
     seen: dict[str, int] = {}
     for i, g in enumerate(r.canaries):
         where = f"canaries[{i}]"
-        if g.kind not in ("secret", "random", "document"):
-            raise RecipeError(f"{where}.kind={g.kind!r}: expected secret, random or document")
-        if g.placement not in ("uniform", "clustered"):
-            raise RecipeError(f"{where}.placement={g.placement!r}: expected uniform or clustered")
         if not g.repetitions or any(n < 1 for n in g.repetitions):
             raise RecipeError(f"{where}.repetitions={g.repetitions}: need positive integers")
         _at_least(where, {"per_count": g.per_count, "length": g.length,
@@ -333,8 +330,6 @@ def _validate(r: Recipe) -> None:
         raise RecipeError(f"packing.seq_len={p.seq_len} must be at least 2")
     if not 0 <= p.validation_fraction < 1:
         raise RecipeError(f"packing.validation_fraction={p.validation_fraction} must be in [0, 1)")
-    if p.rows not in ("packed", "padded"):
-        raise RecipeError(f"packing.rows={p.rows!r}: expected packed or padded")
     if p.rows == "padded" and p.allow_split:
         raise RecipeError("packing.allow_split: a padded row holds one whole canary; it "
                           "cannot be combined with rows: padded")

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from ..checkpoint.names import MANIFEST, complete_checkpoints, step_of
 from ..config import EvalConfig, config_from_dict, write_json_atomic
 from ..files import JsonlFollower
+from ..grid_shape import GridShape
 from .spmd import spmd
 
 JOB_MODULE = "axolab.memorization.job"
@@ -49,9 +50,7 @@ class EvalJob:
     """A collective that waits longer (a dead rank) fails the job instead of hanging it."""
 
     def validate(self) -> None:
-        if len(self.grid) != 4 or any(v < 1 for v in self.grid):
-            raise ValueError(f"grid must be four positive integers [data, z, y, x], got "
-                             f"{self.grid}")
+        GridShape.of(self.grid)
         self.config.validate()
 
 

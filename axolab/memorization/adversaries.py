@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import torch
 
-from axolab.parallel.vocab import ParallelCausalLMLoss, gather_logits
+from axolab.parallel import find_parallel_state, gather_logits
 
 from .extraction import _gather, _grid, _shard
 
 
 def _full_logits(model, logits: torch.Tensor) -> torch.Tensor:
     """fp32 logits over the whole vocabulary (padding columns removed) on every rank."""
-    loss = getattr(model, "loss_function", None)
-    if isinstance(loss, ParallelCausalLMLoss):
-        return gather_logits(logits.float(), loss.shard)
+    state = find_parallel_state(model)
+    if state is not None:
+        return gather_logits(logits.float(), state.vocab)
     return logits.float()
 
 

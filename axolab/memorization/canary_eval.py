@@ -23,6 +23,7 @@ import torch
 from axolab.config import EvalConfig, write_json_atomic
 from axolab.data import Canary, load_canaries
 from axolab.files import write_text_atomic
+from axolab.parallel import find_parallel_state
 
 from .adversaries import beam_search, sample
 from .domain_perplexity import heldout_perplexity
@@ -172,7 +173,8 @@ def evaluate(model, data_dir: str | Path, config: EvalConfig | None = None,
     if isinstance(model, (str, Path)):
         out_dir = out_dir or model
         model = _model_from_run(Path(model), None)
-    grid = getattr(model, "axolab_grid", None)
+    state = find_parallel_state(model)
+    grid = None if state is None else state.grid
     scored = score_canaries(model, CanarySet.load(data_dir), cfg)
     add_row_extraction(model, data_dir, cfg, scored)
     if out_dir is not None and (grid is None or grid.rank == grid.ranks[0]):

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from axolab.parallel import vocab_parallel_argmax
-from axolab.parallel.vocab import ParallelCausalLMLoss
+from axolab.parallel import find_parallel_state, vocab_parallel_argmax
 
 
 def _argmax(model, logits: torch.Tensor) -> torch.Tensor:
-    loss = getattr(model, "loss_function", None)
-    if isinstance(loss, ParallelCausalLMLoss):
-        return vocab_parallel_argmax(logits, loss.shard)
+    state = find_parallel_state(model)
+    if state is not None:
+        return vocab_parallel_argmax(logits, state.vocab)
     return logits.argmax(dim=-1)
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from axolab.parallel import find_parallel_state
+
 from .decode import greedy_generate, teacher_forced_argmax
 
 
@@ -38,7 +40,8 @@ def _check(sequences: torch.Tensor, prefix_len: int, suffix_len: int) -> None:
 
 
 def _grid(model):
-    return getattr(model, "axolab_grid", None)
+    state = find_parallel_state(model)
+    return None if state is None else state.grid
 
 
 def _shard(model, t: torch.Tensor, pad_value: int = 0) -> torch.Tensor:

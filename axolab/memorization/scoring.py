@@ -10,9 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from axolab.parallel import comm
-from axolab.parallel.vocab import (ParallelCausalLMLoss, vocab_parallel_logprob_moments,
-                                   vocab_parallel_logprobs)
+from axolab.parallel import comm, find_parallel_state
+from axolab.parallel.vocab import vocab_parallel_logprob_moments, vocab_parallel_logprobs
 
 
 @dataclass
@@ -43,10 +42,10 @@ def pad_sequences(sequences, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tenso
 def _local_scores(model, ids: torch.Tensor):
     logits = model(input_ids=ids).logits[:, :-1]
     targets = ids[:, 1:]
-    loss = getattr(model, "loss_function", None)
-    if isinstance(loss, ParallelCausalLMLoss):
-        lp = vocab_parallel_logprobs(logits, targets, loss.shard)
-        mean, std = vocab_parallel_logprob_moments(logits, loss.shard)
+    state = find_parallel_state(model)
+    if state is not None:
+        lp = vocab_parallel_logprobs(logits, targets, state.vocab)
+        mean, std = vocab_parallel_logprob_moments(logits, state.vocab)
         return torch.stack([lp, mean, std])
     logp = torch.log_softmax(logits.float(), dim=-1)
     p = logp.exp()
@@ -62,7 +61,8 @@ def token_scores(model, sequences, batch_size: int = 32, pad_id: int = 0) -> Tok
     if torch.is_tensor(sequences):
         sequences = sequences.tolist()
     ids, lengths = pad_sequences(sequences, pad_id)
-    grid = getattr(model, "axolab_grid", None)
+    state = find_parallel_state(model)
+    grid = state.grid if state is not None else None
     device = grid.device if grid is not None else next(model.parameters()).device
     parts = []
     for start in range(0, len(ids), batch_size):

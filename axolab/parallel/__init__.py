@@ -7,21 +7,22 @@
     out.loss.backward(); sync_gradients(model); optimizer.step()
 """
 
-from .grads import clip_grad_norm_, global_grad_norm, sync_gradients
+from .grads import clip_grad_norm_, global_grad_norm, no_data_sync, sync_gradients
 from .grid import Axis, Grid
-from .options import Optimizations
-from .overlap import no_data_sync
 from .modules import grid_of, parallel_modules, vocab_shard
+from .options import Optimizations
+from .parallel_state import ParallelState, find_parallel_state, parallel_state
 from .parallelize import parallelize
 from .plans import PLANS, Plan
-from .state import full_state_dict, parallel_parameters
+from .styles import STYLES, Style
+from .state_dict import full_state_dict, parallel_parameters
 from .vocab import (VocabShard, gather_logits, vocab_parallel_argmax,
                     vocab_parallel_cross_entropy, vocab_parallel_logprobs)
 
 __all__ = [
-    "Axis", "Grid", "PLANS", "Plan", "VocabShard", "clip_grad_norm_", "full_state_dict",
-    "Optimizations", "gather_logits", "global_grad_norm", "grid_of", "no_data_sync",
-    "parallel_modules", "parallel_parameters", "parallelize",
-    "sync_gradients", "vocab_parallel_argmax", "vocab_parallel_cross_entropy",
-    "vocab_parallel_logprobs", "vocab_shard",
+    "Axis", "Grid", "Optimizations", "PLANS", "ParallelState", "Plan", "STYLES", "Style",
+    "VocabShard", "clip_grad_norm_", "find_parallel_state", "full_state_dict", "gather_logits",
+    "global_grad_norm", "grid_of", "no_data_sync", "parallel_modules", "parallel_parameters",
+    "parallel_state", "parallelize", "sync_gradients", "vocab_parallel_argmax",
+    "vocab_parallel_cross_entropy", "vocab_parallel_logprobs", "vocab_shard",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -19,8 +20,26 @@ class GradSpec:
     """
 
     param: nn.Parameter
-    reduce: str
+    reduce: Literal["data", "batch"]
     replicas: int
+    deferrable_z_grad: bool = False
+    """The Z reduce-scatter of this gradient is issued by a linear layer's backward, which may
+    leave it running (the overlap runtime completes it later); a tied weight gets the rest of
+    its gradient through autograd from its other module."""
+
+    def axis(self, grid):
+        """The grid axis (an :class:`~axolab.parallel.grid.Axis`) the gradient is summed over."""
+        return grid.data if self.reduce == "data" else grid.batch
+
+
+def unique_specs(specs: list[GradSpec]) -> list[GradSpec]:
+    """The first spec of each distinct parameter (a tied weight appears once)."""
+    seen, out = set(), []
+    for spec in specs:
+        if id(spec.param) not in seen:
+            seen.add(id(spec.param))
+            out.append(spec)
+    return out
 
 
 class ParallelModule(nn.Module):

@@ -8,6 +8,7 @@ Gradients are flattened into one buffer per axis and dtype, so each needs a sing
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -15,18 +16,25 @@ from torch import nn
 
 from . import comm
 from .base import GradSpec
-from .modules import grid_of, parallel_modules
+from .parallel_state import find_parallel_state, parallel_state
 
 
 def grad_specs(model: nn.Module) -> list[GradSpec]:
     """One spec per distinct parameter (tied weights appear once)."""
-    seen, specs = set(), []
-    for _, module in parallel_modules(model):
-        for spec in module.grad_specs():
-            if id(spec.param) not in seen:
-                seen.add(id(spec.param))
-                specs.append(spec)
-    return specs
+    return parallel_state(model).grad_specs()
+
+
+@contextlib.contextmanager
+def no_data_sync(model: nn.Module):
+    """Backward passes inside leave data-parallel gradients unreduced (gradient accumulation:
+    all micro-steps but the last). Without bucketed reduction it changes nothing; on a serial
+    model it is a no-op."""
+    state = find_parallel_state(model)
+    if state is None:
+        yield
+        return
+    with state.runtime.data_grads.no_sync():
+        yield
 
 
 @torch.no_grad()
@@ -36,18 +44,18 @@ def sync_gradients(model: nn.Module) -> None:
     Call after backward and before ``optimizer.step()``; a no-op on a grid with data*z == 1 for
     vectors and data == 1 for weights.
     """
-    grid = grid_of(model)
-    runtime = getattr(model, "axolab_runtime", None)
-    if runtime is not None and runtime.data_reduced:
-        runtime.data_reduced = False  # the backward hooks already did it, bucket by bucket
-        return
+    state = parallel_state(model)
+    if state.runtime.data_grads.take_reduced():
+        return  # the backward hooks already did it, bucket by bucket
     buckets: dict[tuple[str, torch.dtype], list[torch.Tensor]] = {}
-    for spec in grad_specs(model):
-        axis = grid.data if spec.reduce == "data" else grid.batch
+    axes = {}
+    for spec in state.grad_specs():
+        axis = spec.axis(state.grid)
         if axis.size > 1 and spec.param.grad is not None:
             buckets.setdefault((spec.reduce, spec.param.grad.dtype), []).append(spec.param.grad)
+            axes[spec.reduce] = axis
     for (reduce, _), grads in buckets.items():
-        axis = grid.data if reduce == "data" else grid.batch
+        axis = axes[reduce]
         flat = torch.cat([g.reshape(-1) for g in grads])
         comm.all_reduce_sum_(flat, axis)
         offset = 0
@@ -59,7 +67,7 @@ def sync_gradients(model: nn.Module) -> None:
 @torch.no_grad()
 def global_grad_norm(model: nn.Module, norm_type: float = 2.0) -> torch.Tensor:
     """Norm of the whole model's gradient, as the serial model would compute it (after sync)."""
-    grid = grid_of(model)
+    grid = parallel_state(model).grid
     specs = [s for s in grad_specs(model) if s.param.grad is not None]
     if not specs:
         return torch.zeros((), device=grid.device)

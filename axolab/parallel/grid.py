@@ -1,7 +1,7 @@
 """The data x Z x Y x X process grid.
 
-Ranks are laid out X fastest: ``rank = ((d*Z + z)*Y + y)*X + x``, so an X group is a run of
-neighbouring ranks (one node on a cluster) and the data-parallel group has the largest stride.
+The layout (X fastest, so an X group is a run of neighbouring ranks) and the membership of every
+group come from :class:`axolab.grid_shape.GridShape`; this module creates the process groups.
 All process groups live on the :class:`Grid`; nothing here is module-level state.
 """
 
@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ..cluster import first_slurm_host, in_slurm_step
+from ..grid_shape import GROUPS, GridShape
 from ..net import free_port
 
 
@@ -31,12 +32,6 @@ class Axis:
     def __post_init__(self):
         if self.size > 1 and self.group is None:
             raise ValueError(f"axis {self.name} of size {self.size} needs a process group")
-
-
-def _check_dims(data: int, z: int, y: int, x: int) -> None:
-    for name, value in (("data", data), ("z", z), ("y", y), ("x", x)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"grid dimension {name} must be a positive integer, got {value!r}")
 
 
 def launcher_environment() -> dict[str, str | int] | None:
@@ -111,6 +106,10 @@ class Grid:
         return (self.data.size, self.z.size, self.y.size, self.x.size)
 
     @property
+    def grid_shape(self) -> GridShape:
+        return GridShape(*self.shape)
+
+    @property
     def size(self) -> int:
         return len(self.ranks)
 
@@ -141,8 +140,7 @@ class Grid:
         outside ``ranks`` get ``None``. ``timeout_s`` bounds how long a collective waits for a
         rank that died (when this call creates the process group).
         """
-        _check_dims(data, z, y, x)
-        size = data * z * y * x
+        size = GridShape(data, z, y, x).world
         if ranks is None and not (dist.is_available() and dist.is_initialized()) and size == 1:
             return cls._single_process(backend)
         if ranks is None:
@@ -161,7 +159,7 @@ class Grid:
     @classmethod
     def _single_process(cls, backend: str | None) -> "Grid":
         # A 1x1x1x1 grid in a plain process (a notebook kernel) needs no torch.distributed at all.
-        axes = {n: Axis(n, 1, 0, (0,)) for n in ("data", "z", "y", "x", "batch", "model", "world")}
+        axes = {n: Axis(n, 1, 0, (0,)) for n in GROUPS}
         backend = backend or _default_backend()
         device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" \
             else torch.device("cpu")
@@ -170,37 +168,17 @@ class Grid:
     @classmethod
     def _build(cls, D: int, Z: int, Y: int, X: int, ranks: tuple[int, ...], backend: str):
         me = dist.get_rank()
-
-        def rank_of(d, z, y, x):
-            return ranks[((d * Z + z) * Y + y) * X + x]
-
-        cells = [(d, z, y, x) for d in range(D) for z in range(Z) for y in range(Y) for x in range(X)]
-        # Each axis: the lists of ranks that differ only along it. Every rank creates every group,
-        # in the same order, as torch.distributed requires.
-        families = {
-            "x": lambda c: (c[0], c[1], c[2]), "y": lambda c: (c[0], c[1], c[3]),
-            "z": lambda c: (c[0], c[2], c[3]), "data": lambda c: (c[1], c[2], c[3]),
-            "batch": lambda c: (c[2], c[3]), "model": lambda c: (c[0],), "world": lambda c: (),
-        }
-        local_index = {
-            "x": lambda c: c[3], "y": lambda c: c[2], "z": lambda c: c[1], "data": lambda c: c[0],
-            "batch": lambda c: c[0] * Z + c[1], "model": lambda c: (c[1] * Y + c[2]) * X + c[3],
-            "world": lambda c: ((c[0] * Z + c[1]) * Y + c[2]) * X + c[3],
-        }
-        mine = None
-        if me in ranks:
-            i = ranks.index(me)
-            mine = cells[i]
+        shape = GridShape(D, Z, Y, X)
+        mine = shape.coords(ranks.index(me)) if me in ranks else None
         axes = {}
-        for name, key in families.items():
-            members: dict[tuple, list[int]] = {}
-            for c in cells:
-                members.setdefault(key(c), []).append(rank_of(*c))
-            for group_key, group_ranks in members.items():
-                group = dist.new_group(group_ranks) if len(group_ranks) > 1 else None
-                if mine is not None and key(mine) == group_key:
-                    axes[name] = Axis(name, len(group_ranks), local_index[name](mine),
-                                      tuple(group_ranks), group)
+        # Every rank creates every group, in the same order, as torch.distributed requires.
+        for name in GROUPS:
+            for positions in shape.groups(name):
+                group_ranks = tuple(ranks[p] for p in positions)
+                group = dist.new_group(list(group_ranks)) if len(group_ranks) > 1 else None
+                if mine is not None and shape.position(mine) in positions:
+                    axes[name] = Axis(name, len(group_ranks), shape.index_in(name, mine),
+                                      group_ranks, group)
         if mine is None:
             return None
         if "nccl" in backend:  # also "cpu:gloo,cuda:nccl"; the group may predate this Grid

@@ -16,6 +16,8 @@ from . import comm
 from .base import GradSpec, ParallelModule
 from .grid import Grid
 from .layout import BlockLayout, VectorLayout
+from .options import Optimizations
+from .overlap import Runtime
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -25,42 +27,14 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-class _DepthShardedMatmul(torch.autograd.Function):
-    """``x @ block^T`` where the block is all-gathered from its Z chunks.
-
-    Backward gathers the block again instead of keeping it alive from forward to backward, so a
-    rank holds only its 1/Z chunk of every weight between the two passes (the point of
-    depth-sharding). The weight gradient is reduce-scattered over Z, in the shard's dtype.
-    """
-
-    @staticmethod
-    def forward(ctx, x, shard, layout):
-        dtype = _compute_dtype(x)
-        xc = x.to(dtype)
-        with torch.autocast(x.device.type, enabled=False):
-            y = F.linear(xc, layout.gather_block(shard).to(dtype))
-        ctx.layout, ctx.dtype, ctx.in_dtype = layout, dtype, x.dtype
-        ctx.save_for_backward(xc, shard)
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        xc, shard = ctx.saved_tensors
-        layout = ctx.layout
-        g = g.to(ctx.dtype)
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = (g @ layout.gather_block(shard).to(ctx.dtype)).to(ctx.in_dtype)
-        dshard = None
-        if ctx.needs_input_grad[1]:
-            dblock = g.reshape(-1, g.shape[-1]).t() @ xc.reshape(-1, xc.shape[-1])
-            dshard = layout.scatter_block_grad(dblock.to(shard.dtype))
-        return dx, dshard, None
-
-
 class _LinearInGrid(torch.autograd.Function):
     """``reduce_from(copy_to(x, out_axis) @ block^T, in_axis)`` as one Function, so backward
-    can order its work around the collectives (:class:`axolab.parallel.overlap.Runtime` holds what is in flight):
+    can order its work around the collectives (:class:`axolab.parallel.overlap.Runtime` holds
+    what is in flight, and with every optimization off issues them blocking, in order):
+
+    - the block is all-gathered over Z in forward and again in backward instead of being kept
+      alive between the two, so a rank holds only its 1/Z chunk of every weight between the
+      passes (the point of depth-sharding);
 
     - the block comes from a prefetched Z all-gather when there is one;
     - the input gradient's all-reduce over the output axis (``copy_to``'s backward) starts
@@ -141,7 +115,7 @@ class ParallelLinear(ParallelModule):
         self.bias_layout = VectorLayout(padded_out, out_axis, out_features) if bias else None
         self.bias = self._new_param((padded_out // out_axis.size,), None, device, dtype) if bias \
             else None
-        # Set by parallelize: the model's overlap runtime (None: plain blocking collectives).
+        # Set by parallelize to the model's runtime; a layer used on its own gets a blocking one.
         self.runtime = None
 
     def extra_repr(self) -> str:
@@ -155,15 +129,13 @@ class ParallelLinear(ParallelModule):
         return self.layout.local_block(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.runtime is not None:
-            y = _LinearInGrid.apply(x, self.weight, self)
-        else:
-            y = _DepthShardedMatmul.apply(comm.copy_to(x, self.out_axis), self.weight, self.layout)
-            y = comm.reduce_from(y, self.in_axis)
+        if self.runtime is None:
+            self.runtime = Runtime(self.grid, Optimizations.none())
+        y = _LinearInGrid.apply(x, self.weight, self)
         return y if self.bias is None else y + self.bias
 
     def grad_specs(self) -> list[GradSpec]:
-        specs = [GradSpec(self.weight, "data", 1)]
+        specs = [GradSpec(self.weight, "data", 1, deferrable_z_grad=True)]
         if self.bias is not None:
             # The bias is split over the output axis and replicated over the input axis and Z.
             specs.append(GradSpec(self.bias, "batch", self.in_axis.size * self.grid.z.size))

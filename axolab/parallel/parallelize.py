@@ -13,14 +13,13 @@ import torch
 from torch import nn
 
 from .base import ParallelModule
-from .embedding import ParallelEmbedding
 from .grid import Grid
-from .layout import padded_size
 from .linear import ParallelLinear
-from .norm import ParallelLayerNorm, ParallelRMSNorm
 from .options import Optimizations
 from .overlap import Runtime
+from .parallel_state import ParallelState, attach_parallel_state, find_parallel_state
 from .plans import Plan, plan_for
+from .styles import Embedding, LMHead
 from .vocab import ParallelCausalLMLoss, VocabShard
 
 
@@ -34,24 +33,8 @@ def _check_shapes(model: nn.Module, plan: Plan, grid: Grid) -> None:
                             "(attention heads are split over Y)")
     for name, module in model.named_modules():
         style = plan.style_of(name)
-        if style in ("forward", "transposed"):
-            in_axis, out_axis = (("y", Y), ("x", X)) if style == "transposed" else (("x", X), ("y", Y))
-            if module.in_features % in_axis[1]:
-                problems.append(f"{name}: in_features={module.in_features} is not divisible by "
-                                f"{in_axis[0]}={in_axis[1]}")
-            if module.out_features % out_axis[1]:
-                problems.append(f"{name}: out_features={module.out_features} is not divisible by "
-                                f"{out_axis[0]}={out_axis[1]}")
-        elif style in ("embedding", "lm_head"):
-            dim = module.embedding_dim if style == "embedding" else module.in_features
-            if dim % X:
-                problems.append(f"{name}: hidden size {dim} is not divisible by x={X}")
-            if style == "lm_head" and module.bias is not None:
-                problems.append(f"{name}: an lm head with a bias is not supported")
-        elif style in ("rmsnorm", "layernorm"):
-            if module.weight.shape[0] % X:
-                problems.append(f"{name}: hidden size {module.weight.shape[0]} is not divisible "
-                                f"by x={X}")
+        if style is not None:
+            problems += style.problems(name, module, grid)
     dropout = getattr(model.config, "attention_dropout", 0.0) or 0.0
     if dropout > 0 and X > 1:
         # X ranks recompute the same attention; independent dropout masks would desynchronize them.
@@ -60,29 +43,6 @@ def _check_shapes(model: nn.Module, plan: Plan, grid: Grid) -> None:
     if problems:
         raise ValueError(f"{type(model).__name__} cannot run on grid {grid.shape} "
                          "(data, z, y, x):\n  " + "\n  ".join(problems))
-
-
-def _replacement(style: str, module: nn.Module, grid: Grid, device) -> ParallelModule:
-    dtype = next(module.parameters()).dtype
-    kw = dict(device=device, dtype=dtype)
-    if style == "embedding":
-        return ParallelEmbedding(module.num_embeddings, module.embedding_dim, grid,
-                                 padding_idx=module.padding_idx, **kw)
-    if style in ("forward", "transposed"):
-        return ParallelLinear(module.in_features, module.out_features, grid,
-                              transposed=style == "transposed", bias=module.bias is not None, **kw)
-    if style == "lm_head":
-        if module.bias is not None:
-            raise ValueError("lm_head with a bias is not supported")
-        return ParallelLinear(module.in_features, module.out_features, grid, bias=False,
-                              padded_out=padded_size(module.out_features, grid.y.size), **kw)
-    if style == "rmsnorm":
-        eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
-        return ParallelRMSNorm(module.weight.shape[0], grid, eps=eps, **kw)
-    if style == "layernorm":
-        return ParallelLayerNorm(module.normalized_shape[0], grid, eps=module.eps,
-                                 bias=module.bias is not None, **kw)
-    raise ValueError(f"unknown parallel style {style!r}")
 
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -101,7 +61,7 @@ def parallelize(model: nn.Module, grid: Grid, plan: Plan | None = None,
     switches the overlap of collectives and matmul tuning (default: every overlap on, tuning
     off); none of them changes the results.
     """
-    if getattr(model, "axolab_grid", None) is not None:
+    if find_parallel_state(model) is not None:
         raise ValueError("model is already parallelized")
     plan = plan or plan_for(model.config)
     _check_shapes(model, plan, grid)
@@ -119,30 +79,31 @@ def parallelize(model: nn.Module, grid: Grid, plan: Plan | None = None,
     for name, module, style in targets:
         meta = next(module.parameters()).is_meta
         device = torch.device("meta") if meta else grid.device
-        new = _replacement(style, module, grid, device)
+        new = style.build(module, grid, device)
         if not meta:
             for pname, value in module.named_parameters(recurse=False):
-                if not (style == "lm_head" and tied and pname == "weight"):
+                if not (isinstance(style, LMHead) and tied and pname == "weight"):
                     new.load_full(pname, value.detach())
         new.train(module.training)
         converted[name] = new
         _set_submodule(model, name, new)
 
-    lm_head = next(m for n, m in converted.items() if plan.style_of(n) == "lm_head")
+    lm_head = next(m for n, m in converted.items() if isinstance(plan.style_of(n), LMHead))
     if tied:
-        emb = next(m for n, m in converted.items() if plan.style_of(n) == "embedding")
+        emb = next(m for n, m in converted.items() if isinstance(plan.style_of(n), Embedding))
         lm_head.weight = emb.weight  # one parameter, same block layout in both modules
     if not any(p.is_meta for p in model.parameters()):
         model.to(grid.device)  # buffers (rotary tables) follow the shards
     layout = lm_head.layout
-    model.loss_function = ParallelCausalLMLoss(
-        grid, VocabShard(grid.y, layout.row_start, layout.local_rows, layout.rows))
-    runtime = Runtime(grid, optimizations or Optimizations(), model)
+    vocab = VocabShard(grid.y, layout.row_start, layout.local_rows, layout.rows)
+    model.loss_function = ParallelCausalLMLoss(grid, vocab)
+    state = ParallelState(grid=grid, plan=plan, modules=tuple(converted.values()), vocab=vocab,
+                          runtime=None)
+    state.runtime = Runtime(grid, optimizations or Optimizations(), state.module_grad_specs)
     for module in converted.values():
         if isinstance(module, ParallelLinear):
-            module.runtime = runtime
-    model.axolab_runtime = runtime
-    model.axolab_grid = grid
+            module.runtime = state.runtime
+    attach_parallel_state(model, state)
     model.generate = _generate_unsupported
     return model
 

@@ -1,16 +1,17 @@
 """Per-architecture parallelization plans: which module becomes which parallel layer.
 
-A plan maps module-name patterns (fnmatch, ``*`` for the layer index) to a style:
+A plan maps module-name patterns (fnmatch, ``*`` for the layer index) to a
+:class:`~axolab.parallel.styles.Style` (given as the object or its name):
 
-- ``embedding``:  token embedding, vocab over Y, hidden over X
-- ``forward``:    Linear with ``in`` over X, ``out`` over Y (q/k/v, gate/up)
-- ``transposed``: Linear with ``in`` over Y, ``out`` over X (o_proj, down_proj)
-- ``lm_head``:    a forward Linear over the (padded) vocabulary, vocab-parallel loss
-- ``rmsnorm``:    Llama-style RMSNorm over the X-split hidden dim
-- ``layernorm``:  nn.LayerNorm over the X-split hidden dim
+- ``embedding`` (:class:`Embedding`): token embedding, vocab over Y, hidden over X
+- ``forward`` (:class:`ColumnLinear`): Linear with ``in`` over X, ``out`` over Y (q/k/v, gate/up)
+- ``transposed`` (:class:`RowLinear`): Linear with ``in`` over Y, ``out`` over X (o_proj, down)
+- ``lm_head`` (:class:`LMHead`): a column Linear over the (padded) vocabulary
+- ``rmsnorm`` / ``layernorm``: norms over the X-split hidden dim
 
 plus the config attributes that must divide by Y because attention heads are split over Y.
-Adding an architecture whose blocks look like Llama's is one more entry in :data:`PLANS`.
+Adding an architecture is an entry in :data:`PLANS` (and a new style for a new kind of module);
+docs/adding-an-architecture.md walks through it.
 """
 
 from __future__ import annotations
@@ -18,19 +19,35 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
-STYLES = ("embedding", "forward", "transposed", "lm_head", "rmsnorm", "layernorm")
+from .styles import STYLES, Style
 
 
 @dataclass(frozen=True)
 class Plan:
     """Module-name pattern -> style, and the head counts split over Y."""
 
-    styles: dict[str, str]
+    styles: dict[str, Style | str]
+    """fnmatch pattern of a module name -> its style; the first matching pattern wins."""
     head_counts: tuple[str, ...] = ("num_attention_heads", "num_key_value_heads")
-    # Modules with no parameters of their own whose computation is replicated (rotary tables).
+    """Config attributes that must divide by Y (attention heads are split over Y)."""
     stateless: tuple[str, ...] = field(default=("*rotary_emb",))
+    """Modules with no parameters of their own whose computation is replicated (rotary
+    tables); documentation of what the plan leaves alone on purpose."""
 
-    def style_of(self, name: str) -> str | None:
+    def __post_init__(self):
+        resolved = {}
+        for pattern, style in self.styles.items():
+            if isinstance(style, str):
+                if style not in STYLES:
+                    raise ValueError(f"plan entry {pattern!r}: unknown style {style!r}; known: "
+                                     f"{', '.join(STYLES)}")
+                style = STYLES[style]
+            if not isinstance(style, Style):
+                raise TypeError(f"plan entry {pattern!r}: {style!r} is not a Style")
+            resolved[pattern] = style
+        object.__setattr__(self, "styles", resolved)
+
+    def style_of(self, name: str) -> Style | None:
         for pattern, style in self.styles.items():
             if fnmatch.fnmatchcase(name, pattern):
                 return style

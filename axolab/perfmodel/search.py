@@ -9,7 +9,7 @@ from .machines import Machine, get_machine, load_machine
 from .memory import memory_per_rank
 from .predict import Prediction, predict
 from .shapes import ModelShapes, model_shapes
-from .workload import Workload
+from .workload import Precision, Workload
 
 
 def resolve_machine(machine: Machine | str | Path) -> Machine:
@@ -71,7 +71,7 @@ def rank_grids(shapes: ModelShapes, gpus: int, machine: Machine, work: Workload,
 
 
 def search(model, gpus: int, machine: Machine | str, global_batch: int | None = None,
-           seq_len: int = 4096, micro_batch: int | None = None, precision: str = "bf16",
+           seq_len: int = 4096, micro_batch: int | None = None, precision: Precision = "bf16",
            activation_checkpointing: bool = True, top_k: int | None = None,
            overlap: float = 0.0, memory_fraction: float = 0.9,
            grad_clip: bool = True) -> list[Prediction]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
-PRECISIONS = ("bf16", "fp32")
+Precision = Literal["bf16", "fp32"]
+PRECISIONS = get_args(Precision)
 
 
 @dataclass(frozen=True)
@@ -18,7 +20,7 @@ class Workload:
     micro_batch: int | None = None
     """Sequences per rank per forward/backward; None: the rank's whole batch shard at once
     (axolab's default). Weight all-gathers and reduce-scatters repeat every micro-step."""
-    precision: str = "bf16"
+    precision: Precision = "bf16"
     """"bf16": matmuls under autocast with fp32 parameters (axolab's mixed precision);
     "fp32": everything in fp32."""
     activation_checkpointing: bool = True

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from ..metrics import past_warmup
+from ..metrics import throughput_summary
 from .collect import CURVE_FILES, Run
 from .errors import ReportError
 
@@ -54,15 +54,6 @@ def build_tables(runs: list[Run]) -> dict[str, pd.DataFrame]:
             "extraction_curves": extraction_curves_table(runs), "mia_roc": mia_roc_table(runs),
             "memorization_curve": memorization_curve_table(runs),
             "mia_curve": mia_curve_table(runs)}
-
-
-def after_warmup(metrics: pd.DataFrame) -> pd.DataFrame:
-    """The logged steps past warm-up (``axolab.metrics.past_warmup``), counted from the last
-    logged step, not the planned total, so a run still training has a throughput."""
-    if metrics is None or not len(metrics):
-        return pd.DataFrame()
-    last = metrics["step"].max()
-    return metrics[[past_warmup(step, last) for step in metrics["step"]]]
 
 
 def runs_table(runs: list[Run]) -> pd.DataFrame:
@@ -119,9 +110,9 @@ def _training_summary(run: Run) -> dict:
     out["final_loss"] = _numeric(m, "loss").iloc[-1]
     val = _numeric(m, "val_loss").dropna()
     out["final_val_loss"] = val.iloc[-1] if len(val) else None
-    steady = after_warmup(m)
-    out["median_tokens_per_s"] = _numeric(steady, "tokens_per_s").median()
-    out["median_mfu"] = _numeric(steady, "mfu").median()
+    # The same medians the scaling sweep reports for a run (axolab.metrics).
+    med = throughput_summary(m.to_dict("records"))
+    out["median_tokens_per_s"], out["median_mfu"] = med["tokens_per_s"], med["mfu"]
     return out
 
 
