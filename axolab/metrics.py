@@ -60,10 +60,13 @@ def flops_per_token(config, seq_len: int) -> float:
     embedding lookup excluded) plus attention scores and values, 12 * layers * hidden * seq
     (the PaLM appendix B estimate)."""
     h, layers = config.hidden_size, config.num_hidden_layers
-    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or h // heads
     attn = h * head_dim * (heads + 2 * kv) + heads * head_dim * h
-    mlp = 3 * h * config.intermediate_size
+    # GPT-NeoX's MLP has no gate: two matrices instead of three.
+    mlp = (2 if getattr(config, "model_type", "") == "gpt_neox" else 3) * h * \
+        config.intermediate_size
     matmul_params = layers * (attn + mlp) + h * config.vocab_size  # lm head included
     return 6.0 * matmul_params + 12.0 * layers * h * seq_len
 

@@ -2,7 +2,8 @@
 
 ``model_config(name)`` returns a transformers config; build it on the meta device to plan memory
 or to load a checkpoint sharded. The Llama 3.1 values are those of the published config.json
-files; the tiny ones are for CPU tests and the demo.
+files, Pythia's and OLMo-2's those of their published configs; the tiny ones are for CPU tests
+and the demo.
 """
 
 from __future__ import annotations
@@ -16,7 +17,42 @@ LLAMA_31_COMMON = dict(
                      "original_max_position_embeddings": 8192},
 )
 
+PYTHIA_COMMON = dict(
+    model_type="gpt_neox", max_position_embeddings=2048, rotary_pct=0.25, rotary_emb_base=10000,
+    layer_norm_eps=1e-5, use_parallel_residual=True, tie_word_embeddings=False,
+    hidden_act="gelu", bos_token_id=0, eos_token_id=0, attention_dropout=0.0, hidden_dropout=0.0,
+    initializer_range=0.02)
+
+
+def _pythia(hidden: int, layers: int, heads: int, vocab: int = 50304) -> dict:
+    # The vocabulary (50254 tokens) is padded per size for tensor parallelism when trained.
+    return dict(PYTHIA_COMMON, hidden_size=hidden, num_hidden_layers=layers,
+                num_attention_heads=heads, intermediate_size=4 * hidden, vocab_size=vocab)
+
+
+OLMO2_COMMON = dict(
+    model_type="olmo2", vocab_size=100352, max_position_embeddings=4096, rms_norm_eps=1e-6,
+    rope_theta=500000.0, tie_word_embeddings=False, attention_bias=False, hidden_act="silu",
+    pad_token_id=100277, bos_token_id=None, eos_token_id=100257, initializer_range=0.02)
+
 PRESETS: dict[str, dict] = {
+    # Pythia (Biderman et al. 2023, Table 1; EleutherAI/pythia-* config.json): the suite whose
+    # public training order memorization-dynamics studies rely on.
+    "pythia-70m": _pythia(512, 6, 8),
+    "pythia-160m": _pythia(768, 12, 12),
+    "pythia-410m": _pythia(1024, 24, 16),
+    "pythia-1b": _pythia(2048, 16, 8),
+    "pythia-1.4b": _pythia(2048, 24, 16),
+    "pythia-2.8b": _pythia(2560, 32, 32),
+    "pythia-6.9b": _pythia(4096, 32, 32, vocab=50432),
+    "pythia-12b": _pythia(5120, 36, 40, vocab=50688),
+    # OLMo-2 (allenai/OLMo-2-0425-1B, OLMo-2-1124-7B and -13B config.json): open data.
+    "olmo-2-1b": dict(OLMO2_COMMON, hidden_size=2048, intermediate_size=8192,
+                      num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=16),
+    "olmo-2-7b": dict(OLMO2_COMMON, hidden_size=4096, intermediate_size=11008,
+                      num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32),
+    "olmo-2-13b": dict(OLMO2_COMMON, hidden_size=5120, intermediate_size=13824,
+                       num_hidden_layers=40, num_attention_heads=40, num_key_value_heads=40),
     "llama-3.1-8b": dict(LLAMA_31_COMMON, hidden_size=4096, intermediate_size=14336,
                          num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8),
     "llama-3.1-70b": dict(LLAMA_31_COMMON, hidden_size=8192, intermediate_size=28672,

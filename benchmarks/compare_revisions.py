@@ -143,7 +143,7 @@ def main(argv=None) -> int:
             "base": a.base, "head": a.head or "working tree", "settings": SETTINGS,
             "rounds": a.rounds, "steps": a.steps, "rows": rows, "times": times,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "date": datetime.datetime.now().astimezone().isoformat("seconds")}},
+                        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}},
             indent=1))
     return 0
 

@@ -23,6 +23,30 @@ def test_llama_31_presets_have_the_published_size(name):
     assert all(p.is_meta for p in model.parameters())
 
 
+# The Pythia model card's exact parameter counts (EleutherAI/pythia-*, "Total params").
+PYTHIA = {"pythia-70m": 70_426_624, "pythia-160m": 162_322_944, "pythia-410m": 405_334_016,
+          "pythia-1b": 1_011_781_632, "pythia-1.4b": 1_414_647_808,
+          "pythia-2.8b": 2_775_208_960, "pythia-6.9b": 6_857_302_016,
+          "pythia-12b": 11_846_072_320}
+
+
+def test_pythia_and_olmo2_presets_build_and_plan():
+    """Each preset builds its transformers class on meta with the published size (Pythia), and
+    the performance model's shapes count the same parameters as transformers."""
+    from axolab.perfmodel import model_shapes
+    from axolab.presets import PRESETS
+
+    for name in [n for n in PRESETS if n.startswith(("pythia-", "olmo-2-"))]:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(model_config(name))
+        count = sum(p.numel() for p in model.parameters())
+        if name in PYTHIA:
+            assert count == PYTHIA[name], name
+        assert model_shapes(name).params == count, name
+        parallelize(model, Grid.init())
+        assert all(p.is_meta for p in model.parameters())
+
+
 def test_unknown_preset_is_named():
     with pytest.raises(ValueError, match="unknown model preset 'llama-4'.*llama-3.1-8b"):
         model_config("llama-4")

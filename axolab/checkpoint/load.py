@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from axolab.parallel import Grid, grid_of, parallel_parameters, parallelize
+from axolab.parallel import Grid, grid_of, parallel_parameters, parallel_state, parallelize
 from axolab.parallel.base import ParallelModule
 from axolab.parallel.layout import BlockLayout
 
@@ -58,8 +58,10 @@ def load_weights(model: nn.Module, directory: str | Path, prefix: str = "model",
     cache snapshots); axolab checkpoints never contain links."""
     directory = Path(directory)
     reader = ShardReader(directory, weight_map(directory, prefix, allow_symlinks), allow_symlinks)
+    file_key = parallel_state(model).plan.file_key
     for key, module, attr, param in parallel_parameters(model):
-        name = key if key in reader.mapping else _tied_source(model, key)
+        name = next((k for k in (key, file_key(key)) if k in reader.mapping), None) \
+            or _tied_source(model, key)
         _check_shape(module, attr, reader, name)
         _fill_local(module.layout_of(attr), reader, name, param.data)
 

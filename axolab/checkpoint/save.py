@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from axolab.parallel import comm, grid_of, parallel_parameters
+from axolab.parallel import comm, parallel_parameters, parallel_state
 
 from .files import MANIFEST, sha256
 from .gather import Assembler
@@ -82,15 +82,16 @@ def _local_tensors(entries, optimizer) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def _collect(entries, owner, optimizer, assembler: Assembler, me: int):
-    """This rank's share of the full tensors: ``(model tensors, optimizer tensors)``."""
+def _collect(entries, owner, optimizer, assembler: Assembler, me: int, file_key):
+    """This rank's share of the full tensors: ``(model tensors, optimizer tensors)``; model
+    tensors under their names in the architecture's checkpoint files (``file_key``)."""
     mine: dict[str, torch.Tensor] = {}
     opt_mine: dict[str, torch.Tensor] = {}
     for (key, module, attr, param), w in zip(entries, owner):
         layout = module.layout_of(attr)
         full = assembler.assemble(layout, param, w)
         if w == me:
-            mine[key] = full
+            mine[file_key(key)] = full
         for name, value in _optimizer_tensors(optimizer, param).items():
             if value.shape == param.shape:  # a moment: sharded like its parameter
                 full = assembler.assemble(layout, value, w)
@@ -112,7 +113,8 @@ def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer=Non
     pass a :class:`SaveReport` as ``report`` to have this rank's figures filled in (this also
     measures the assembly's device allocations, at a small cost per op). ``keep_last`` removes
     all but that many newest checkpoints at or before ``step``."""
-    grid = grid_of(model)
+    state_of_model = parallel_state(model)
+    grid, file_key = state_of_model.grid, state_of_model.plan.file_key
     root = Path(root)
     final, tmp = step_dir(root, step), root / f".step-{step:08d}.partial"
     entries = parallel_parameters(model)
@@ -137,9 +139,9 @@ def save_checkpoint(root: str | Path, step: int, model: nn.Module, optimizer=Non
         if report is not None:
             assembler.meter = AllocationMeter(grid.device)
             with assembler.meter:
-                mine, opt_mine = _collect(entries, owner, optimizer, assembler, me)
+                mine, opt_mine = _collect(entries, owner, optimizer, assembler, me, file_key)
         else:
-            mine, opt_mine = _collect(entries, owner, optimizer, assembler, me)
+            mine, opt_mine = _collect(entries, owner, optimizer, assembler, me, file_key)
     files = {}
     if writing:
         tag = f"{me + 1:05d}-of-{writers:05d}"

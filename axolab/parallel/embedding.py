@@ -19,8 +19,11 @@ from .layout import BlockLayout, padded_size
 
 class ParallelEmbedding(ParallelModule):
     def __init__(self, num_embeddings: int, embedding_dim: int, grid: Grid, *,
-                 padding_idx: int | None = None, device=None, dtype=None):
+                 padding_idx: int | None = None, scale: float | None = None, device=None,
+                 dtype=None):
         super().__init__()
+        # Gemma multiplies the looked-up rows by sqrt(hidden), as a tensor in the weight's dtype.
+        self.scale = scale
         if embedding_dim % grid.x.size:
             raise ValueError(f"embedding dim {embedding_dim} does not divide by x={grid.x.size}")
         self.grid = grid
@@ -57,7 +60,10 @@ class ParallelEmbedding(ParallelModule):
             pad = self.padding_idx - start
         out = F.embedding(local, table, padding_idx=pad)
         out = out.masked_fill(outside.unsqueeze(-1), 0.0)
-        return comm.reduce_from(out, self.grid.y)
+        out = comm.reduce_from(out, self.grid.y)
+        if self.scale is not None:
+            out = out * torch.tensor(self.scale, dtype=torch.float32).to(out.dtype)
+        return out
 
     def grad_specs(self) -> list[GradSpec]:
         return [GradSpec(self.weight, "data", 1)]

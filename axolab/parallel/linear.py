@@ -55,7 +55,9 @@ class _LinearInGrid(torch.autograd.Function):
         ctx.save_for_backward(xc, shard)
         # reduce_from, in place: y is this Function's own fresh output and nothing saved it.
         comm.all_reduce_sum_(y, module.in_axis)
-        return y.view(*x.shape[:-1], y.shape[-1])
+        # Not a view of y (what .view would give): callers may modify the output in place
+        # (OLMo clamps q/k/v with clamp_), which autograd forbids on a custom Function's view.
+        return torch.ops.aten._unsafe_view(y, (*x.shape[:-1], y.shape[-1]))
 
     @staticmethod
     def backward(ctx, g):

@@ -77,7 +77,7 @@ def parallelize(model: nn.Module, grid: Grid, plan: Plan | None = None,
     tied = head is not None and head.weight is embedding.weight
     converted: dict[str, ParallelModule] = {}
     for name, module, style in targets:
-        meta = next(module.parameters()).is_meta
+        meta = any(p.is_meta for p in module.parameters())
         device = torch.device("meta") if meta else grid.device
         new = style.build(module, grid, device)
         if not meta:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
-from .styles import STYLES, Style
+from .styles import STYLES, Embedding, Replicated, RMSNorm, Style
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,16 @@ class Plan:
     stateless: tuple[str, ...] = field(default=("*rotary_emb",))
     """Modules with no parameters of their own whose computation is replicated (rotary
     tables); documentation of what the plan leaves alone on purpose."""
+    checkpoint_names: tuple[tuple[str, str], ...] = ()
+    """(state-dict key prefix, the prefix its tensors have in the architecture's Hugging Face
+    checkpoint files) where the two differ: GPT-NeoX's ``lm_head`` is ``embed_out`` on disk."""
+
+    def file_key(self, key: str) -> str:
+        """The name of state-dict entry ``key`` in checkpoint files (save_pretrained's)."""
+        for prefix, on_disk in self.checkpoint_names:
+            if key.startswith(prefix):
+                return on_disk + key[len(prefix):]
+        return key
 
     def __post_init__(self):
         resolved = {}
@@ -69,13 +79,65 @@ LLAMA_LIKE = Plan(styles={
     "lm_head": "lm_head",
 })
 
+
+def _llama_like(**overrides) -> Plan:
+    """The Llama layout of module names, with some styles replaced or added."""
+    styles = dict(LLAMA_LIKE.styles)
+    styles.update(overrides)
+    return Plan(styles={k: v for k, v in styles.items() if v is not None})
+
+
 # Qwen2 differs from Llama only by biases on q/k/v, which ParallelLinear carries; Mistral by
 # sliding-window attention, which runs unchanged on the local heads.
+_PER_HEAD_QK_NORM = {"model.layers.*.self_attn.q_norm": Replicated(("y",)),
+                     "model.layers.*.self_attn.k_norm": Replicated(("y",))}
+_GEMMA_NORM = RMSNorm(offset=1.0, weight_in_fp32=True)
+_OLMO2_NORM = RMSNorm(weight_in_fp32=True)
+
 PLANS: dict[str, Plan] = {
     "llama": LLAMA_LIKE,
     "mistral": LLAMA_LIKE,
     "qwen2": LLAMA_LIKE,
+    # Qwen3: q/k RMSNorm over each head's own head_dim, one weight shared by the heads.
+    "qwen3": _llama_like(**_PER_HEAD_QK_NORM),
+    # OLMo: LayerNorm without parameters on the residual stream (still a reduction over X).
+    "olmo": _llama_like(**{"model.layers.*.input_layernorm": "layernorm",
+                           "model.layers.*.post_attention_layernorm": "layernorm",
+                           "model.norm": "layernorm"}),
+    # OLMo-2: norms after attention and MLP (post-norm), and q/k norms over all heads of the
+    # projection's output, which is split over Y.
+    "olmo2": _llama_like(**{"model.layers.*.input_layernorm": None,
+                            "model.layers.*.post_attention_layernorm": _OLMO2_NORM,
+                            "model.layers.*.post_feedforward_layernorm": _OLMO2_NORM,
+                            "model.norm": _OLMO2_NORM,
+                            "model.layers.*.self_attn.q_norm": RMSNorm(axis="y",
+                                                                       weight_in_fp32=True),
+                            "model.layers.*.self_attn.k_norm": RMSNorm(axis="y",
+                                                                       weight_in_fp32=True)}),
+    # Gemma-2: scaled embedding, (1 + w) RMSNorms before and after attention and MLP; logit
+    # soft-capping is elementwise, so it runs on the vocabulary-sharded logits.
+    "gemma2": _llama_like(**{"model.embed_tokens": Embedding(scaled=True),
+                             "model.layers.*.input_layernorm": _GEMMA_NORM,
+                             "model.layers.*.post_attention_layernorm": _GEMMA_NORM,
+                             "model.layers.*.pre_feedforward_layernorm": _GEMMA_NORM,
+                             "model.layers.*.post_feedforward_layernorm": _GEMMA_NORM,
+                             "model.norm": _GEMMA_NORM}),
+    # GPT-NeoX (Pythia): biased LayerNorms, a head-major fused q/k/v (whole heads per Y block,
+    # so a plain column split), parallel residual and partial rotary (both local).
+    "gpt_neox": Plan(styles={
+        "gpt_neox.embed_in": "embedding",
+        "gpt_neox.layers.*.attention.query_key_value": "forward",
+        "gpt_neox.layers.*.attention.dense": "transposed",
+        "gpt_neox.layers.*.mlp.dense_h_to_4h": "forward",
+        "gpt_neox.layers.*.mlp.dense_4h_to_h": "transposed",
+        "gpt_neox.layers.*.input_layernorm": "layernorm",
+        "gpt_neox.layers.*.post_attention_layernorm": "layernorm",
+        "gpt_neox.final_layer_norm": "layernorm",
+        "lm_head": "lm_head",
+    }, head_counts=("num_attention_heads",), checkpoint_names=(("lm_head.", "embed_out."),)),
 }
+# Gemma-3 (text): Gemma-2's layout plus Qwen3-style per-head q/k norms, also (1 + w).
+PLANS["gemma3_text"] = _llama_like(**{**PLANS["gemma2"].styles, **_PER_HEAD_QK_NORM})
 
 
 def plan_for(config) -> Plan:

@@ -24,10 +24,13 @@ from .grid import Grid
 from .layout import padded_size
 from .linear import ParallelLinear
 from .norm import ParallelLayerNorm, ParallelRMSNorm
+from .replicated import ParallelReplicated
 
 
 def _dtype(module: nn.Module):
-    return next(module.parameters()).dtype
+    # A norm without parameters (OLMo's) takes the default dtype; it holds nothing.
+    p = next(module.parameters(), None)
+    return p.dtype if p is not None else None
 
 
 def _divides(problems: list[str], name: str, what: str, value: int, axis: str, size: int) -> None:
@@ -89,9 +92,12 @@ class RowLinear(Style):
 
 @dataclass(frozen=True, repr=False)
 class Embedding(Style):
-    """The token embedding: vocabulary over Y (padded to a multiple of it), hidden over X."""
+    """The token embedding: vocabulary over Y (padded to a multiple of it), hidden over X.
+    Also a learned position embedding (the positions play the vocabulary's part)."""
 
     name: ClassVar[str] = "embedding"
+    scaled: bool = False
+    """Gemma's embedding multiplies its rows by ``module.scalar_embed_scale`` (sqrt(hidden))."""
 
     def problems(self, name, module, grid):
         out: list[str] = []
@@ -99,8 +105,9 @@ class Embedding(Style):
         return out
 
     def build(self, module, grid, device):
+        scale = float(module.scalar_embed_scale) if self.scaled else None
         return ParallelEmbedding(module.num_embeddings, module.embedding_dim, grid,
-                                 padding_idx=module.padding_idx, device=device,
+                                 padding_idx=module.padding_idx, scale=scale, device=device,
                                  dtype=_dtype(module))
 
 
@@ -127,24 +134,34 @@ class LMHead(Style):
 
 @dataclass(frozen=True, repr=False)
 class RMSNorm(Style):
-    """Llama-style RMSNorm over the X-split hidden dimension (statistics summed over X)."""
+    """RMSNorm over a split dimension: the residual stream (over X), or OLMo-2's q/k norms over
+    all heads (over Y). The fields say how the architecture's own module computes."""
 
     name: ClassVar[str] = "rmsnorm"
+    axis: str = "x"
+    """The grid axis the normalized dimension is split over."""
+    offset: float = 0.0
+    """Gemma: the weight applied is 1 + weight."""
+    weight_in_fp32: bool = False
+    """OLMo-2 and Gemma multiply by the weight before casting back (Llama after)."""
 
     def problems(self, name, module, grid):
         out: list[str] = []
-        _divides(out, name, "hidden size", module.weight.shape[0], "x", grid.x.size)
+        axis = getattr(grid, self.axis)
+        _divides(out, name, "normalized size", module.weight.shape[0], self.axis, axis.size)
         return out
 
     def build(self, module, grid, device):
         eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
-        return ParallelRMSNorm(module.weight.shape[0], grid, eps=eps, device=device,
-                               dtype=_dtype(module))
+        return ParallelRMSNorm(module.weight.shape[0], grid, eps=eps, axis=self.axis,
+                               offset=self.offset, weight_in_fp32=self.weight_in_fp32,
+                               device=device, dtype=_dtype(module))
 
 
 @dataclass(frozen=True, repr=False)
 class LayerNorm(Style):
-    """``nn.LayerNorm`` over the X-split hidden dimension, with or without a bias."""
+    """LayerNorm over the X-split hidden dimension, with or without a bias; OLMo's has no
+    parameters at all (``F.layer_norm`` with eps 1e-5)."""
 
     name: ClassVar[str] = "layernorm"
 
@@ -154,11 +171,32 @@ class LayerNorm(Style):
         return out
 
     def build(self, module, grid, device):
-        return ParallelLayerNorm(module.normalized_shape[0], grid, eps=module.eps,
-                                 bias=module.bias is not None, device=device,
-                                 dtype=_dtype(module))
+        weight = getattr(module, "weight", None) is not None
+        return ParallelLayerNorm(module.normalized_shape[0], grid,
+                                 eps=getattr(module, "eps", 1e-5),
+                                 bias=getattr(module, "bias", None) is not None, weight=weight,
+                                 device=device, dtype=_dtype(module))
+
+
+@dataclass(frozen=True, repr=False)
+class Replicated(Style):
+    """A module held in full by every rank and run unchanged, whose input is split over
+    ``sum_over`` (Qwen3 / Gemma-3 per-head q/k norms see only this rank's heads, split over Y):
+    its parameter gradients are summed over those axes."""
+
+    name: ClassVar[str] = "replicated"
+    sum_over: tuple[str, ...] = ("y",)
+
+    def problems(self, name, module, grid):
+        bad = [n for n, p in module.named_parameters(recurse=False) if p.dim() != 1]
+        return [f"{name}: only vector parameters can be replicated, not {', '.join(bad)}"] \
+            if bad else []
+
+    def build(self, module, grid, device):
+        return ParallelReplicated(module, grid, self.sum_over, device=device)
 
 
 STYLES: dict[str, Style] = {s.name: s for s in (Embedding(), ColumnLinear(), RowLinear(),
-                                                 LMHead(), RMSNorm(), LayerNorm())}
+                                                 LMHead(), RMSNorm(), LayerNorm(),
+                                                 Replicated())}
 """Every style by name; a plan may name a style by string (``"forward"``) or give the object."""

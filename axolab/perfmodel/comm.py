@@ -116,10 +116,7 @@ def local_parameters(shapes: ModelShapes, grid: GridShape) -> int:
     total += _block(shapes.embedding, grid, vp)[1]
     if not shapes.tied_embeddings:
         total += _block(shapes.lm_head, grid, vp)[1]
-    total += shapes.norms * (shapes.hidden // grid.x)
-    if shapes.qkv_bias:
-        total += shapes.layers * (shapes.heads + 2 * shapes.kv_heads) * shapes.head_dim // grid.y
-    return total
+    return total + shapes.local_vectors(grid.x, grid.y)
 
 
 def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> list[Collective]:
@@ -173,9 +170,7 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
     add("all_reduce", "batch", 4, steps, "loss sum")
     add("all_reduce", "batch", 8, 1, "kept tokens of the step")
     # sync_gradients: one bucket per axis and dtype.
-    vectors = shapes.norms * (shapes.hidden // grid.x)
-    if shapes.qkv_bias:
-        vectors += L * (shapes.heads + 2 * shapes.kv_heads) * shapes.head_dim // grid.y
+    vectors = shapes.local_vectors(grid.x, grid.y)
     add("all_reduce", "data", (local_parameters(shapes, grid) - vectors) * pb, 1,
         "weight gradients")
     add("all_reduce", "batch", vectors * pb, 1, "norm/bias gradients")

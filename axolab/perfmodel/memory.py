@@ -158,7 +158,7 @@ def memory_per_rank(shapes: ModelShapes, grid: GridShape, work: Workload,
     grads_live = grads if steps > 1 else min(grads, head_grads)
     fwd_bwd = grads_live + acts + logits + weights
     flat = grads if grid.data > 1 else \
-        (shapes.norms * (shapes.hidden // grid.x) * pb if grid.batch_shards > 1 else 0)
+        (shapes.local_vectors(grid.x, grid.y) * pb if grid.batch_shards > 1 else 0)
     foreach = params if (machine is None or machine.foreach_optimizer) else 0
     step = max(flat, foreach)
     save = checkpoint_staging_bytes(shapes, grid, work, checkpoint_chunk_bytes)

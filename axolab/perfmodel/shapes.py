@@ -43,7 +43,8 @@ class LinearShape:
 
 @dataclass(frozen=True)
 class ModelShapes:
-    """Sizes of a decoder-only Llama-like model (Llama, Mistral, Qwen2)."""
+    """Sizes of a decoder-only transformer as axolab parallelizes it: the Llama family and the
+    architectures of :data:`axolab.parallel.PLANS` (GPT-NeoX, OLMo, OLMo-2, Qwen3, Gemma)."""
 
     name: str
     """Preset name or the config's ``model_type``; used in messages only."""
@@ -65,6 +66,18 @@ class ModelShapes:
     """Whether the lm head shares the embedding table (one parameter, one gradient)."""
     qkv_bias: bool = False
     """Whether q/k/v carry biases (Qwen2)."""
+    gated_mlp: bool = True
+    """gate/up/down (Llama family) or up/down only (GPT-NeoX's dense_h_to_4h / 4h_to_h)."""
+    linear_bias: bool = False
+    """Whether every linear of a layer carries a bias (GPT-NeoX)."""
+    layer_norm_vectors: int = 2
+    """Hidden-size norm vectors per layer, weights and biases: 2 (Llama), 4 (Gemma's four
+    norms; GPT-NeoX's two biased LayerNorms), 0 (OLMo's norms have no parameters)."""
+    final_norm_vectors: int = 1
+    """Hidden-size vectors of the final norm (2 with a bias, 0 without parameters)."""
+    qk_norm: str = "none"
+    """q/k norms: "none"; "per_head" (Qwen3, Gemma-3: one head_dim weight each for q and k,
+    replicated); "all_heads" (OLMo-2: over the whole projection output, split over Y)."""
 
     def __post_init__(self):
         for field_name in ("hidden", "intermediate", "layers", "heads", "kv_heads", "head_dim",
@@ -82,14 +95,14 @@ class ModelShapes:
         """The seven matrices of one decoder layer, in execution order."""
         h, i, q, kv = self.hidden, self.intermediate, self.heads * self.head_dim, \
             self.kv_heads * self.head_dim
-        b = self.qkv_bias
-        return (LinearShape("q_proj", q, h, False, True, b),
-                LinearShape("k_proj", kv, h, False, True, b),
-                LinearShape("v_proj", kv, h, False, True, b),
-                LinearShape("o_proj", h, q, True, False),
-                LinearShape("gate_proj", i, h, False, True),
-                LinearShape("up_proj", i, h, False, True),
-                LinearShape("down_proj", h, i, True, False))
+        b, lb = self.qkv_bias or self.linear_bias, self.linear_bias
+        attention = (LinearShape("q_proj", q, h, False, True, b),
+                     LinearShape("k_proj", kv, h, False, True, b),
+                     LinearShape("v_proj", kv, h, False, True, b),
+                     LinearShape("o_proj", h, q, True, False, lb))
+        gate = (LinearShape("gate_proj", i, h, False, True, lb),) if self.gated_mlp else ()
+        return attention + gate + (LinearShape("up_proj", i, h, False, True, lb),
+                                   LinearShape("down_proj", h, i, True, False, lb))
 
     @property
     def lm_head(self) -> LinearShape:
@@ -106,15 +119,37 @@ class ModelShapes:
 
     @property
     def norms(self) -> int:
-        """RMSNorm weights of size H: two per layer plus the final norm."""
-        return 2 * self.layers + 1
+        """Norm weight and bias vectors of size H in the whole model."""
+        return self.layer_norm_vectors * self.layers + self.final_norm_vectors
+
+    @property
+    def qk_norm_params(self) -> int:
+        """q/k norm parameters of one layer."""
+        if self.qk_norm == "per_head":
+            return 2 * self.head_dim
+        if self.qk_norm == "all_heads":
+            return (self.heads + self.kv_heads) * self.head_dim
+        return 0
+
+    def local_vectors(self, x: int, y: int) -> int:
+        """Vector parameter elements one rank holds on a grid with these X and Y: norm
+        vectors split over X, biases over their layer's output axis, q/k norms split over Y
+        (all heads) or whole (per head). Their gradients are all-reduced over D*Z."""
+        total = self.norms * (self.hidden // x)
+        for lin in self.layer_linears:
+            if lin.bias:
+                total += self.layers * lin.out_features // (x if lin.transposed else y)
+        qk = {"per_head": self.qk_norm_params, "all_heads": self.qk_norm_params // y}
+        return total + self.layers * qk.get(self.qk_norm, 0)
 
     @property
     def params(self) -> int:
         """Parameters of the serial model (what ``model.num_parameters()`` reports)."""
-        per_layer = sum(lin.params for lin in self.layer_linears) + 2 * self.hidden
+        per_layer = sum(lin.params for lin in self.layer_linears) + \
+            self.layer_norm_vectors * self.hidden + self.qk_norm_params
         head = 0 if self.tied_embeddings else self.vocab * self.hidden
-        return self.layers * per_layer + self.vocab * self.hidden + head + self.hidden
+        return self.layers * per_layer + self.vocab * self.hidden + head + \
+            self.final_norm_vectors * self.hidden
 
     @property
     def matmul_params(self) -> int:
@@ -124,18 +159,35 @@ class ModelShapes:
             self.vocab * self.hidden
 
 
+# What differs from the Llama layout, by the config's model_type: (norm vectors per layer,
+# final norm vectors, q/k norm, gated MLP, a bias on every linear).
+_ARCHITECTURE = {
+    "qwen3": (2, 1, "per_head", True, False),
+    "olmo": (0, 0, "none", True, False),
+    "olmo2": (2, 1, "all_heads", True, False),
+    "gemma2": (4, 1, "none", True, False),
+    "gemma3_text": (4, 1, "per_head", True, False),
+    "gpt_neox": (4, 2, "none", False, True),
+}
+
+
 def _from_config(config, name: str | None) -> ModelShapes:
     h = config.hidden_size
     heads = config.num_attention_heads
     kv = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or h // heads
+    model_type = getattr(config, "model_type", "")
+    norms, final, qk_norm, gated, biased = _ARCHITECTURE.get(model_type,
+                                                              (2, 1, "none", True, False))
     return ModelShapes(
-        name=name or getattr(config, "model_type", "model"), hidden=h,
+        name=name or model_type or "model", hidden=h,
         intermediate=config.intermediate_size, layers=config.num_hidden_layers, heads=heads,
         kv_heads=kv, head_dim=head_dim, vocab=config.vocab_size,
         tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
-        qkv_bias=bool(getattr(config, "attention_bias", False))
-        or getattr(config, "model_type", "") == "qwen2")
+        qkv_bias=(bool(getattr(config, "attention_bias", False)) and not biased)
+        or model_type == "qwen2",
+        gated_mlp=gated, linear_bias=biased and bool(getattr(config, "attention_bias", True)),
+        layer_norm_vectors=norms, final_norm_vectors=final, qk_norm=qk_norm)
 
 
 REQUIRED_CONFIG_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers",
