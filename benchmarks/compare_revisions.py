@@ -139,11 +139,11 @@ def main(argv=None) -> int:
         print(f"{str(g):<14}{b:>10.4f}{h:>10.4f}{h / b:>11.3f}{str(same):>12}")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         Path(a.out).write_text(json.dumps({
             "base": a.base, "head": a.head or "working tree", "settings": SETTINGS,
             "rounds": a.rounds, "steps": a.steps, "rows": rows, "times": times,
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}},
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "date": now}},
             indent=1))
     return 0
 

@@ -1,4 +1,5 @@
-"""The parallelized HF model against the serial one, on every grid shape, in fp32.
+"""The parallelized HF model against the serial one, on every grid shape, in fp32: the Llama
+family on 24 grids, every other supported architecture on six of them.
 
 Each check compares loss, gathered logits, global grad norm and every parameter after one SGD
 step (so gradients, including the data/depth reductions) with the unmodified serial model that
@@ -11,13 +12,18 @@ import itertools
 import pytest
 import torch
 
-from models import rel_err, tiny_model
+from models import NEW_ARCHITECTURES, rel_err, tiny_model
 
 TOL = 2e-5
 GRIDS = [g for g in itertools.product((1, 2), repeat=4) if g[0] * g[1] * g[2] * g[3] <= 8]
 GRIDS += [(1, 1, 1, 4), (1, 1, 2, 4), (2, 1, 1, 4), (1, 2, 1, 4),
           (1, 1, 4, 1), (1, 1, 4, 2), (2, 1, 4, 1), (1, 2, 4, 1)]
 VARIANTS = [("llama", False), ("llama", True), ("qwen2", False), ("qwen2", True)]
+# The other architectures (tests/models.py) run on six grids that split every axis, X=4 and
+# Y=4 included, inside the same pool task as the Llama family (a grid's groups built once).
+ARCHITECTURE_GRIDS = [(1, 1, 1, 4), (2, 1, 1, 4), (1, 1, 4, 1), (1, 2, 4, 1), (1, 2, 2, 2),
+                      (2, 2, 2, 1)]
+ARCHITECTURE_VARIANTS = [(kind, tied) for kind in NEW_ARCHITECTURES for tied in (False, True)]
 
 
 def _batch(vocab: int, seed: int):
@@ -83,7 +89,9 @@ def check_grid(shape, variants, lr=0.5):
 
 @pytest.mark.parametrize("shape", GRIDS, ids=lambda s: "dzyx%d%d%d%d" % s)
 def test_matches_serial_model(pool8, shape):
-    report = pool8.run(check_grid, shape, VARIANTS)
+    variants = VARIANTS + (ARCHITECTURE_VARIANTS if shape in ARCHITECTURE_GRIDS else [])
+    report = pool8.run(check_grid, shape, variants)
+    assert set(report[0]) == {f"{k}-tied={t}" for k, t in variants}
     for rank, per_rank in enumerate(report):
         for variant, errs in per_rank.items():
             assert errs["moved"] > 1e-3, f"rank {rank} {variant}: the SGD step changed nothing"

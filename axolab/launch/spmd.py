@@ -164,7 +164,7 @@ def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
 
 def spmd(module: str, args: Sequence[str] = (), nprocs: int = 1, log_dir: str | Path = "logs",
          *, launcher: str = "auto", timeout_s: float | None = None, echo: bool = True,
-         watch: Callable[[], None] | None = None, poll_s: float = 0.5) -> None:
+         watch: Callable[[], None] | None = None, poll_s: float = 0.1) -> None:
     """Run ``python -m MODULE ARGS`` on ``nprocs`` ranks and wait for it.
 
     launcher: "auto" (srun inside a Slurm allocation, else local ranks), "local" or "slurm".
