@@ -64,9 +64,10 @@ def flops_per_token(config, seq_len: int) -> float:
     kv = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or h // heads
     attn = h * head_dim * (heads + 2 * kv) + heads * head_dim * h
-    # GPT-NeoX's MLP has no gate: two matrices instead of three.
-    mlp = (2 if getattr(config, "model_type", "") == "gpt_neox" else 3) * h * \
-        config.intermediate_size
+    # GPT-NeoX's and GPT-2's MLPs have no gate: two matrices instead of three.
+    inner = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) \
+        or 4 * h
+    mlp = (2 if getattr(config, "model_type", "") in ("gpt_neox", "gpt2") else 3) * h * inner
     matmul_params = layers * (attn + mlp) + h * config.vocab_size  # lm head included
     return 6.0 * matmul_params + 12.0 * layers * h * seq_len
 

@@ -35,7 +35,46 @@ OLMO2_COMMON = dict(
     rope_theta=500000.0, tie_word_embeddings=False, attention_bias=False, hidden_act="silu",
     pad_token_id=100277, bos_token_id=None, eos_token_id=100257, initializer_range=0.02)
 
+GPT2_COMMON = dict(model_type="gpt2", vocab_size=50257, n_positions=1024, n_inner=None,
+                   activation_function="gelu_new", resid_pdrop=0.1, embd_pdrop=0.1,
+                   attn_pdrop=0.1, layer_norm_epsilon=1e-5, tie_word_embeddings=True,
+                   bos_token_id=50256, eos_token_id=50256, initializer_range=0.02)
+
 PRESETS: dict[str, dict] = {
+    # GPT-2 (openai-community/gpt2*, config.json): the training-data extraction papers' models.
+    # Dropout is on as published; set it to 0 (attn_pdrop at least) to train with X > 1.
+    "gpt2": dict(GPT2_COMMON, n_embd=768, n_layer=12, n_head=12),
+    "gpt2-medium": dict(GPT2_COMMON, n_embd=1024, n_layer=24, n_head=16),
+    "gpt2-large": dict(GPT2_COMMON, n_embd=1280, n_layer=36, n_head=20),
+    "gpt2-xl": dict(GPT2_COMMON, n_embd=1600, n_layer=48, n_head=25),
+    # Qwen3-0.6B, Gemma-2-2B and Gemma-3-1B (Qwen/Qwen3-0.6B, google/gemma-2-2b and
+    # google/gemma-3-1b-pt config.json; rotary settings left at transformers' defaults).
+    "qwen3-0.6b": dict(model_type="qwen3", vocab_size=151936, hidden_size=1024,
+                       intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,
+                       num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+                       rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True,
+                       hidden_act="silu", bos_token_id=151643, eos_token_id=151645),
+    "gemma-2-2b": dict(model_type="gemma2", vocab_size=256000, hidden_size=2304,
+                       intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+                       num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256,
+                       sliding_window=4096, final_logit_softcapping=30.0,
+                       attn_logit_softcapping=50.0, max_position_embeddings=8192,
+                       rms_norm_eps=1e-6, tie_word_embeddings=True, pad_token_id=0,
+                       bos_token_id=2, eos_token_id=1),
+    "gemma-3-1b": dict(model_type="gemma3_text", vocab_size=262144, hidden_size=1152,
+                       intermediate_size=6912, num_hidden_layers=26, num_attention_heads=4,
+                       num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256,
+                       sliding_window=512, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                       tie_word_embeddings=True, pad_token_id=0, bos_token_id=2,
+                       eos_token_id=1),
+    # Phi-3-mini (microsoft/Phi-3-mini-4k-instruct, config.json).
+    "phi-3-mini": dict(model_type="phi3", vocab_size=32064, hidden_size=3072,
+                       intermediate_size=8192, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=32, max_position_embeddings=4096,
+                       original_max_position_embeddings=4096, rms_norm_eps=1e-5,
+                       sliding_window=2047, tie_word_embeddings=False, hidden_act="silu",
+                       bos_token_id=1, eos_token_id=32000, pad_token_id=32000,
+                       initializer_range=0.02),
     # Pythia (Biderman et al. 2023, Table 1; EleutherAI/pythia-* config.json): the suite whose
     # public training order memorization-dynamics studies rely on.
     "pythia-70m": _pythia(512, 6, 8),

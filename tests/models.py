@@ -34,9 +34,12 @@ def tiny_model(kind: str, tied: bool, seed: int = 0):
 
 # The architectures beyond the Llama family, each with the features its plan must handle:
 # per-head and all-head q/k norms, norms without parameters, post-norm, (1 + w) norms, a
-# scaled embedding, logit soft-capping, a fused head-major q/k/v, parallel residual and
-# partial rotary. Dropout stays 0 (X ranks recompute one attention).
-NEW_ARCHITECTURES = ("qwen3", "olmo", "olmo2", "gemma2", "gemma3_text", "gpt_neox")
+# scaled embedding, logit soft-capping, a fused head-major q/k/v, parallel residual,
+# partial rotary, section-fused q/k/v and gate/up (Phi-3), Conv1D layers with a fused, biased
+# c_attn and learned positions (GPT-2). Dropout stays 0 (X ranks
+# recompute one attention).
+NEW_ARCHITECTURES = ("qwen3", "olmo", "olmo2", "gemma2", "gemma3_text", "gpt_neox", "phi3",
+                     "gpt2")
 # Vocabulary 99 (odd) so Y > 1 pads it; 8 heads / 4 kv heads (GPT-NeoX: 4 heads) so Y = 4 fits.
 _NEW = dict(hidden_size=32, num_hidden_layers=2, intermediate_size=64, vocab_size=99,
             max_position_embeddings=64)
@@ -63,6 +66,13 @@ def _new_architecture(kind: str, tied: bool):
         model = T.Gemma3ForCausalLM(T.Gemma3TextConfig(
             head_dim=4, sliding_window=4, final_logit_softcapping=2.0,
             tie_word_embeddings=tied, pad_token_id=0, **gqa))
+    elif kind == "phi3":
+        model = T.Phi3ForCausalLM(T.Phi3Config(tie_word_embeddings=tied, pad_token_id=0,
+                                               resid_pdrop=0.0, embd_pdrop=0.0, **gqa))
+    elif kind == "gpt2":
+        model = T.GPT2LMHeadModel(T.GPT2Config(
+            n_embd=32, n_layer=2, n_head=8, vocab_size=99, n_positions=64, n_inner=64,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=tied))
     elif kind == "gpt_neox":
         model = T.GPTNeoXForCausalLM(T.GPTNeoXConfig(
             num_attention_heads=4, rotary_pct=0.5, use_parallel_residual=True,

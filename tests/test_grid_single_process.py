@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import MixtralConfig, MixtralForCausalLM
 
 from axolab.parallel import Grid, full_state_dict, parallelize
 from axolab.parallel.grid import launcher_environment
@@ -59,8 +59,12 @@ def test_launcher_environment_torchrun_and_slurm(monkeypatch):
 
 
 def test_unsupported_architecture_is_named():
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
-    with pytest.raises(ValueError, match="no parallelization plan for model_type 'gpt2'.*llama"):
+    # A mixture-of-experts model: no plan splits its experts.
+    model = MixtralForCausalLM(MixtralConfig(num_hidden_layers=1, hidden_size=16,
+                                             intermediate_size=32, num_attention_heads=2,
+                                             num_key_value_heads=2, num_local_experts=2,
+                                             vocab_size=50))
+    with pytest.raises(ValueError, match="no parallelization plan for model_type 'mixtral'.*llama"):
         parallelize(model, Grid.init())
 
 

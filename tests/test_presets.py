@@ -1,4 +1,4 @@
-"""Model presets: parameter counts against the published Llama 3.1 sizes, built on meta."""
+"""Model presets: parameter counts against the published sizes, built on meta."""
 
 import pytest
 import torch
@@ -30,18 +30,27 @@ PYTHIA = {"pythia-70m": 70_426_624, "pythia-160m": 162_322_944, "pythia-410m": 4
           "pythia-12b": 11_846_072_320}
 
 
-def test_pythia_and_olmo2_presets_build_and_plan():
-    """Each preset builds its transformers class on meta with the published size (Pythia), and
-    the performance model's shapes count the same parameters as transformers."""
+# Published totals of GPT-2 (embeddings included, the tied head counted once), Phi-3-mini,
+# Gemma-2-2B and Gemma-3-1B.
+PUBLISHED_OTHERS = {"gpt2": 124_439_808, "gpt2-medium": 354_823_168,
+                    "gpt2-large": 774_030_080, "gpt2-xl": 1_557_611_200,
+                    "phi-3-mini": 3_821_079_552, "gemma-2-2b": 2_614_341_888,
+                    "gemma-3-1b": 999_885_952}
+
+
+def test_other_architecture_presets_build_and_plan():
+    """Each preset builds its transformers class on meta with the published size, and the
+    performance model's shapes count the same parameters as transformers."""
     from axolab.perfmodel import model_shapes
     from axolab.presets import PRESETS
 
-    for name in [n for n in PRESETS if n.startswith(("pythia-", "olmo-2-"))]:
+    published = {**PYTHIA, **PUBLISHED_OTHERS}
+    for name in [n for n in PRESETS if n.startswith(("pythia-", "olmo-2-", "gpt2", "phi-3", "qwen3-", "gemma-"))]:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(model_config(name))
         count = sum(p.numel() for p in model.parameters())
-        if name in PYTHIA:
-            assert count == PYTHIA[name], name
+        if name in published:
+            assert count == published[name], name
         assert model_shapes(name).params == count, name
         parallelize(model, Grid.init())
         assert all(p.is_meta for p in model.parameters())

@@ -136,7 +136,9 @@ class Assembler:
         full = None
         if me == writer:
             with host_allocations(self.meter):
-                full = torch.empty(layout.full_shape, dtype=local.dtype, device="cpu")
+                shape = layout.layout_shape if isinstance(layout, BlockLayout) \
+                    else layout.full_shape
+                full = torch.empty(shape, dtype=local.dtype, device="cpu")
             pieces = [piece_of(layout, c) for c in self.coords]
         step = max(1, self.chunk_bytes // (ranks * local.element_size()))
         for start in range(0, local.numel(), step):
@@ -154,4 +156,6 @@ class Assembler:
                 for rank, piece in enumerate(pieces):
                     if piece is not None:
                         place(full, piece, start, host[rank])
+        if full is not None:
+            full = layout.to_stored(full)  # section-fused rows, Conv1D's [in, out]: as stored
         return full

@@ -21,6 +21,29 @@ def padded_size(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def section_permutation(sections: tuple[int, ...], parts: int) -> torch.Tensor:
+    """Stored index of each index in split order: part p holds its p-th slice of every
+    section, stacked (how a section-fused matrix or vector is split over an axis)."""
+    out, offset = [[] for _ in range(parts)], 0
+    for n in sections:
+        block = n // parts
+        for p in range(parts):
+            out[p].append(torch.arange(offset + p * block, offset + (p + 1) * block))
+        offset += n
+    return torch.cat([t for part in out for t in part])
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Consecutive ranges covering ``indices`` in order."""
+    runs: list[tuple[int, int]] = []
+    for r in indices:
+        if runs and runs[-1][1] == r:
+            runs[-1] = (runs[-1][0], r + 1)
+        else:
+            runs.append((r, r + 1))
+    return runs
+
+
 @dataclass(frozen=True)
 class BlockLayout:
     """A ``rows x cols`` matrix split in rows over ``row_axis``, in columns over ``col_axis``,
@@ -33,10 +56,60 @@ class BlockLayout:
     row_axis: Axis
     col_axis: Axis
     depth: Axis
+    sections: tuple[int, ...] = ()
+    """Row counts of a section-fused matrix (Phi-3's ``qkv_proj`` = [q; k; v]): each section is
+    split over ``row_axis`` on its own, so rank y's block stacks its slice of every section.
+    The layout then works on the rows permuted into that order (each block contiguous); the
+    serial, stored order is restored at the boundary (full tensors and checkpoint reads)."""
+    stored_transposed: bool = False
+    """The serial tensor is stored ``[cols, rows]`` (GPT-2's Conv1D keeps ``[in, out]``)."""
+
+    def __post_init__(self):
+        if self.sections:
+            if sum(self.sections) != self.rows or self.padded_rows != self.rows:
+                raise ValueError(f"sections {self.sections} must add up to the {self.rows} "
+                                 "rows, without row padding")
+            if any(n % self.row_axis.size for n in self.sections):
+                raise ValueError(f"every section of {self.sections} must divide by "
+                                 f"{self.row_axis.name}={self.row_axis.size}")
 
     @property
     def full_shape(self) -> tuple[int, int]:
+        """The serial tensor's shape, as stored."""
+        return (self.cols, self.rows) if self.stored_transposed else (self.rows, self.cols)
+
+    @property
+    def layout_shape(self) -> tuple[int, int]:
+        """``rows x cols``: the matrix this layout splits (in its own row order)."""
         return (self.rows, self.cols)
+
+    def row_permutation(self) -> torch.Tensor | None:
+        """Stored row of each row in the layout's order (None: the same order)."""
+        return section_permutation(self.sections, self.row_axis.size) if self.sections else None
+
+    def to_stored(self, full: torch.Tensor) -> torch.Tensor:
+        """A ``rows x cols`` matrix in the layout's row order, as the serial tensor is stored."""
+        perm = self.row_permutation()
+        if perm is not None:
+            out = torch.empty_like(full)
+            out[perm] = full
+            full = out
+        return full.t().contiguous() if self.stored_transposed else full
+
+    def _from_stored(self, full: torch.Tensor) -> torch.Tensor:
+        full = full.t() if self.stored_transposed else full
+        perm = self.row_permutation()
+        return full if perm is None else full[perm]
+
+    def _read(self, read, g0: int, g1: int, c0: int, c1: int) -> torch.Tensor:
+        """Layout rows [g0, g1) x cols [c0, c1), read through ``read`` (stored coordinates)."""
+        perm = self.row_permutation()
+        runs = [(g0, g1)] if perm is None else _runs(perm[g0:g1].tolist())
+        if self.stored_transposed:
+            parts = [read(c0, c1, s0, s1).t() for s0, s1 in runs]
+        else:
+            parts = [read(s0, s1, c0, c1) for s0, s1 in runs]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     @property
     def local_rows(self) -> int:
@@ -78,9 +151,12 @@ class BlockLayout:
 
     def shard_from_full(self, full: torch.Tensor) -> torch.Tensor:
         """Cut this rank's 1D chunk out of the full ``rows x cols`` matrix."""
-        if tuple(full.shape) != (self.rows, self.cols):
-            raise ValueError(f"expected a {self.rows}x{self.cols} matrix, got {tuple(full.shape)}")
-        block = full[self.row_start:min(self.row_start + self.local_rows, self.rows), self.col_slice]
+        if tuple(full.shape) != self.full_shape:
+            raise ValueError(f"expected a {'x'.join(map(str, self.full_shape))} matrix, got "
+                             f"{tuple(full.shape)}")
+        full = self._from_stored(full)
+        rows = slice(self.row_start, min(self.row_start + self.local_rows, self.rows))
+        block = full[rows, self.col_slice]
         return self.shard_from_block(block)
 
     def shard_from_block(self, block: torch.Tensor) -> torch.Tensor:
@@ -101,9 +177,10 @@ class BlockLayout:
     @torch.no_grad()
     def fill_from_reader(self, out: torch.Tensor, read, block_rows: int = 2048) -> None:
         """Fill this rank's 1D chunk ``out`` in place from ``read(r0, r1, c0, c1)``, which returns
-        ``full[r0:r1, c0:c1]`` (a safetensors slice). Rows are read in bounded blocks straight
-        into ``out``, so loading needs about the chunk's memory, not the block's or the full
-        tensor's. Vocabulary padding rows and the chunk's tail padding are zeroed."""
+        ``full[r0:r1, c0:c1]`` of the stored tensor (a safetensors slice). Rows are read in
+        bounded blocks straight into ``out``, so loading needs about the chunk's memory, not the
+        block's or the full tensor's. Vocabulary padding rows and the chunk's tail padding are
+        zeroed."""
         start, stop = self.flat_range
         stop = min(stop, self.block_numel)
         if stop <= start:
@@ -118,7 +195,7 @@ class BlockLayout:
             g0, g1 = self.row_start + b0, min(self.row_start + b1, self.rows)
             have = b0 * lc + max(0, g1 - g0) * lc  # flat end of the rows that exist
             if g1 > g0 and have > f0:
-                part = read(g0, g1, c0, c0 + lc).reshape(-1)
+                part = self._read(read, g0, g1, c0, c0 + lc).reshape(-1)
                 a1 = min(f1, have)
                 out[f0 - start:a1 - start].copy_(part[f0 - b0 * lc:a1 - b0 * lc])
                 f0 = a1
@@ -147,7 +224,7 @@ class BlockLayout:
         block = self.local_block(shard.detach())
         block = comm.gather_along(block, self.col_axis, dim=1)
         block = comm.gather_along(block, self.row_axis, dim=0)
-        return block[:self.rows].clone()
+        return self.to_stored(block[:self.rows].clone())
 
 
 @dataclass(frozen=True)
@@ -158,6 +235,19 @@ class VectorLayout:
     size: int
     axis: Axis
     true_size: int | None = None
+    sections: tuple[int, ...] = ()
+    """The bias of a section-fused layer: each section split over ``axis`` on its own."""
+
+    def row_permutation(self) -> torch.Tensor | None:
+        return section_permutation(self.sections, self.axis.size) if self.sections else None
+
+    def to_stored(self, full: torch.Tensor) -> torch.Tensor:
+        perm = self.row_permutation()
+        if perm is None:
+            return full
+        out = torch.empty_like(full)
+        out[perm] = full
+        return out
 
     @property
     def local_size(self) -> int:
@@ -179,14 +269,21 @@ class VectorLayout:
     def shard_from_full(self, full: torch.Tensor) -> torch.Tensor:
         if tuple(full.shape) != (self.full_size,):
             raise ValueError(f"expected a vector of {self.full_size}, got {tuple(full.shape)}")
+        perm = self.row_permutation()
+        if perm is not None:
+            return full[perm][self.local_slice].clone()
         return F.pad(full, (0, self.size - self.full_size))[self.local_slice].clone()
 
     def shard_from_reader(self, read) -> torch.Tensor:
         """This rank's piece, reading only it: ``read(start, stop)`` returns full[start:stop]."""
         s = self.local_slice
+        perm = self.row_permutation()
+        if perm is not None:
+            return torch.cat([read(a, b) for a, b in _runs(perm[s].tolist())])
         part = read(min(s.start, self.full_size), min(s.stop, self.full_size))
         return F.pad(part, (0, (s.stop - s.start) - part.shape[0]))
 
     @torch.no_grad()
     def gather_full(self, local: torch.Tensor) -> torch.Tensor:
-        return comm.gather_along(local.detach(), self.axis, dim=0)[:self.full_size].clone()
+        full = comm.gather_along(local.detach(), self.axis, dim=0)[:self.full_size].clone()
+        return self.to_stored(full)

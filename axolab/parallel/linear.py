@@ -100,7 +100,8 @@ class ParallelLinear(ParallelModule):
     """
 
     def __init__(self, in_features: int, out_features: int, grid: Grid, *, transposed: bool = False,
-                 bias: bool = False, padded_out: int | None = None, device=None, dtype=None):
+                 bias: bool = False, padded_out: int | None = None,
+                 sections: tuple[int, ...] = (), conv1d: bool = False, device=None, dtype=None):
         super().__init__()
         self.grid, self.transposed = grid, transposed
         self.in_features, self.out_features = in_features, out_features
@@ -112,9 +113,16 @@ class ParallelLinear(ParallelModule):
                 f"{'transposed' if transposed else 'forward'} linear {in_features}->{out_features}: "
                 f"in_features must divide by {in_axis.name}={in_axis.size} and out_features by "
                 f"{out_axis.name}={out_axis.size}")
-        self.layout = BlockLayout(out_features, in_features, padded_out, out_axis, in_axis, grid.z)
+        if sections and transposed:
+            raise ValueError("a section-fused linear layer is a forward layer")
+        # sections: output rows fused from several projections, each split over the output
+        # axis on its own (see BlockLayout.sections); conv1d: the serial weight is stored
+        # [in, out] (GPT-2's Conv1D), which only changes how it is read and written.
+        self.layout = BlockLayout(out_features, in_features, padded_out, out_axis, in_axis, grid.z,
+                                  tuple(sections), conv1d)
         self.weight = self._new_param((self.layout.chunk,), None, device, dtype)
-        self.bias_layout = VectorLayout(padded_out, out_axis, out_features) if bias else None
+        self.bias_layout = VectorLayout(padded_out, out_axis, out_features, tuple(sections)) \
+            if bias else None
         self.bias = self._new_param((padded_out // out_axis.size,), None, device, dtype) if bias \
             else None
         # Set by parallelize to the model's runtime; a layer used on its own gets a blocking one.

@@ -34,12 +34,13 @@ def _check_shapes(model: nn.Module, plan: Plan, grid: Grid) -> None:
     for name, module in model.named_modules():
         style = plan.style_of(name)
         if style is not None:
-            problems += style.problems(name, module, grid)
-    dropout = getattr(model.config, "attention_dropout", 0.0) or 0.0
-    if dropout > 0 and X > 1:
-        # X ranks recompute the same attention; independent dropout masks would desynchronize them.
-        problems.append(f"config.attention_dropout={dropout} with x={X} is not supported "
-                        "(set it to 0 for training with axolab)")
+            problems += style.problems(name, module, grid, model.config)
+    for attr in plan.attention_dropout:
+        dropout = getattr(model.config, attr, 0.0) or 0.0
+        if dropout > 0 and X > 1:
+            # X ranks recompute the same attention; independent masks would desynchronize them.
+            problems.append(f"config.{attr}={dropout} with x={X} is not supported "
+                            "(set it to 0 for training with axolab)")
     if problems:
         raise ValueError(f"{type(model).__name__} cannot run on grid {grid.shape} "
                          "(data, z, y, x):\n  " + "\n  ".join(problems))
@@ -65,7 +66,8 @@ def parallelize(model: nn.Module, grid: Grid, plan: Plan | None = None,
         raise ValueError("model is already parallelized")
     plan = plan or plan_for(model.config)
     _check_shapes(model, plan, grid)
-    targets = [(n, m, plan.style_of(n)) for n, m in model.named_modules() if plan.style_of(n)]
+    matched = [(n, m, plan.style_of(n)) for n, m in model.named_modules() if plan.style_of(n)]
+    targets = [(n, m, style) for n, m, style in matched if style.replaces]
     covered = {id(p) for _, m, _ in targets for p in m.parameters()}
     stray = [n for n, p in model.named_parameters() if id(p) not in covered]
     if stray:
@@ -79,7 +81,7 @@ def parallelize(model: nn.Module, grid: Grid, plan: Plan | None = None,
     for name, module, style in targets:
         meta = any(p.is_meta for p in module.parameters())
         device = torch.device("meta") if meta else grid.device
-        new = style.build(module, grid, device)
+        new = style.build(module, grid, device, model.config)
         if not meta:
             for pname, value in module.named_parameters(recurse=False):
                 if not (isinstance(style, LMHead) and tied and pname == "weight"):
@@ -87,6 +89,9 @@ def parallelize(model: nn.Module, grid: Grid, plan: Plan | None = None,
         new.train(module.training)
         converted[name] = new
         _set_submodule(model, name, new)
+    for name, module, style in matched:
+        if not style.replaces:
+            style.adjust(model.get_submodule(name), grid, model.config)
 
     lm_head = next(m for n, m in converted.items() if isinstance(plan.style_of(n), LMHead))
     if tied:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
-from .styles import STYLES, Embedding, Replicated, RMSNorm, Style
+from .styles import (STYLES, Embedding, FusedColumnLinear, LocalHeads, Replicated, RMSNorm,
+                     Style)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class Plan:
     stateless: tuple[str, ...] = field(default=("*rotary_emb",))
     """Modules with no parameters of their own whose computation is replicated (rotary
     tables); documentation of what the plan leaves alone on purpose."""
+    attention_dropout: tuple[str, ...] = ("attention_dropout",)
+    """Config attributes holding the attention dropout (refused with X > 1)."""
     checkpoint_names: tuple[tuple[str, str], ...] = ()
     """(state-dict key prefix, the prefix its tensors have in the architecture's Hugging Face
     checkpoint files) where the two differ: GPT-NeoX's ``lm_head`` is ``embed_out`` on disk."""
@@ -136,6 +139,42 @@ PLANS: dict[str, Plan] = {
         "lm_head": "lm_head",
     }, head_counts=("num_attention_heads",), checkpoint_names=(("lm_head.", "embed_out."),)),
 }
+
+def _phi3_head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+# Phi-3: q/k/v fused in one matrix ([q; k; v], grouped-query sizes) and gate/up in another
+# ([gate; up]); each section is split over Y on its own, and the attention module slices the
+# fused output with its local head counts.
+PLANS["phi3"] = _llama_like(**{
+    "model.layers.*.self_attn": LocalHeads(),
+    "model.layers.*.self_attn.qkv_proj": FusedColumnLinear(lambda c: (
+        c.num_attention_heads * _phi3_head_dim(c),
+        c.num_key_value_heads * _phi3_head_dim(c),
+        c.num_key_value_heads * _phi3_head_dim(c))),
+    "model.layers.*.mlp.gate_up_proj": FusedColumnLinear(
+        lambda c: (c.intermediate_size, c.intermediate_size)),
+})
+# GPT-2: Conv1D layers (weights stored [in, out]) with biases, q/k/v section-fused in c_attn
+# (the attention splits it by split_size, which becomes the local size), learned position
+# embeddings (an embedding over positions), biased LayerNorms, tied head. Its checkpoints name
+# tensors without the "transformer." prefix, as the published ones do.
+PLANS["gpt2"] = Plan(styles={
+    "transformer.wte": "embedding",
+    "transformer.wpe": "embedding",
+    "transformer.h.*.attn": LocalHeads(config_counts=(), module_counts=("split_size",
+                                                                        "num_heads")),
+    "transformer.h.*.attn.c_attn": FusedColumnLinear(lambda c: (c.hidden_size,) * 3),
+    "transformer.h.*.attn.c_proj": "transposed",
+    "transformer.h.*.mlp.c_fc": "forward",
+    "transformer.h.*.mlp.c_proj": "transposed",
+    "transformer.h.*.ln_1": "layernorm",
+    "transformer.h.*.ln_2": "layernorm",
+    "transformer.ln_f": "layernorm",
+    "lm_head": "lm_head",
+}, head_counts=("num_attention_heads",), attention_dropout=("attn_pdrop",),
+    checkpoint_names=(("transformer.", ""),))
 # Gemma-3 (text): Gemma-2's layout plus Qwen3-style per-head q/k norms, also (1 + w).
 PLANS["gemma3_text"] = _llama_like(**{**PLANS["gemma2"].styles, **_PER_HEAD_QK_NORM})
 

@@ -13,6 +13,8 @@ Copying the serial weights in is the parallel module's own ``load_full``, throug
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -33,6 +35,17 @@ def _dtype(module: nn.Module):
     return p.dtype if p is not None else None
 
 
+def _in_out(module: nn.Module) -> tuple[int, int]:
+    """(in, out) features of a Linear, or of GPT-2's Conv1D (``nx``, ``nf``)."""
+    if hasattr(module, "nf") and hasattr(module, "nx"):
+        return module.nx, module.nf
+    return module.in_features, module.out_features
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    return hasattr(module, "nf") and hasattr(module, "nx")
+
+
 def _divides(problems: list[str], name: str, what: str, value: int, axis: str, size: int) -> None:
     if value % size:
         problems.append(f"{name}: {what}={value} is not divisible by {axis}={size}")
@@ -43,11 +56,17 @@ class Style:
 
     name: ClassVar[str]
     """How plans and messages refer to the style."""
+    replaces: ClassVar[bool] = True
+    """False for a style that adjusts the module in place (:meth:`adjust`) instead of
+    building a parallel module (an attention module that must see its local head counts)."""
 
-    def problems(self, name: str, module: nn.Module, grid: Grid) -> list[str]:
+    def problems(self, name: str, module: nn.Module, grid: Grid, config=None) -> list[str]:
         raise NotImplementedError
 
-    def build(self, module: nn.Module, grid: Grid, device) -> ParallelModule:
+    def build(self, module: nn.Module, grid: Grid, device, config=None) -> ParallelModule:
+        raise NotImplementedError
+
+    def adjust(self, module: nn.Module, grid: Grid, config) -> None:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -61,15 +80,77 @@ class ColumnLinear(Style):
 
     name: ClassVar[str] = "forward"
 
-    def problems(self, name, module, grid):
+    def problems(self, name, module, grid, config=None):
         out: list[str] = []
-        _divides(out, name, "in_features", module.in_features, "x", grid.x.size)
-        _divides(out, name, "out_features", module.out_features, "y", grid.y.size)
+        n_in, n_out = _in_out(module)
+        _divides(out, name, "in_features", n_in, "x", grid.x.size)
+        _divides(out, name, "out_features", n_out, "y", grid.y.size)
         return out
 
-    def build(self, module, grid, device):
-        return ParallelLinear(module.in_features, module.out_features, grid,
-                              bias=module.bias is not None, device=device, dtype=_dtype(module))
+    def build(self, module, grid, device, config=None):
+        n_in, n_out = _in_out(module)
+        return ParallelLinear(n_in, n_out, grid, bias=module.bias is not None,
+                              conv1d=_is_conv1d(module), device=device, dtype=_dtype(module))
+
+
+@dataclass(frozen=True, repr=False)
+class FusedColumnLinear(Style):
+    """A column Linear whose output rows fuse several projections (Phi-3's ``qkv_proj`` =
+    [q; k; v], ``gate_up_proj`` = [gate; up], GPT-2's ``c_attn``): each section is split over
+    Y on its own, so a rank's output is [its q heads, its k heads, its v heads], what the
+    module's code slices (with local sizes). The bias is split the same way. Checkpoints keep
+    the serial layout."""
+
+    name: ClassVar[str] = "fused_forward"
+    sections: Callable[[object], tuple[int, ...]] = lambda config: ()
+    """The section sizes, from the model config."""
+
+    def problems(self, name, module, grid, config=None):
+        out: list[str] = []
+        sizes = self.sections(config)
+        n_in, n_out = _in_out(module)
+        _divides(out, name, "in_features", n_in, "x", grid.x.size)
+        if sum(sizes) != n_out:
+            out.append(f"{name}: sections {sizes} do not add up to out_features={n_out}")
+        for i, n in enumerate(sizes):
+            _divides(out, name, f"section {i} size", n, "y", grid.y.size)
+        return out
+
+    def build(self, module, grid, device, config=None):
+        n_in, n_out = _in_out(module)
+        return ParallelLinear(n_in, n_out, grid, bias=module.bias is not None,
+                              sections=self.sections(config), conv1d=_is_conv1d(module),
+                              device=device, dtype=_dtype(module))
+
+
+@dataclass(frozen=True, repr=False)
+class LocalHeads(Style):
+    """An attention module whose code slices a fused projection with head counts or sizes it
+    reads from the model config (Phi-3: ``self.config.num_attention_heads``) or from its own
+    attributes (GPT-2: ``self.split_size``): it gets this rank's values (heads are split over
+    Y), the config as its own copy. Nothing else changes."""
+
+    name: ClassVar[str] = "local_heads"
+    replaces: ClassVar[bool] = False
+    config_counts: tuple[str, ...] = ("num_attention_heads", "num_key_value_heads")
+    """Config attributes divided by Y in the module's own copy of the config."""
+    module_counts: tuple[str, ...] = ("num_key_value_heads",)
+    """Attributes of the module itself divided by Y."""
+
+    def problems(self, name, module, grid, config=None):
+        out: list[str] = []
+        for attr in self.module_counts:
+            _divides(out, name, attr, getattr(module, attr), "y", grid.y.size)
+        return out
+
+    def adjust(self, module, grid, config) -> None:
+        if self.config_counts:
+            local = copy.copy(config)
+            for attr in self.config_counts:
+                setattr(local, attr, getattr(config, attr) // grid.y.size)
+            module.config = local
+        for attr in self.module_counts:
+            setattr(module, attr, getattr(module, attr) // grid.y.size)
 
 
 @dataclass(frozen=True, repr=False)
@@ -79,15 +160,17 @@ class RowLinear(Style):
 
     name: ClassVar[str] = "transposed"
 
-    def problems(self, name, module, grid):
+    def problems(self, name, module, grid, config=None):
         out: list[str] = []
-        _divides(out, name, "in_features", module.in_features, "y", grid.y.size)
-        _divides(out, name, "out_features", module.out_features, "x", grid.x.size)
+        n_in, n_out = _in_out(module)
+        _divides(out, name, "in_features", n_in, "y", grid.y.size)
+        _divides(out, name, "out_features", n_out, "x", grid.x.size)
         return out
 
-    def build(self, module, grid, device):
-        return ParallelLinear(module.in_features, module.out_features, grid, transposed=True,
-                              bias=module.bias is not None, device=device, dtype=_dtype(module))
+    def build(self, module, grid, device, config=None):
+        n_in, n_out = _in_out(module)
+        return ParallelLinear(n_in, n_out, grid, transposed=True, bias=module.bias is not None,
+                              conv1d=_is_conv1d(module), device=device, dtype=_dtype(module))
 
 
 @dataclass(frozen=True, repr=False)
@@ -99,12 +182,12 @@ class Embedding(Style):
     scaled: bool = False
     """Gemma's embedding multiplies its rows by ``module.scalar_embed_scale`` (sqrt(hidden))."""
 
-    def problems(self, name, module, grid):
+    def problems(self, name, module, grid, config=None):
         out: list[str] = []
         _divides(out, name, "hidden size", module.embedding_dim, "x", grid.x.size)
         return out
 
-    def build(self, module, grid, device):
+    def build(self, module, grid, device, config=None):
         scale = float(module.scalar_embed_scale) if self.scaled else None
         return ParallelEmbedding(module.num_embeddings, module.embedding_dim, grid,
                                  padding_idx=module.padding_idx, scale=scale, device=device,
@@ -119,14 +202,14 @@ class LMHead(Style):
 
     name: ClassVar[str] = "lm_head"
 
-    def problems(self, name, module, grid):
+    def problems(self, name, module, grid, config=None):
         out: list[str] = []
         _divides(out, name, "hidden size", module.in_features, "x", grid.x.size)
         if module.bias is not None:
             out.append(f"{name}: an lm head with a bias is not supported")
         return out
 
-    def build(self, module, grid, device):
+    def build(self, module, grid, device, config=None):
         return ParallelLinear(module.in_features, module.out_features, grid, bias=False,
                               padded_out=padded_size(module.out_features, grid.y.size),
                               device=device, dtype=_dtype(module))
@@ -145,13 +228,13 @@ class RMSNorm(Style):
     weight_in_fp32: bool = False
     """OLMo-2 and Gemma multiply by the weight before casting back (Llama after)."""
 
-    def problems(self, name, module, grid):
+    def problems(self, name, module, grid, config=None):
         out: list[str] = []
         axis = getattr(grid, self.axis)
         _divides(out, name, "normalized size", module.weight.shape[0], self.axis, axis.size)
         return out
 
-    def build(self, module, grid, device):
+    def build(self, module, grid, device, config=None):
         eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
         return ParallelRMSNorm(module.weight.shape[0], grid, eps=eps, axis=self.axis,
                                offset=self.offset, weight_in_fp32=self.weight_in_fp32,
@@ -165,12 +248,12 @@ class LayerNorm(Style):
 
     name: ClassVar[str] = "layernorm"
 
-    def problems(self, name, module, grid):
+    def problems(self, name, module, grid, config=None):
         out: list[str] = []
         _divides(out, name, "hidden size", module.normalized_shape[0], "x", grid.x.size)
         return out
 
-    def build(self, module, grid, device):
+    def build(self, module, grid, device, config=None):
         weight = getattr(module, "weight", None) is not None
         return ParallelLayerNorm(module.normalized_shape[0], grid,
                                  eps=getattr(module, "eps", 1e-5),
@@ -187,12 +270,12 @@ class Replicated(Style):
     name: ClassVar[str] = "replicated"
     sum_over: tuple[str, ...] = ("y",)
 
-    def problems(self, name, module, grid):
+    def problems(self, name, module, grid, config=None):
         bad = [n for n, p in module.named_parameters(recurse=False) if p.dim() != 1]
         return [f"{name}: only vector parameters can be replicated, not {', '.join(bad)}"] \
             if bad else []
 
-    def build(self, module, grid, device):
+    def build(self, module, grid, device, config=None):
         return ParallelReplicated(module, grid, self.sum_over, device=device)
 
 

@@ -75,6 +75,8 @@ class ModelShapes:
     norms; GPT-NeoX's two biased LayerNorms), 0 (OLMo's norms have no parameters)."""
     final_norm_vectors: int = 1
     """Hidden-size vectors of the final norm (2 with a bias, 0 without parameters)."""
+    positions: int = 0
+    """Rows of a learned position embedding (GPT-2's wpe; 0: rotary positions)."""
     qk_norm: str = "none"
     """q/k norms: "none"; "per_head" (Qwen3, Gemma-3: one head_dim weight each for q and k,
     replicated); "all_heads" (OLMo-2: over the whole projection output, split over Y)."""
@@ -148,7 +150,7 @@ class ModelShapes:
         per_layer = sum(lin.params for lin in self.layer_linears) + \
             self.layer_norm_vectors * self.hidden + self.qk_norm_params
         head = 0 if self.tied_embeddings else self.vocab * self.hidden
-        return self.layers * per_layer + self.vocab * self.hidden + head + \
+        return self.layers * per_layer + (self.vocab + self.positions) * self.hidden + head + \
             self.final_norm_vectors * self.hidden
 
     @property
@@ -168,6 +170,7 @@ _ARCHITECTURE = {
     "gemma2": (4, 1, "none", True, False),
     "gemma3_text": (4, 1, "per_head", True, False),
     "gpt_neox": (4, 2, "none", False, True),
+    "gpt2": (4, 2, "none", False, True),
 }
 
 
@@ -179,15 +182,19 @@ def _from_config(config, name: str | None) -> ModelShapes:
     model_type = getattr(config, "model_type", "")
     norms, final, qk_norm, gated, biased = _ARCHITECTURE.get(model_type,
                                                               (2, 1, "none", True, False))
+    # GPT-2 names the MLP size n_inner (None: 4 * hidden).
+    intermediate = getattr(config, "intermediate_size", None) or \
+        getattr(config, "n_inner", None) or 4 * h
     return ModelShapes(
         name=name or model_type or "model", hidden=h,
-        intermediate=config.intermediate_size, layers=config.num_hidden_layers, heads=heads,
+        intermediate=intermediate, layers=config.num_hidden_layers, heads=heads,
         kv_heads=kv, head_dim=head_dim, vocab=config.vocab_size,
         tied_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
         qkv_bias=(bool(getattr(config, "attention_bias", False)) and not biased)
         or model_type == "qwen2",
         gated_mlp=gated, linear_bias=biased and bool(getattr(config, "attention_bias", True)),
-        layer_norm_vectors=norms, final_norm_vectors=final, qk_norm=qk_norm)
+        layer_norm_vectors=norms, final_norm_vectors=final, qk_norm=qk_norm,
+        positions=getattr(config, "n_positions", 0) if model_type == "gpt2" else 0)
 
 
 REQUIRED_CONFIG_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers",
