@@ -64,8 +64,13 @@ def test_unsupported_architecture_is_named():
                                              intermediate_size=32, num_attention_heads=2,
                                              num_key_value_heads=2, num_local_experts=2,
                                              vocab_size=50))
-    with pytest.raises(ValueError, match="no parallelization plan for model_type 'mixtral'.*llama"):
+    with pytest.raises(ValueError, match=r"model.layers.0.mlp \(MixtralSparseMoeBlock\) is a "
+                                         "mixture-of-experts layer"):
         parallelize(model, Grid.init())
+    llama = tiny_model("llama", tied=False)
+    llama.config.model_type = "my_llama"  # an architecture without a plan
+    with pytest.raises(ValueError, match="no parallelization plan for model_type 'my_llama'.*gpt2"):
+        parallelize(llama, Grid.init())
 
 
 

@@ -9,6 +9,8 @@ meta (shapes only), so a checkpoint loader can fill each rank's shard later.
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -46,6 +48,15 @@ def _check_shapes(model: nn.Module, plan: Plan, grid: Grid) -> None:
                          "(data, z, y, x):\n  " + "\n  ".join(problems))
 
 
+def _refuse_unsupported_layers(model: nn.Module) -> None:
+    """Name the first mixture-of-experts layer: no plan splits experts (or routes tokens)."""
+    for name, module in model.named_modules():
+        kind = type(module).__name__
+        if re.search(r"moe|experts", kind, re.IGNORECASE):
+            raise ValueError(f"{type(model).__name__}: {name} ({kind}) is a mixture-of-experts "
+                             "layer, which axolab cannot parallelize (no plan splits experts)")
+
+
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent_name) if parent_name else root, child, new)
@@ -64,7 +75,9 @@ def parallelize(model: nn.Module, grid: Grid, plan: Plan | None = None,
     """
     if find_parallel_state(model) is not None:
         raise ValueError("model is already parallelized")
-    plan = plan or plan_for(model.config)
+    if plan is None:
+        _refuse_unsupported_layers(model)
+        plan = plan_for(model.config)
     _check_shapes(model, plan, grid)
     matched = [(n, m, plan.style_of(n)) for n, m in model.named_modules() if plan.style_of(n)]
     targets = [(n, m, style) for n, m, style in matched if style.replaces]
