@@ -5,6 +5,8 @@ import signal
 import sys
 import time
 
+# Before this module imports anything: what the rank had when it started.
+preloaded = "transformers.modeling_utils" in sys.modules
 mode = sys.argv[1]
 rank = int(os.environ["RANK"])
 target = int(sys.argv[2]) if len(sys.argv) > 2 else -1
@@ -44,6 +46,16 @@ elif mode == "term":
     time.sleep(1.0)  # "saving"; a second SIGTERM would arrive in here
     print(f"rank {rank} saved after {len(got)} SIGTERM", flush=True)
     sys.exit(3 if len(got) > 1 else 0)
+elif mode == "report":
+    import json
+
+    import torch
+
+    print("report " + json.dumps({
+        "rank": rank, "preloaded": preloaded, "cwd": os.getcwd(), "argv": sys.argv,
+        "marker": os.environ.get("AXOLAB_TEST_MARKER"), "threads": torch.get_num_threads(),
+        "omp": os.environ.get("OMP_NUM_THREADS"), "pid": os.getpid(), "ppid": os.getppid()}),
+        flush=True)
 elif mode == "ok":
     print(f"hello from rank {rank}", flush=True)
 elif rank == target and mode == "raise":

@@ -5,6 +5,7 @@ probes that leave training unchanged, continuations read from files, failures na
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -236,8 +237,10 @@ def _eval_ranks(log_dir: Path) -> dict[int, psutil.Process]:
         cmd = " ".join(p.info["cmdline"] or [])
         if "axolab.launch.worker" in cmd and str(log_dir) in cmd \
                 and "axolab.launch.local_ranks" not in cmd:
+            # A rank forked by the rank starter says which it is in its title.
+            rank = re.search(r"\(axolab rank (\d+) of \d+\)", cmd)
             try:
-                found[int(p.environ()["RANK"])] = p
+                found[int(rank.group(1)) if rank else int(p.environ()["RANK"])] = p
             except (psutil.Error, KeyError):
                 pass
     return found

@@ -172,3 +172,61 @@ def test_bad_train_config_is_refused_before_launch(tmp_path, capsys):
     cfg.write_text(json.dumps({"grdi": [1, 1, 1, 1]}))
     assert axolab(["train", str(cfg)]) == 2
     assert "did you mean 'grid'" in capsys.readouterr().err
+
+
+WARM_CALLER = """
+import json, os, sys
+from pathlib import Path
+from axolab.launch import spmd
+from axolab.launch.warm_ranks import socket_path
+
+base = Path(sys.argv[1])
+os.chdir(base)
+
+def job(name, nprocs, *args, **kw):
+    spmd("launch_targets", ["report", *args], nprocs, base / name, echo=False, **kw)
+    return [json.loads(line[len("report "):]) for r in range(nprocs)
+            for line in (base / name / f"rank{r}.log").read_text().splitlines()
+            if line.startswith("report ")]
+
+out = {"a": job("a", 2, "7"), "first": str(socket_path())}
+os.environ["AXOLAB_TEST_MARKER"] = "set later"
+out["b"] = job("b", 2)
+os.environ["HF_HOME"] = str(base / "hf")  # read by libraries at import: another starter
+out["second"] = str(socket_path())
+out["c"] = job("c", 1)
+out["fresh"] = job("d", 2, warm_start=False)
+print(json.dumps(out))
+"""
+
+
+def test_warm_started_ranks_run_as_fresh_ones_would(targets, tmp_path):
+    """Ranks forked by the caller's rank starter have the libraries imported already, and
+    otherwise what a fresh `python -m` rank has: the caller's working directory and current
+    environment, the module's argv, their share of the cores. A change to a variable libraries
+    read at import gets another starter; every starter ends with its caller."""
+    res = subprocess.run([sys.executable, "-c", WARM_CALLER, str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    warm = out["a"] + out["b"] + out["c"]
+    assert [r["preloaded"] for r in warm] == [True] * 5
+    assert [r["preloaded"] for r in out["fresh"]] == [False, False]
+    for r in warm + out["fresh"]:
+        assert r["cwd"] == str(tmp_path)
+        assert r["argv"][0].endswith("launch_targets.py") and r["argv"][1] == "report"
+        assert r["threads"] == int(r["omp"]) == max(1, (os.cpu_count() or 1) // (
+            1 if r in out["c"] else 2))
+    assert [r["argv"][2:] for r in out["a"]] == [["7"], ["7"]]
+    assert sorted(r["rank"] for r in out["a"]) == [0, 1]
+    assert [r["marker"] for r in out["a"]] == [None, None]
+    assert [r["marker"] for r in out["b"] + out["c"]] == ["set later"] * 3
+    # One launcher per job (the ranks' parent), and not the same one twice.
+    assert len({r["ppid"] for r in out["a"]}) == 1 and \
+        {r["ppid"] for r in out["a"]} != {r["ppid"] for r in out["b"]}
+    assert out["first"] != out["second"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (Path(out["first"]).exists()
+                                           or Path(out["second"]).exists()):
+        time.sleep(0.1)
+    assert not Path(out["first"]).exists() and not Path(out["second"]).exists()

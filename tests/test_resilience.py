@@ -48,9 +48,11 @@ def _config(dataset, run_dir: Path, **kw) -> Path:
 
 
 def _torchrun(args: list[str], nproc: int = 2) -> subprocess.Popen:
+    """``torchrun -m ARGS`` as axolab's local launcher does it (the same rendezvous
+    variables; without torchrun's own start-up)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS)}
-    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                             f"--nproc-per-node={nproc}", "-m", *args],
+    return subprocess.Popen([sys.executable, "-m", "axolab.launch.local_ranks", str(nproc),
+                             sys.executable, "-m", *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

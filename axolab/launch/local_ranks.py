@@ -17,10 +17,15 @@ SIGKILL after a grace period), and this process exits with that rank's code.
 from __future__ import annotations
 
 import os
+import runpy
 import signal
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Callable
+
+from setproctitle import setproctitle
 
 from ..net import free_port
 
@@ -47,7 +52,91 @@ def rank_environments(nprocs: int, port: int, base: dict[str, str]) -> list[dict
     return [{**base, **common, "RANK": str(r), "LOCAL_RANK": str(r)} for r in range(nprocs)]
 
 
-def _stop(procs: list[subprocess.Popen], grace_s: float) -> None:
+class ForkedRank:
+    """A rank forked from this process (which has already imported what the job needs), with
+    the part of :class:`subprocess.Popen`'s interface the launcher uses."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str]):
+        module, args = module_command(cmd)
+        self.returncode: int | None = None
+        self.pid = os.fork()
+        if self.pid == 0:
+            # What `ps` shows: the command this rank runs, and which rank it is.
+            title = f"{' '.join(cmd)}  (axolab rank {env['RANK']} of {env['WORLD_SIZE']})"
+            _run_forked_rank(module, args, env, title)  # never returns
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(["rank", str(self.pid)], timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def module_command(cmd: list[str]) -> tuple[str, list[str]]:
+    """``MODULE, ARGS`` of a ``python -m MODULE ARGS`` command run by this interpreter; a
+    ValueError for any other command (it cannot be run by forking this process)."""
+    if len(cmd) < 3 or cmd[1] != "-m" or os.path.realpath(cmd[0]) != os.path.realpath(
+            sys.executable):
+        raise ValueError(f"only `{sys.executable} -m MODULE ...` can be forked, got {cmd[:3]}")
+    return cmd[2], cmd[3:]
+
+
+def _run_forked_rank(module: str, args: list[str], env: dict[str, str], title: str) -> None:
+    """The child side of :class:`ForkedRank`: what ``python -m MODULE ARGS`` would do in a
+    fresh interpreter, then leave without finalization (the parent's objects are not ours)."""
+    code = 1
+    try:
+        setproctitle(title)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.environ.clear()
+        os.environ.update(env)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        torch = sys.modules.get("torch")
+        if torch is not None and env.get("OMP_NUM_THREADS", "").isdigit():
+            # The thread count the parent's OpenMP read at import is not this rank's share.
+            torch.set_num_threads(max(1, int(env["OMP_NUM_THREADS"])))
+        sys.argv = [module, *args]
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - reported like an uncaught error in a fresh process
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+
+def _stop(procs: list, grace_s: float) -> None:
     for p in procs:
         if p.poll() is None:
             p.terminate()
@@ -63,13 +152,24 @@ def _stop(procs: list[subprocess.Popen], grace_s: float) -> None:
             p.wait()
 
 
+def _new_process(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+
+
 def run_ranks(nprocs: int, cmd: list[str], *, grace_s: float = GRACE_S,
-              poll_s: float = 0.05) -> int:
-    """Run ``cmd`` as ``nprocs`` ranks; the job's exit code (0, or the first failure's)."""
+              poll_s: float = 0.05, fork: bool = False) -> int:
+    """Run ``cmd`` as ``nprocs`` ranks; the job's exit code (0, or the first failure's).
+
+    fork: start each rank by forking this process instead of a new interpreter (``cmd`` must
+    be ``python -m MODULE ...``); what this process imported, the ranks need not import again
+    (see :mod:`axolab.launch.warm_ranks`)."""
     if nprocs < 1:
         raise ValueError(f"nprocs must be at least 1, got {nprocs}")
+    start: Callable[[list[str], dict[str, str]], object] = ForkedRank if fork else _new_process
+    if fork:
+        module_command(cmd)  # refused before any rank starts
     envs = rank_environments(nprocs, free_port(), dict(os.environ))
-    procs = [subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL) for env in envs]
+    procs = [start(cmd, env) for env in envs]
     asked_to_stop = []
 
     def note_stop(signum, _frame):

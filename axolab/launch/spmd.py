@@ -28,6 +28,7 @@ from ..cluster import first_slurm_host
 from ..net import free_port
 from .environment import SlurmAllocation, slurm_allocation
 from .preemption import preempted_path
+from .warm_ranks import start_job
 from .worker import LAUNCHER_HOST, LAUNCHER_PID, error_path, log_path
 
 
@@ -114,7 +115,7 @@ def _failure(log_dir: Path, nprocs: int, rc: int, launcher_log: Path) -> LaunchE
         who = f"rank {rank} was" if rank is not None else "a rank was"
         also = (f" ({len(reports)} other rank(s) then failed with Python errors; logs in "
                 f"{log_dir})" if reports else "")
-        own = _last_lines(log_path(log_dir, rank), 20) if rank is not None else []
+        own = _last_lines(log_path(log_dir, rank), 50) if rank is not None else []
         return LaunchError(
             f"the job failed (exit code {rc}): {who} killed (a signal, out of memory) without "
             f"a Python error{also}. Launcher output:\n" + "\n".join(tail) +
@@ -162,14 +163,31 @@ def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
             continue
 
 
+def _start_launcher(cmd: list[str], env: dict[str, str], launcher_log: Path, warm: bool):
+    """The job's launcher, leader of its own process group, writing to ``launcher_log``."""
+    if warm:
+        try:
+            return start_job(cmd[1:], env, launcher_log)
+        except (OSError, RuntimeError, ValueError) as exc:
+            with open(launcher_log, "a") as out:
+                out.write(f"axolab: no rank starter ({exc}); starting fresh interpreters\n")
+    with open(launcher_log, "ab") as out:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
 def spmd(module: str, args: Sequence[str] = (), nprocs: int = 1, log_dir: str | Path = "logs",
          *, launcher: str = "auto", timeout_s: float | None = None, echo: bool = True,
-         watch: Callable[[], None] | None = None, poll_s: float = 0.1) -> None:
+         watch: Callable[[], None] | None = None, poll_s: float = 0.1,
+         warm_start: bool | None = None) -> None:
     """Run ``python -m MODULE ARGS`` on ``nprocs`` ranks and wait for it.
 
     launcher: "auto" (srun inside a Slurm allocation, else local ranks), "local" or "slurm".
     timeout_s: stop the whole job after this long. echo: print rank 0's output lines here.
     watch: called every ``poll_s`` seconds while the job runs (progress display).
+    warm_start: start local ranks by forking this caller's rank starter, which has imported
+    torch and transformers once (:mod:`axolab.launch.warm_ranks`), instead of a fresh
+    interpreter per rank; default on, unless the environment sets AXOLAB_WARM_START=0.
     Raises LaunchError if any rank fails; interrupting (Ctrl-C, a kernel interrupt) stops the job.
     """
     if nprocs < 1:
@@ -192,11 +210,12 @@ def spmd(module: str, args: Sequence[str] = (), nprocs: int = 1, log_dir: str | 
     cmd, extra_env = launch_command(module, args, nprocs, log_dir, allocation)
     launcher_log = log_dir / "launcher.log"
     rank0 = _Tail(log_path(log_dir, 0))
+    if warm_start is None:
+        warm_start = os.environ.get("AXOLAB_WARM_START", "1") != "0"
     with open(launcher_log, "ab") as out:
         out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n".encode())
-        out.flush()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, **extra_env}, start_new_session=True)
+    proc = _start_launcher(cmd, {**os.environ, **extra_env}, launcher_log,
+                           warm=warm_start and allocation is None)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
 
     def pump() -> None:
