@@ -142,22 +142,29 @@ def _train_step(cfg, model, grid, data, step, micro,
     # Normalize by the kept tokens of the whole global batch, all micro-steps together.
     kept = (labels[:, 1:] != -100).sum().double()
     kept = comm.all_reduce_sum_(kept, grid.batch)
-    loss, dropped_sum = 0.0, torch.zeros(2, dtype=torch.float64, device=grid.device)
-    for start in range(0, ids.shape[0], micro):
-        with _autocast(cfg, grid):
-            out = model(input_ids=ids[start:start + micro], labels=labels[start:start + micro],
-                        num_items_in_batch=kept)
-        last = start + micro >= ids.shape[0]
-        # Data-parallel gradients are reduced once, in the last micro-step's backward.
-        with nullcontext() if last else no_data_sync(model):
-            out.loss.backward()
-        loss += out.loss.item()
-        if cfg.loss == "goldfish":
-            with torch.no_grad():  # what the model would pay on the tokens it never trains on
-                target = dropped[start:start + micro, 1:]
-                per = vocab_parallel_cross_entropy(out.logits[:, :-1].float(), target,
-                                                   parallel_state(model).vocab)
-                dropped_sum += torch.stack([per.sum().double(), (target != -100).sum().double()])
+    state = parallel_state(model)
+    loss = torch.zeros((), dtype=torch.float64, device=grid.device)
+    dropped_sum = torch.zeros(2, dtype=torch.float64, device=grid.device)
+    # The host reads nothing until the step's work is queued: the token-id checks of the
+    # embedding and the loss are read once at the end, next to the loss.
+    with state.checks.deferred():
+        for start in range(0, ids.shape[0], micro):
+            with _autocast(cfg, grid):
+                out = model(input_ids=ids[start:start + micro],
+                            labels=labels[start:start + micro], num_items_in_batch=kept)
+            last = start + micro >= ids.shape[0]
+            # Data-parallel gradients are reduced once, in the last micro-step's backward.
+            with nullcontext() if last else no_data_sync(model):
+                out.loss.backward()
+            loss += out.loss.detach()
+            if cfg.loss == "goldfish":
+                with torch.no_grad():  # what the model would pay on tokens it never trains on
+                    target = dropped[start:start + micro, 1:]
+                    per = vocab_parallel_cross_entropy(out.logits[:, :-1].float(), target,
+                                                       state.vocab, checks=state.checks)
+                    dropped_sum += torch.stack([per.sum().double(),
+                                                (target != -100).sum().double()])
+    loss = loss.item()
     if cfg.loss != "goldfish":
         return loss, None
     total, count = comm.all_reduce_sum_(dropped_sum, grid.batch).tolist()

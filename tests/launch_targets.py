@@ -54,7 +54,9 @@ elif mode == "report":
     print("report " + json.dumps({
         "rank": rank, "preloaded": preloaded, "cwd": os.getcwd(), "argv": sys.argv,
         "marker": os.environ.get("AXOLAB_TEST_MARKER"), "threads": torch.get_num_threads(),
-        "omp": os.environ.get("OMP_NUM_THREADS"), "pid": os.getpid(), "ppid": os.getppid()}),
+        "omp": os.environ.get("OMP_NUM_THREADS"), "pid": os.getpid(), "ppid": os.getppid(),
+        # The launcher's parent: the rank starter that forked it (or the caller).
+        "starter": int(open(f"/proc/{os.getppid()}/stat").read().rsplit(")", 1)[1].split()[1])}),
         flush=True)
 elif mode == "ok":
     print(f"hello from rank {rank}", flush=True)

@@ -192,6 +192,9 @@ def job(name, nprocs, *args, **kw):
 out = {"a": job("a", 2, "7"), "first": str(socket_path())}
 os.environ["AXOLAB_TEST_MARKER"] = "set later"
 out["b"] = job("b", 2)
+import axolab.launch.rank_exit as edited  # imported by every starter
+os.utime(edited.__file__)  # as if edited: the next job needs a starter that imports it anew
+out["b2"] = job("b2", 1)
 os.environ["HF_HOME"] = str(base / "hf")  # read by libraries at import: another starter
 out["second"] = str(socket_path())
 out["c"] = job("c", 1)
@@ -209,18 +212,21 @@ def test_warm_started_ranks_run_as_fresh_ones_would(targets, tmp_path):
                          text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    warm = out["a"] + out["b"] + out["c"]
-    assert [r["preloaded"] for r in warm] == [True] * 5
+    warm = out["a"] + out["b"] + out["b2"] + out["c"]
+    assert [r["preloaded"] for r in warm] == [True] * 6
     assert [r["preloaded"] for r in out["fresh"]] == [False, False]
     for r in warm + out["fresh"]:
         assert r["cwd"] == str(tmp_path)
         assert r["argv"][0].endswith("launch_targets.py") and r["argv"][1] == "report"
         assert r["threads"] == int(r["omp"]) == max(1, (os.cpu_count() or 1) // (
-            1 if r in out["c"] else 2))
+            1 if r in out["b2"] + out["c"] else 2))
     assert [r["argv"][2:] for r in out["a"]] == [["7"], ["7"]]
     assert sorted(r["rank"] for r in out["a"]) == [0, 1]
     assert [r["marker"] for r in out["a"]] == [None, None]
-    assert [r["marker"] for r in out["b"] + out["c"]] == ["set later"] * 3
+    assert [r["marker"] for r in out["b"] + out["b2"] + out["c"]] == ["set later"] * 4
+    starters = [{r["starter"] for r in out[job]} for job in ("a", "b", "b2", "c")]
+    assert all(len(s) == 1 for s in starters)
+    assert starters[0] == starters[1] and len(set.union(*starters[1:])) == 3
     # One launcher per job (the ranks' parent), and not the same one twice.
     assert len({r["ppid"] for r in out["a"]}) == 1 and \
         {r["ppid"] for r in out["a"]} != {r["ppid"] for r in out["b"]}

@@ -306,3 +306,54 @@ def test_depth_sharding_frees_weight_memory_between_passes(pool8):
     weight = 512 * 512 * 4
     assert one >= weight, one
     assert one - two >= 0.45 * weight, f"z=1 keeps {one} bytes, z=2 keeps {two}"
+
+
+HOST_READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "cpu", "numpy"}
+
+
+def host_reads_in_a_training_step(bad: bool):
+    """The host reads a training step's forward and backward make (each waits for the device
+    to finish everything queued before it): the token-id checks of the embedding and the loss
+    are read once, when ``checks.deferred()`` ends, and still fail every rank on a bad id."""
+    from torch.overrides import TorchFunctionMode
+
+    from axolab.parallel import parallel_state, parallelize
+
+    class Reads(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            if name in HOST_READS:
+                self.seen.append(name)
+            return func(*args, **(kwargs or {}))
+
+    grid = _grid((2, 1, 2, 2))
+    model = parallelize(tiny_model("llama", tied=True), grid)
+    ids = torch.randint(0, 99, (2, 6), generator=torch.Generator().manual_seed(0))
+    if bad:
+        ids[1, 3] = 120  # on the second batch shard only
+    ids, checks = grid.shard_batch(ids), parallel_state(model).checks
+    reads = Reads()
+    try:
+        with checks.deferred():
+            with reads:
+                out = model(input_ids=ids, labels=ids)
+                out.loss.backward()
+    except ValueError as e:
+        return reads.seen, str(e)
+    return reads.seen, None
+
+
+def test_a_training_step_reads_nothing_on_the_host(pool8):
+    for seen, error in pool8.run(host_reads_in_a_training_step, False, timeout=120):
+        assert seen == [] and error is None
+    results = pool8.run(host_reads_in_a_training_step, True, timeout=120)
+    assert all(seen == [] for seen, _ in results)
+    messages = [error for _, error in results]
+    assert all(m and m.startswith("1 input token id(s) outside the vocabulary [0, 99)")
+               for m in messages), messages
+    assert sum("e.g. 120 here" in m for m in messages) == 4
+    assert sum("on another batch shard" in m for m in messages) == 4

@@ -121,6 +121,8 @@ def _run_forked_rank(module: str, args: list[str], env: dict[str, str], title: s
             # The thread count the parent's OpenMP read at import is not this rank's share.
             torch.set_num_threads(max(1, int(env["OMP_NUM_THREADS"])))
         sys.argv = [module, *args]
+        # Run from its file as __main__, as `python -m` does, not the copy imported here.
+        sys.modules.pop(module, None)
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         code = 0
     except SystemExit as exc:

@@ -9,7 +9,9 @@ which forks the ranks (:class:`axolab.launch.local_ranks.ForkedRank`). Each job 
 own session (process group), environment, working directory and log, and its ranks run their
 module as ``__main__`` exactly as ``python -m`` would.
 
-The starter holds no CUDA context and starts no thread of its own (forking a process with
+A starter whose imported source files changed on disk since it imported them (a user editing
+axolab or their own job module between launches) hands over to a new one, so a job always runs
+the code on disk, as a fresh interpreter would. The starter holds no CUDA context and starts no thread of its own (forking a process with
 either is unsafe); it only imports. It lives while its caller does and exits after
 ``IDLE_S`` without jobs. Protocol, one Unix-socket connection per job, JSON lines: the caller
 sends ``{"argv", "env", "cwd", "log"}``; the starter answers ``{"pid"}`` (the job's launcher,
@@ -107,7 +109,7 @@ def _alive(pid: int) -> bool:
 
 
 def start_job(argv: list[str], env: dict[str, str], log: Path, *,
-              start_timeout_s: float = 300.0) -> WarmJob:
+              start_timeout_s: float = 300.0, _retried: bool = False) -> WarmJob:
     """Start ``python -m axolab.launch.local_ranks N CMD ...`` (``argv`` without the
     interpreter) from this caller's starter, starting the starter if it is not running."""
     path = socket_path()
@@ -138,7 +140,13 @@ def start_job(argv: list[str], env: dict[str, str], log: Path, *,
                                f"(its output: {path.with_suffix('.log')})")
         reply += chunk
     conn.settimeout(None)
-    return WarmJob(conn, json.loads(reply)["pid"])
+    answer = json.loads(reply)
+    if "restart" in answer:  # its code is older than the files: a new starter imports them
+        conn.close()
+        if _retried:
+            raise RuntimeError(f"the rank starter on {path} keeps asking for a restart")
+        return start_job(argv, env, log, start_timeout_s=start_timeout_s, _retried=True)
+    return WarmJob(conn, answer["pid"])
 
 
 def _connect(path: Path) -> socket.socket | None:
@@ -193,6 +201,23 @@ def _read_request(conn: socket.socket) -> dict | None:
     return json.loads(data)
 
 
+def _source_stamps(previous: dict[str, int] | None = None) -> dict[str, int]:
+    """Modification times of the source files of the modules imported here (of those in
+    ``previous``, when given: a file deleted since reads as -1)."""
+    if previous is None:
+        files = {getattr(m, "__file__", None) for m in list(sys.modules.values())}
+        files = sorted(f for f in files if f)
+    else:
+        files = list(previous)
+    stamps = {}
+    for f in files:
+        try:
+            stamps[f] = os.stat(f).st_mtime_ns
+        except OSError:
+            stamps[f] = -1
+    return stamps
+
+
 def serve(path: Path, parent: int) -> None:
     """Accept jobs on ``path`` until the caller ``parent`` is gone or no job came for IDLE_S."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -212,18 +237,30 @@ def serve(path: Path, parent: int) -> None:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - the job itself will then fail clearly
             print(f"axolab rank starter: could not preload {name}: {exc}", flush=True)
+    sources = _source_stamps()
     jobs: dict[int, socket.socket] = {}
     idle_since = time.monotonic()
     try:
-        while os.getppid() == parent or jobs:
+        while listener is not None or jobs:
             if os.getppid() != parent:
                 break  # nobody is left to ask for jobs; running launchers go on alone
             if not jobs and time.monotonic() - idle_since > IDLE_S:
                 break
-            if select.select([listener], [], [], 0.1)[0]:
+            if listener is None:
+                time.sleep(0.1)
+            elif select.select([listener], [], [], 0.1)[0]:
                 conn, _ = listener.accept()
                 request = _read_request(conn)
                 if request is None:
+                    conn.close()
+                    continue
+                if _source_stamps(sources) != sources:
+                    # Code imported here was edited: a job must run what is on disk now. The
+                    # caller starts a new starter; this one only sees its running jobs out.
+                    listener.close()  # gone before the caller, told, starts the next one
+                    listener = None
+                    path.unlink(missing_ok=True)
+                    conn.sendall(json.dumps({"restart": "stale"}).encode() + b"\n")
                     conn.close()
                     continue
                 pid = os.fork()
@@ -249,8 +286,9 @@ def serve(path: Path, parent: int) -> None:
                     conn.close()
                 idle_since = time.monotonic()
     finally:
-        listener.close()
-        path.unlink(missing_ok=True)
+        if listener is not None:
+            listener.close()
+            path.unlink(missing_ok=True)
         log = path.with_suffix(".log")
         if log.is_file() and log.stat().st_size == 0:
             log.unlink()

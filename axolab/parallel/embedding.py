@@ -15,6 +15,7 @@ from . import comm
 from .base import GradSpec, ParallelModule
 from .grid import Grid
 from .layout import BlockLayout, padded_size
+from .token_checks import TokenChecks
 
 
 class ParallelEmbedding(ParallelModule):
@@ -33,20 +34,19 @@ class ParallelEmbedding(ParallelModule):
         self.layout = BlockLayout(num_embeddings, embedding_dim, self.padded_vocab,
                                   grid.y, grid.x, grid.z)
         self.weight = self._new_param((self.layout.chunk,), None, device, dtype)
+        # Replaced by the model's own (ParallelState.checks) when the model is parallelized.
+        self.checks = TokenChecks()
 
     def extra_repr(self) -> str:
         return (f"vocab={self.num_embeddings} (padded {self.padded_vocab})/y, "
                 f"dim={self.embedding_dim}/x, shard={self.layout.chunk}")
 
     def _check_ids(self, ids: torch.Tensor) -> None:
-        # A plain embedding raises on a bad id; here one shard's bad id must fail every rank,
-        # or the others would wait in the next collective. One tiny all-reduce over the batch.
+        # A plain embedding raises on a bad id; here one shard's bad id must fail every rank
+        # (one tiny all-reduce over the batch), read without a host sync in a training step.
         bad = (ids < 0) | (ids >= self.num_embeddings)
-        count = comm.all_reduce_sum_(bad.sum().reshape(1), self.grid.batch)
-        if count.item():
-            where = f"e.g. {int(ids[bad][0])} here" if bool(bad.any()) else "on another batch shard"
-            raise ValueError(f"{int(count.item())} input token id(s) outside the vocabulary "
-                             f"[0, {self.num_embeddings}) ({where})")
+        self.checks.check(ids, bad, f"input token id(s) outside the vocabulary "
+                          f"[0, {self.num_embeddings})", agree=self.grid.batch)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         self._check_ids(ids)

@@ -15,6 +15,7 @@ from .base import GradSpec, ParallelModule, unique_specs
 from .grid import Grid
 from .overlap import Runtime
 from .plans import Plan
+from .token_checks import TokenChecks
 from .vocab import VocabShard
 
 ATTRIBUTE = "axolab_parallel"
@@ -37,6 +38,9 @@ class ParallelState:
     """Which vocabulary columns this rank's ``model(...).logits`` hold."""
     runtime: Runtime
     """The collectives in flight: prefetch, deferred Z reductions, data-parallel buckets."""
+    checks: TokenChecks
+    """Token-id range checks of the embedding and the loss; a training step reads them once
+    (``with state.checks.deferred():``) instead of a host sync in each."""
 
     def module_grad_specs(self) -> list[GradSpec]:
         """Every module's specs; a tied weight is listed once per module that uses it."""

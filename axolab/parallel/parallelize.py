@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .base import ParallelModule
+from .embedding import ParallelEmbedding
 from .grid import Grid
 from .linear import ParallelLinear
 from .options import Optimizations
@@ -22,6 +23,7 @@ from .overlap import Runtime
 from .parallel_state import ParallelState, attach_parallel_state, find_parallel_state
 from .plans import Plan, plan_for
 from .styles import Embedding, LMHead
+from .token_checks import TokenChecks
 from .vocab import ParallelCausalLMLoss, VocabShard
 
 
@@ -114,13 +116,16 @@ def parallelize(model: nn.Module, grid: Grid, plan: Plan | None = None,
         model.to(grid.device)  # buffers (rotary tables) follow the shards
     layout = lm_head.layout
     vocab = VocabShard(grid.y, layout.row_start, layout.local_rows, layout.rows)
-    model.loss_function = ParallelCausalLMLoss(grid, vocab)
+    checks = TokenChecks()
+    model.loss_function = ParallelCausalLMLoss(grid, vocab, checks)
     state = ParallelState(grid=grid, plan=plan, modules=tuple(converted.values()), vocab=vocab,
-                          runtime=None)
+                          runtime=None, checks=checks)
     state.runtime = Runtime(grid, optimizations or Optimizations(), state.module_grad_specs)
     for module in converted.values():
         if isinstance(module, ParallelLinear):
             module.runtime = state.runtime
+        if isinstance(module, ParallelEmbedding):
+            module.checks = checks
     attach_parallel_state(model, state)
     model.generate = _generate_unsupported
     return model

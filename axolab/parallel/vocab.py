@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from . import comm
 from .grid import Axis, Grid
+from .token_checks import TokenChecks
 
 
 @dataclass(frozen=True)
@@ -72,23 +73,23 @@ def _bad_targets(targets: torch.Tensor, shard: VocabShard, ignore_index: int) ->
     return (targets != ignore_index) & ((targets < 0) | (targets >= shard.vocab_size))
 
 
-def _raise_bad_targets(targets, bad, count: int, shard: VocabShard, ignore_index: int):
-    where = f"e.g. {int(targets[bad][0])} here" if bool(bad.any()) else "on another batch shard"
-    raise ValueError(f"{count} target token id(s) outside the vocabulary [0, {shard.vocab_size}) "
-                     f"and not ignore_index={ignore_index} ({where})")
-
-
-def _check_targets(targets: torch.Tensor, shard: VocabShard, ignore_index: int) -> None:
-    # Ranks that share these targets (the Y group) all raise; no collective is left waiting.
+def _check_targets(targets: torch.Tensor, shard: VocabShard, ignore_index: int,
+                   checks: TokenChecks | None, count: torch.Tensor | None = None) -> None:
+    # Ranks that share these targets (the Y group) raise together without a collective; the
+    # loss passes the count it reduced over the batch split, so every rank raises.
     bad = _bad_targets(targets, shard, ignore_index)
-    if bool(bad.any()):
-        _raise_bad_targets(targets, bad, int(bad.sum()), shard, ignore_index)
+    (checks or TokenChecks()).check(
+        targets, bad, f"target token id(s) outside the vocabulary [0, {shard.vocab_size}) and "
+        f"not ignore_index={ignore_index}", count=count)
 
 
 def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, shard: VocabShard,
-                                 ignore_index: int = -100) -> torch.Tensor:
-    """Per-token cross-entropy (0 where ``targets == ignore_index``), shape of ``targets``."""
-    _check_targets(targets, shard, ignore_index)
+                                 ignore_index: int = -100,
+                                 checks: TokenChecks | None = None) -> torch.Tensor:
+    """Per-token cross-entropy (0 where ``targets == ignore_index``), shape of ``targets``.
+    checks: queue the target-range check there (a model's ``parallel_state(model).checks``)
+    instead of reading it on the host now."""
+    _check_targets(targets, shard, ignore_index, checks)
     flat = logits.reshape(-1, logits.shape[-1])
     loss = _VocabParallelCrossEntropy.apply(flat, targets.reshape(-1), shard, ignore_index)
     return loss.view(targets.shape)
@@ -138,8 +139,9 @@ class ParallelCausalLMLoss:
     ``num_items_in_batch`` (gradient accumulation) must be the global count.
     """
 
-    def __init__(self, grid: Grid, shard: VocabShard):
+    def __init__(self, grid: Grid, shard: VocabShard, checks: TokenChecks | None = None):
         self.grid, self.shard = grid, shard
+        self.checks = TokenChecks() if checks is None else checks
 
     def __call__(self, logits, labels, vocab_size=None, num_items_in_batch=None,
                  ignore_index: int = -100, shift_labels=None, **kwargs):
@@ -149,11 +151,10 @@ class ParallelCausalLMLoss:
         shift_labels = shift_labels.to(logits.device)
         # One small all-reduce over the batch split gives every rank the kept-token count and the
         # number of invalid labels, so a bad label on one shard fails all ranks together.
-        bad = _bad_targets(shift_labels, self.shard, ignore_index)
-        counts = torch.stack([(shift_labels != ignore_index).sum(), bad.sum()]).double()
+        bad = _bad_targets(shift_labels, self.shard, ignore_index).sum()
+        counts = torch.stack([(shift_labels != ignore_index).sum(), bad]).double()
         counts = comm.all_reduce_sum_(counts, self.grid.batch)
-        if counts[1] > 0:
-            _raise_bad_targets(shift_labels, bad, int(counts[1]), self.shard, ignore_index)
+        _check_targets(shift_labels, self.shard, ignore_index, self.checks, count=counts[1])
         per_token = _VocabParallelCrossEntropy.apply(
             logits.float().reshape(-1, logits.shape[-1]), shift_labels.reshape(-1), self.shard,
             ignore_index)
