@@ -31,7 +31,7 @@ GRIDS = [(2, 2, 1, 2), (2, 2, 2, 1), (1, 2, 2, 2)]
 # to every other one and the module stays inside the suite's time budget.
 VARIANTS = {GRIDS[0]: (True, False), GRIDS[1]: (False, True), GRIDS[2]: (True, True)}
 SWITCHES = ("overlap_input_grad", "overlap_depth_grad", "prefetch_weights", "bucket_data_grads",
-            "tune_matmul")
+            "fuse_shared_inputs", "tune_matmul")
 
 
 def _settings():

@@ -357,3 +357,52 @@ def test_a_training_step_reads_nothing_on_the_host(pool8):
                for m in messages), messages
     assert sum("e.g. 120 here" in m for m in messages) == 4
     assert sum("on another batch shard" in m for m in messages) == 4
+
+
+def all_reduces_per_pass(fuse: bool):
+    """All-reduces over X and over Y in one forward and one backward of a 2-layer Llama, with
+    the sibling layers that share an input (q/k/v, gate/up) stacked or not, and the input
+    gradient of the first layer's q/k/v (which the stacking must not change)."""
+    import torch.distributed as dist
+
+    from axolab.parallel import Optimizations, parallelize
+
+    grid = _grid((2, 1, 2, 2))
+    model = parallelize(tiny_model("llama", tied=False), grid,
+                        optimizations=Optimizations(fuse_shared_inputs=fuse))
+    names = {id(grid.x.group): "x", id(grid.y.group): "y"}
+    counts = {"forward": {"x": 0, "y": 0}, "backward": {"x": 0, "y": 0}}
+    phase = ["forward"]
+    real = dist.all_reduce
+
+    def counting(tensor, *args, group=None, **kwargs):
+        if id(group) in names:
+            counts[phase[0]][names[id(group)]] += 1
+        return real(tensor, *args, group=group, **kwargs)
+
+    ids = torch.randint(0, 99, (2, 6), generator=torch.Generator().manual_seed(0))
+    captured = {}
+    attention = model.model.layers[0].self_attn
+    attention.register_forward_pre_hook(
+        lambda _m, _a, kw: captured.setdefault("h", kw["hidden_states"]).retain_grad(),
+        with_kwargs=True)
+    dist.all_reduce = counting
+    try:
+        out = model(input_ids=grid.shard_batch(ids), labels=grid.shard_batch(ids))
+        phase[0] = "backward"
+        out.loss.backward()
+    finally:
+        dist.all_reduce = real
+    return counts, captured["h"].grad
+
+
+def test_layers_sharing_an_input_reduce_once(pool8):
+    fused = pool8.run(all_reduces_per_pass, True, timeout=120)
+    apart = pool8.run(all_reduces_per_pass, False, timeout=120)
+    layers = 2
+    for (f, f_grad), (a, a_grad) in zip(fused, apart):
+        # Per layer, q/k/v: 3 -> 1 and gate/up: 2 -> 1, over X forward and over Y backward.
+        assert a["forward"]["x"] - f["forward"]["x"] == 3 * layers, (f, a)
+        assert a["backward"]["y"] - f["backward"]["y"] == 3 * layers, (f, a)
+        assert f["forward"]["y"] == a["forward"]["y"] and f["backward"]["x"] == a["backward"]["x"]
+        assert rel_err(f_grad, a_grad) < 1e-5

@@ -35,61 +35,80 @@ class _LinearInGrid(torch.autograd.Function):
     - the block is all-gathered over Z in forward and again in backward instead of being kept
       alive between the two, so a rank holds only its 1/Z chunk of every weight between the
       passes (the point of depth-sharding);
-
     - the block comes from a prefetched Z all-gather when there is one;
     - the input gradient's all-reduce over the output axis (``copy_to``'s backward) starts
       before the weight-gradient matmul and is waited for after it;
     - the weight gradient's Z reduce-scatter is left running; the runtime adds it to
       ``param.grad`` a few layers later.
+
+    ``modules`` are one layer, or several forward layers that read the same input (q/k/v,
+    gate/up; :class:`axolab.parallel.fused_input.SharedInput`): their blocks are stacked
+    (output rows), so the group costs one matmul and one all-reduce each way instead of one
+    per layer. The output holds the layers' outputs side by side.
     """
 
     @staticmethod
-    def forward(ctx, x, shard, module):
-        runtime = module.runtime
+    def forward(ctx, x, modules, *shards):
+        runtime = modules[0].runtime
         dtype = _compute_dtype(x)
         xc = x.to(dtype)
         with torch.autocast(x.device.type, enabled=False):
-            block = runtime.block(module, shard, backward=False, dtype=dtype)
+            blocks = [runtime.block(m, s, backward=False, dtype=dtype)
+                      for m, s in zip(modules, shards)]
+            block = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
             y = runtime.matmul("forward", xc.reshape(-1, xc.shape[-1]), block)
-        ctx.module, ctx.dtype, ctx.in_dtype = module, dtype, x.dtype
-        ctx.save_for_backward(xc, shard)
+        ctx.modules, ctx.dtype, ctx.in_dtype = modules, dtype, x.dtype
+        ctx.save_for_backward(xc, *shards)
         # reduce_from, in place: y is this Function's own fresh output and nothing saved it.
-        comm.all_reduce_sum_(y, module.in_axis)
+        comm.all_reduce_sum_(y, modules[0].in_axis)
         # Not a view of y (what .view would give): callers may modify the output in place
         # (OLMo clamps q/k/v with clamp_), which autograd forbids on a custom Function's view.
         return torch.ops.aten._unsafe_view(y, (*x.shape[:-1], y.shape[-1]))
 
     @staticmethod
     def backward(ctx, g):
-        xc, shard = ctx.saved_tensors
-        module = ctx.module
-        runtime, layout, options = module.runtime, module.layout, module.runtime.options
+        xc, *shards = ctx.saved_tensors
+        modules = ctx.modules
+        runtime, options = modules[0].runtime, modules[0].runtime.options
         runtime.begin_backward()
         g2 = g.to(ctx.dtype).reshape(-1, g.shape[-1])
         x2 = xc.reshape(-1, xc.shape[-1])
         dx = work = None
         if ctx.needs_input_grad[0]:
-            block = runtime.block(module, shard, backward=True, dtype=ctx.dtype)
+            # Last layer first: backward walks the prefetcher's order in reverse.
+            blocks = [runtime.block(m, s, backward=True, dtype=ctx.dtype)
+                      for m, s in reversed(list(zip(modules, shards)))][::-1]
+            block = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
             dx = runtime.matmul("input_grad", g2, block).to(ctx.in_dtype)
-            axis = module.out_axis
+            axis = modules[0].out_axis
             if axis.size > 1:
                 if options.overlap_input_grad:
                     work = torch.distributed.all_reduce(dx, group=axis.group, async_op=True)
                 else:
                     comm.all_reduce_sum_(dx, axis)
             dx = dx.view(*g.shape[:-1], dx.shape[-1])
-        dshard = None
-        if ctx.needs_input_grad[1]:
-            dblock = runtime.matmul("weight_grad", g2, x2).to(shard.dtype)
-            if runtime.defers_depth_grad(module):
-                flat = F.pad(dblock.reshape(-1),
-                             (0, layout.chunk * layout.depth.size - layout.block_numel))
-                runtime.reduce_scatter_later(module.weight, flat)
-            else:
-                dshard = layout.scatter_block_grad(dblock)
+        dshards = [None] * len(modules)
+        if any(ctx.needs_input_grad[2:]):
+            dblock = runtime.matmul("weight_grad", g2, x2)
+            rows = [m.layout.local_rows for m in modules]
+            for i, (m, shard, part) in enumerate(zip(modules, shards, dblock.split(rows))):
+                part = part.to(shard.dtype)
+                if runtime.defers_depth_grad(m):
+                    layout = m.layout
+                    flat = F.pad(part.reshape(-1),
+                                 (0, layout.chunk * layout.depth.size - layout.block_numel))
+                    runtime.reduce_scatter_later(m.weight, flat)
+                else:
+                    dshards[i] = m.layout.scatter_block_grad(part)
         if work is not None:
             work.wait()
-        return dx, dshard, None
+        return (dx, None, *dshards)
+
+
+def linear_in_grid(x: torch.Tensor, modules: tuple) -> torch.Tensor:
+    """``x`` through the forward layers ``modules`` at once (their outputs side by side), or
+    through one layer of either orientation; no bias."""
+    return _LinearInGrid.apply(x, modules, *(m.weight for m in modules))
 
 
 class ParallelLinear(ParallelModule):
@@ -127,6 +146,8 @@ class ParallelLinear(ParallelModule):
             else None
         # Set by parallelize to the model's runtime; a layer used on its own gets a blocking one.
         self.runtime = None
+        # Set by parallelize when sibling layers read the same input (fused_input.SharedInput).
+        self.shared_input = None
 
     def extra_repr(self) -> str:
         kind = "transposed" if self.transposed else "forward"
@@ -141,7 +162,10 @@ class ParallelLinear(ParallelModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.runtime is None:
             self.runtime = Runtime(self.grid, Optimizations.none())
-        y = _LinearInGrid.apply(x, self.weight, self)
+        if self.shared_input is not None and self.runtime.options.fuse_shared_inputs:
+            y = self.shared_input.output(self, x)
+        else:
+            y = linear_in_grid(x, (self,))
         return y if self.bias is None else y + self.bias
 
     def grad_specs(self) -> list[GradSpec]:

@@ -31,6 +31,10 @@ class Optimizations:
     """Bucket size for ``bucket_data_grads``, in MiB of gradients."""
     max_in_flight: int = 2
     """Depth reduce-scatters outstanding at once; each holds a full weight-block gradient."""
+    fuse_shared_inputs: bool = True
+    """Compute sibling forward layers that read the same input (q/k/v, gate/up; the plan's
+    ``shared_inputs``) as one stacked matmul: one all-reduce each way for the group instead
+    of one per layer (see :mod:`axolab.parallel.fused_input`)."""
     tune_matmul: bool = False
     """Time the equivalent layouts of each matmul shape (``x W^T`` as NT, NN on a transposed
     copy, or the transposed problem) once and use the fastest in forward and backward."""
@@ -44,4 +48,4 @@ class Optimizations:
     def none(cls) -> "Optimizations":
         """Every optimization off: blocking collectives in program order."""
         return cls(overlap_input_grad=False, overlap_depth_grad=False, prefetch_weights=False,
-                   bucket_data_grads=False, tune_matmul=False)
+                   bucket_data_grads=False, fuse_shared_inputs=False, tune_matmul=False)

@@ -16,6 +16,7 @@ from torch import nn
 
 from .base import ParallelModule
 from .embedding import ParallelEmbedding
+from .fused_input import SharedInput
 from .grid import Grid
 from .linear import ParallelLinear
 from .options import Optimizations
@@ -126,9 +127,25 @@ def parallelize(model: nn.Module, grid: Grid, plan: Plan | None = None,
             module.runtime = state.runtime
         if isinstance(module, ParallelEmbedding):
             module.checks = checks
+    _share_inputs(converted, plan)
     attach_parallel_state(model, state)
     model.generate = _generate_unsupported
     return model
+
+
+def _share_inputs(converted: dict[str, ParallelModule], plan: Plan) -> None:
+    """Give each group of the plan's ``shared_inputs`` found under one parent its SharedInput."""
+    children: dict[str, dict[str, ParallelModule]] = {}
+    for name, module in converted.items():
+        parent, _, child = name.rpartition(".")
+        children.setdefault(parent, {})[child] = module
+    for siblings in children.values():
+        for group in plan.shared_inputs:
+            members = tuple(siblings.get(n) for n in group)
+            if all(isinstance(m, ParallelLinear) and not m.transposed for m in members):
+                shared = SharedInput(members)
+                for m in members:
+                    m.shared_input = shared
 
 
 def _generate_unsupported(*args, **kwargs):

@@ -36,6 +36,11 @@ class Plan:
     tables); documentation of what the plan leaves alone on purpose."""
     attention_dropout: tuple[str, ...] = ("attention_dropout",)
     """Config attributes holding the attention dropout (refused with X > 1)."""
+    shared_inputs: tuple[tuple[str, ...], ...] = (("q_proj", "k_proj", "v_proj"),
+                                                  ("gate_proj", "up_proj"))
+    """Names of sibling forward layers (children of one module) that the architecture calls
+    one after the other on the same input: computed as one stacked matmul
+    (:mod:`axolab.parallel.fused_input`). A group a model lacks is skipped."""
     checkpoint_names: tuple[tuple[str, str], ...] = ()
     """(state-dict key prefix, the prefix its tensors have in the architecture's Hugging Face
     checkpoint files) where the two differ: GPT-NeoX's ``lm_head`` is ``embed_out`` on disk."""
