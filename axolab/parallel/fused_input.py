@@ -45,13 +45,24 @@ class SharedInput:
             return kept[1]
         if i != 0:
             return linear_in_grid(x, (member,))
-        y = linear_in_grid(x, self.members)
-        # narrow, not split: callers may modify an output in place (OLMo clamps q/k/v), which
-        # autograd allows on a single view but not on the views of one split.
-        outputs, start = [], 0
-        for m in self.members:
-            outputs.append(y.narrow(-1, start, m.layout.local_rows))
-            start += m.layout.local_rows
+        outputs = _Split.apply(linear_in_grid(x, self.members),
+                               tuple(m.layout.local_rows for m in self.members))
         source = weakref.ref(x)
         self._pending = {j: (source, out) for j, out in enumerate(outputs) if j}
         return outputs[0]
+
+
+class _Split(torch.autograd.Function):
+    """The stacked output cut into the members' outputs, each its own tensor: callers may
+    modify one in place (OLMo clamps q/k/v), which autograd forbids on views of a custom
+    Function's output; and backward is one concatenation, where narrowed views would each
+    have their gradient zero-filled to the stacked size and then summed."""
+
+    @staticmethod
+    def forward(ctx, y, sizes):
+        return tuple(part.contiguous() for part in y.split(sizes, dim=-1))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        # An output nobody used gets zeros here (autograd materializes missing gradients).
+        return torch.cat(grads, dim=-1), None

@@ -142,7 +142,10 @@ def _share_inputs(converted: dict[str, ParallelModule], plan: Plan) -> None:
     for siblings in children.values():
         for group in plan.shared_inputs:
             members = tuple(siblings.get(n) for n in group)
-            if all(isinstance(m, ParallelLinear) and not m.transposed for m in members):
+            # Stacking costs copies (weights, outputs) and saves collectives: only worth it
+            # where the layers communicate at all.
+            if all(isinstance(m, ParallelLinear) and not m.transposed for m in members) \
+                    and (members[0].in_axis.size > 1 or members[0].out_axis.size > 1):
                 shared = SharedInput(members)
                 for m in members:
                     m.shared_input = shared

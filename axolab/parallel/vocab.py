@@ -69,6 +69,19 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return g, None, None, None
 
 
+def _cross_entropy(flat: torch.Tensor, targets: torch.Tensor, shard: VocabShard,
+                   ignore_index: int) -> torch.Tensor:
+    """Per-row cross-entropy of ``flat [N, V/Y]`` logits."""
+    if shard.axis.size == 1 and shard.local == shard.vocab_size:
+        # The whole vocabulary is on this rank: torch's own kernel, as the serial model runs
+        # it. An out-of-range target (reported by the token checks) counts as ignored until
+        # then, as in the sharded kernel, instead of failing inside the kernel.
+        bad = (targets != ignore_index) & ((targets < 0) | (targets >= shard.vocab_size))
+        return F.cross_entropy(flat, targets.masked_fill(bad, ignore_index),
+                               ignore_index=ignore_index, reduction="none")
+    return _VocabParallelCrossEntropy.apply(flat, targets, shard, ignore_index)
+
+
 def _bad_targets(targets: torch.Tensor, shard: VocabShard, ignore_index: int) -> torch.Tensor:
     return (targets != ignore_index) & ((targets < 0) | (targets >= shard.vocab_size))
 
@@ -91,7 +104,7 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, sh
     instead of reading it on the host now."""
     _check_targets(targets, shard, ignore_index, checks)
     flat = logits.reshape(-1, logits.shape[-1])
-    loss = _VocabParallelCrossEntropy.apply(flat, targets.reshape(-1), shard, ignore_index)
+    loss = _cross_entropy(flat, targets.reshape(-1), shard, ignore_index)
     return loss.view(targets.shape)
 
 
@@ -155,9 +168,8 @@ class ParallelCausalLMLoss:
         counts = torch.stack([(shift_labels != ignore_index).sum(), bad]).double()
         counts = comm.all_reduce_sum_(counts, self.grid.batch)
         _check_targets(shift_labels, self.shard, ignore_index, self.checks, count=counts[1])
-        per_token = _VocabParallelCrossEntropy.apply(
-            logits.float().reshape(-1, logits.shape[-1]), shift_labels.reshape(-1), self.shard,
-            ignore_index)
+        per_token = _cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                   shift_labels.reshape(-1), self.shard, ignore_index)
         if num_items_in_batch is None:
             num_items_in_batch = counts[0].to(per_token.dtype)
         elif torch.is_tensor(num_items_in_batch):
