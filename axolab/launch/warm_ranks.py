@@ -5,7 +5,8 @@ and axolab (about 7 s of a core here; on a cluster's shared file system often mu
 every rank of every job pays it again. For the jobs a notebook kernel or the CLI starts on its
 own machine, :func:`start_job` instead asks a rank starter (one per caller and environment,
 started on first use) that has imported all of that once: it forks a launcher for the job,
-which forks the ranks (:class:`axolab.launch.local_ranks.ForkedRank`). Each job still gets its
+which forks the ranks (:class:`axolab.launch.local_ranks.ForkedRank`); processes the caller starts use the same
+starter while it lives (``OWNER``). Each job still gets its
 own session (process group), environment, working directory and log, and its ranks run their
 module as ``__main__`` exactly as ``python -m`` would.
 
@@ -47,20 +48,26 @@ IDLE_S = 600.0
 """A starter with no job for this long exits (it holds the imported libraries' memory)."""
 
 ENV_PREFIXES = ("HF_", "TRANSFORMERS_", "TORCH", "PYTORCH_", "OMP_", "MKL_", "KMP_", "OPENBLAS_",
-                "PYTHON", "LD_", "CUDA_", "TOKENIZERS_", "VIRTUAL_ENV", "PATH")
-"""Variables that libraries may read when they are imported: a job whose caller has other
-values than a starter was started with gets another starter."""
+                "PYTHON", "LD_", "CUDA_", "TOKENIZERS_", "VIRTUAL_ENV", "PATH", "SLURM_JOB_ID")
+"""Variables that libraries may read when they are imported (and the Slurm job a caller runs
+in, whose cgroup its ranks must stay in): a job whose caller has other values than a starter
+was started with gets another starter."""
+
+OWNER = "AXOLAB_RANK_STARTER_OWNER"
+"""Set by a caller that started a starter, to its pid: the processes it starts (a notebook
+kernel's CLI calls, papermill kernels) inherit it and use the same starter while it lives."""
 
 
 def socket_path(env: dict[str, str] | None = None) -> Path:
-    """Where this caller's starter for this environment listens."""
+    """Where the starter of this caller (or of the caller that started it) listens, for this
+    environment."""
     env = dict(os.environ) if env is None else env
     key = json.dumps([sys.executable, sorted((k, v) for k, v in env.items()
                                              if k.startswith(ENV_PREFIXES))])
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     folder = Path(tempfile.gettempdir()) / f"axolab-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
-    return folder / f"ranks-{os.getpid()}-{digest}.sock"
+    return folder / f"ranks-{env.get(OWNER) or os.getpid()}-{digest}.sock"
 
 
 class WarmJob:
@@ -121,6 +128,7 @@ def start_job(argv: list[str], env: dict[str, str], log: Path, *,
                          stderr=subprocess.STDOUT, start_new_session=True,
                          env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
         server_log.close()
+        os.environ.setdefault(OWNER, str(os.getpid()))
         deadline = time.monotonic() + 60.0
         while conn is None and time.monotonic() < deadline:
             time.sleep(0.05)
