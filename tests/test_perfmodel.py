@@ -47,17 +47,19 @@ def test_tensor_parallel_collective_bytes_by_hand():
          + 6 * 8 * 4         # down_proj input grad: [6, 16/2]
          + 6 * 5 * 4         # lm head logits: [6, 10/2]
          + 6 * 6 * 4)        # norm sums of squares: 6 calls of [6, 1]
-    y = (3 * 6 * 4 * 4       # q, k, v input grads: [6, 8/2]
-         + 2 * 6 * 4 * 4     # gate, up input grads: [6, 8/2]
+    # q/k/v and gate/up are stacked (they read one input): each group's input gradient is
+    # summed on the rank first and all-reduced once, [6, 8/2] for the group.
+    y = (6 * 4 * 4           # q+k+v input grad: [6, 8/2]
+         + 6 * 4 * 4         # gate+up input grad: [6, 8/2]
          + 6 * 4 * 4         # o_proj output: [6, 8/2]
          + 6 * 4 * 4         # down_proj output: [6, 8/2]
          + 6 * 4 * 4         # lm head input grad: [6, 8/2]
          + 6 * 4 * 4         # embedding output: [6, 8/2]
          + 3 * 6 * 4)        # cross-entropy max, sum of exp, target logit: [6] each
-    assert (x, y) == (1224, 936)
+    assert (x, y) == (1224, 648)
     assert got == {"x": x, "y": y}  # no Z, data or batch traffic on a 1x1x2x2 grid
     sent = comm_time(TINY, GridShape(1, 1, 2, 2), work, get_machine("frontier")).bytes_by_axis
-    assert sent == {"x": 1224.0, "y": 936.0}  # ring all-reduce over 2: 2*(2-1)/2 = 1x
+    assert sent == {"x": 1224.0, "y": 648.0}  # ring all-reduce over 2: 2*(2-1)/2 = 1x
 
 
 def test_depth_parallel_collective_bytes_by_hand():
@@ -323,6 +325,14 @@ def test_cli_table_and_hopeless_case(capsys):
                   "--global-batch", "8", "--seq-len", "512"]) == 0
     table = capsys.readouterr().out
     assert "tiny-llama on 4 GPUs of alps" in table and "D x Z x Y x X" in table
+    # The table says which FLOPs its MFU counts: the model's, as the training loop's metric.
+    from axolab.perfmodel.compute import model_flops_per_step
+    from axolab.perfmodel.shapes import model_shapes
+
+    flops = model_flops_per_step(model_shapes("tiny-llama"),
+                                 Workload(global_batch=8, seq_len=512))
+    assert f"MFU counts model FLOPs, {flops:.4g} FLOP per step" in table
+    assert "also times the recomputed forward" in table
     code = _plan(["--model", "llama-3.1-405b", "--gpus", "8", "--machine", "frontier"])
     out = capsys.readouterr().out
     assert code == 2
@@ -370,3 +380,29 @@ def test_checkpoint_staging_is_one_chunk_in_the_peak():
     assert default.checkpoint_chunk == 64 * 2**20
     assert default.total == default.parameters + default.optimizer + default.gradients + \
         default.step_buffers
+
+
+def test_the_model_sends_what_the_code_sends_under_bf16_and_stacking():
+    """Weight blocks are gathered over Z in the compute dtype (bf16: 2 B) and their gradients
+    reduce-scattered in fp32; q/k/v and gate/up each share one output and one input-gradient
+    all-reduce where X or Y > 1 (as parallelize stacks them), with the bytes of the parts."""
+    from axolab.parallel.plans import Plan
+    from axolab.perfmodel.shapes import SHARED_INPUTS
+
+    assert SHARED_INPUTS == Plan(styles={}).shared_inputs
+    work = Workload(global_batch=2, seq_len=3, precision="bf16", activation_checkpointing=False,
+                    grad_clip=False)
+    depth = {(c.op, c.what): c for c in step_collectives(TINY, GridShape(1, 2, 1, 1), work)}
+    assert depth[("all_gather", "q_proj weight")].full_bytes == 64 * 2  # 8x8 block, bf16
+    assert depth[("reduce_scatter", "q_proj weight grad")].full_bytes == 64 * 4
+    tp = step_collectives(TINY, GridShape(1, 1, 2, 2), work)
+    whats = [c.what for c in tp]
+    assert "q_proj+k_proj+v_proj output" in whats and "gate_proj+up_proj input grad" in whats
+    assert not any(w.startswith(("k_proj ", "v_proj ", "up_proj ")) for w in whats)
+    fp32 = Workload(global_batch=2, seq_len=3, precision="fp32", activation_checkpointing=False,
+                    grad_clip=False)
+    by_what = {c.what: c.full_bytes for c in step_collectives(TINY, GridShape(1, 1, 2, 2), fp32)}
+    assert by_what["q_proj+k_proj+v_proj output"] == 3 * 6 * 4 * 4  # the parts' bytes, summed
+    # A grid where nothing communicates within a layer stacks nothing.
+    assert "q_proj+k_proj+v_proj output" not in {
+        c.what for c in step_collectives(TINY, GridShape(2, 1, 1, 1), fp32)}

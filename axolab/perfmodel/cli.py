@@ -131,6 +131,7 @@ def _plan(args) -> int:
             "precision": args.precision,
             "activation_checkpointing": not args.no_activation_checkpointing,
             "fits": fits, "min_gpus_to_fit": need, "message": message,
+            "mfu_counts": "model FLOPs, without activation-checkpointing recomputation",
             "grids": len(rows), "rows": [r.to_dict() for r in shown]}, indent=2))
     else:
         print(_table(args, machine, rows, shown))
@@ -158,7 +159,13 @@ def _table(args, machine, rows, shown) -> str:
             f"; {len(rows)} valid grids, {sum(r.fits for r in rows)} fit")
     cols = ("rank", "D x Z x Y x X", "micro", "step s", "compute", "comm", "x", "y", "z", "data",
             "GiB", "fits", "MFU")
-    lines = [head, "  ".join(f"{c:>9}" for c in cols)]
+    top = rows[0]  # every row counts the same model FLOPs; MFU is defined by them
+    flops = top.mfu * top.step_time_s * args.gpus * machine.peak_flops(args.precision)
+    recompute = "" if args.no_activation_checkpointing else \
+        "; the compute column also times the recomputed forward of checkpointing"
+    lines = [head, f"MFU counts model FLOPs, {flops:.4g} FLOP per step (6 x parameters x "
+             f"tokens plus attention, without recomputation){recompute}",
+             "  ".join(f"{c:>9}" for c in cols)]
     for i, r in enumerate(shown, 1):
         ax = r.comm.by_axis
         cells = (i, str(r.grid), r.micro_batch, f"{r.step_time_s:.3g}", f"{r.compute.total:.3g}",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .grid import GridShape
 from .machines import COLLECTIVE_OPS, Machine
-from .shapes import LinearShape, ModelShapes
+from .shapes import SHARED_INPUTS, LinearShape, ModelShapes
 from .workload import Workload
 
 
@@ -134,25 +134,45 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
             out.append(Collective(op, axis, int(nbytes), int(count), what))
 
     def linear(lin: LinearShape, layers: int, passes: int, rows: int | None = None,
-               output_passes: int | None = None):
+               output_passes: int | None = None, comm_rows: int | None = None,
+               what: str | None = None):
+        """comm_rows: output rows its activation collectives carry (a stacked group's sum;
+        0 for a group member whose collectives the group's first member carries)."""
         in_axis, out_axis = ("y", "x") if lin.transposed else ("x", "y")
         rows = rows or lin.out_features
+        comm_rows = rows if comm_rows is None else comm_rows
+        what = what or lin.name
         gathered, _ = _block(lin, grid, rows)
-        # Weights move in the parameter dtype (fp32): gather_block casts after gathering.
-        add("all_gather", "z", gathered * pb, layers * steps * (passes + 1), f"{lin.name} weight")
+        # Weight blocks are cast to the compute dtype before the Z all-gather (half the bytes
+        # under bf16); their gradients are reduce-scattered in the parameter dtype.
+        add("all_gather", "z", gathered * cb, layers * steps * (passes + 1), f"{lin.name} weight")
         add("reduce_scatter", "z", gathered * pb, layers * steps, f"{lin.name} weight grad")
-        add("all_reduce", in_axis, n * rows // grid.size(out_axis) * cb,
-            layers * steps * (output_passes or passes), f"{lin.name} output")
+        if not comm_rows:
+            return
+        add("all_reduce", in_axis, n * comm_rows // grid.size(out_axis) * cb,
+            layers * steps * (output_passes or passes), f"{what} output")
         grad_bytes = pb if lin.input_is_residual else cb
         add("all_reduce", out_axis, n * lin.in_features // grid.size(in_axis) * grad_bytes,
-            layers * steps, f"{lin.name} input grad")
+            layers * steps, f"{what} input grad")
 
     linears = shapes.layer_linears
+    # Sibling layers that read one input are stacked where they communicate
+    # (Optimizations.fuse_shared_inputs): one output all-reduce and one input-gradient
+    # all-reduce per group.
+    stacked: dict[str, tuple[int, str]] = {}
+    if grid.x > 1 or grid.y > 1:
+        by_name = {lin.name: lin for lin in linears}
+        for group in SHARED_INPUTS:
+            if all(name in by_name for name in group):
+                stacked.update({name: (0, "") for name in group[1:]})
+                stacked[group[0]] = (sum(by_name[n].out_features for n in group), "+".join(group))
     for lin in linears:
+        comm_rows, what = stacked.get(lin.name, (None, None))
         # torch's non-reentrant checkpoint stops recomputing a layer once the last tensor
         # backward needs is back: the last matmul runs again (it saves its input), but the
         # all-reduce of its output does not.
-        linear(lin, L, fwd, output_passes=1 if lin is linears[-1] else None)
+        linear(lin, L, fwd, output_passes=1 if lin is linears[-1] else None,
+               comm_rows=comm_rows, what=what or None)
     linear(shapes.lm_head, 1, 1, vp)
     # Norm statistics: a [n, 1] fp32 sum over X in forward (each pass) and in backward.
     add("all_reduce", "x", n * 4, steps * (2 * L * fwd + 1), "norm sum of squares")

@@ -16,6 +16,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 
+SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+"""Layers of a decoder layer that read one input and are stacked into one matmul where they
+communicate: the default of axolab.parallel.Plan.shared_inputs (kept equal by a test; the
+planner stays torch-free)."""
+
+
 @dataclass(frozen=True)
 class LinearShape:
     """One weight matrix ``out_features x in_features`` and how axolab splits it."""
