@@ -27,8 +27,11 @@ class Workload:
     """Recompute each decoder layer in backward (HF gradient checkpointing): one more forward
     of every layer, with its all-gathers and all-reduces, for far less activation memory."""
     overlap: float = 0.0
-    """Fraction of communication hidden behind computation, 0..1. axolab's collectives are
-    blocking today, so 0."""
+    """Fraction of communication hidden behind computation, 0..1, the same for every
+    collective. 0 (the default) charges every collective in full: an upper bound, since
+    axolab's default Optimizations hide weight gathers, depth reduce-scatters, input-gradient
+    all-reduces and data-parallel buckets behind computation; the forward all-reduces of the
+    tensor-parallel layers stay on the critical path."""
     grad_clip: bool = True
     """Clip by the global gradient norm (one tiny all-reduce over the model group)."""
     param_bytes: int = 4
