@@ -149,6 +149,12 @@ class ParallelLinear(ParallelModule):
         # Set by parallelize when sibling layers read the same input (fused_input.SharedInput).
         self.shared_input = None
 
+    @property
+    def _local(self) -> bool:
+        return (self.in_axis.size == 1 and self.out_axis.size == 1
+                and self.layout.depth.size == 1 and not self.runtime.options.tune_matmul
+                and self.weight.numel() == self.layout.block_numel)
+
     def extra_repr(self) -> str:
         kind = "transposed" if self.transposed else "forward"
         return (f"{kind}, in={self.in_features}/{self.in_axis.name}, "
@@ -162,7 +168,13 @@ class ParallelLinear(ParallelModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.runtime is None:
             self.runtime = Runtime(self.grid, Optimizations.none())
-        if self.shared_input is not None and self.runtime.options.fuse_shared_inputs:
+        if self._local:
+            # Nothing to gather or reduce and no layout tuning: torch's own linear, the
+            # serial model's kernels and autograd node, with no Python Function around it.
+            self.runtime.enter(self)
+            layout = self.layout  # at Z = 1 the shard is the whole block: a view, no slice
+            y = F.linear(x, self.weight.view(layout.local_rows, layout.local_cols))
+        elif self.shared_input is not None and self.runtime.options.fuse_shared_inputs:
             y = self.shared_input.output(self, x)
         else:
             y = linear_in_grid(x, (self,))

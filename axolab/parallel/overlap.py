@@ -103,6 +103,13 @@ class Runtime:
             self.ensure_attached()  # first call, or the start of a forward pass
         return self.weights.block(module, shard, backward, dtype)
 
+    def enter(self, module) -> None:
+        """A layer computing without the runtime (nothing to gather or reduce): it still
+        opens a forward pass (gradient hooks attached) and keeps its place in the order."""
+        if self.weights.starts_pass(module):
+            self.ensure_attached()
+        self.weights.record(module)
+
     def begin_backward(self) -> None:
         """Called by every layer's backward; the first one of a backward pass arranges for
         :meth:`finish_backward` to run when the pass ends."""

@@ -33,14 +33,18 @@ class WeightPrefetcher:
         """Whether ``module`` opens a forward pass (or is seen for the first time)."""
         return id(module) not in self.index or self.order[0] is module
 
+    def record(self, module) -> None:
+        """Learn ``module``'s place in the forward order (first pass only)."""
+        if id(module) not in self.index:
+            self.index[id(module)] = len(self.order)
+            self.order.append(module)
+
     def block(self, module, shard: torch.Tensor, backward: bool,
               dtype: torch.dtype) -> torch.Tensor:
         """``module``'s [local_rows, local_cols] weight block in ``dtype``. Under bf16 autocast
         the shard is cast before the gather, which halves its bytes."""
         layout = module.layout
-        if id(module) not in self.index:
-            self.index[id(module)] = len(self.order)
-            self.order.append(module)
+        self.record(module)
         if layout.depth.size == 1:
             return shard[:layout.block_numel].view(layout.local_rows, layout.local_cols).to(dtype)
         entry = self.in_flight.pop(id(module), None)
