@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from axolab.files import write_text_atomic
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed_common as sc  # noqa: E402
 
@@ -198,11 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                "torch": torch.__version__,
                "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"settings": s, "machine": machine, "median_s": med,
+    write_text_atomic(out, json.dumps({"settings": s, "machine": machine, "median_s": med,
                                "memory_bytes": mem, "first_loss": loss, "serial_loss": ref,
                                "per_rank": per_rank, "best": best}, indent=1))
-    tmp.replace(out)
     return 0
 
 

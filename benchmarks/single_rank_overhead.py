@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from axolab.files import write_text_atomic
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed_common as sc  # noqa: E402
 
@@ -92,11 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                "torch": torch.__version__,
                "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"settings": s, "machine": machine, "times": timed["times"],
+    write_text_atomic(out, json.dumps({"settings": s, "machine": machine, "times": timed["times"],
                                "median_s": med, "ratio": ratio, "losses": losses,
                                "operators": rows}, indent=1))
-    tmp.replace(out)
     return 0
 
 

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from setproctitle import setproctitle
 
 from ..net import free_port
+from .rank_exit import flush_std_streams
 
 GRACE_S = 10.0
 """How long the peers of a failed rank get between SIGTERM and SIGKILL (a rank that is saving
@@ -73,12 +74,7 @@ class ForkedRank:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(["rank", str(self.pid)], timeout)
-            time.sleep(0.02)
-        return self.returncode
+        return wait_polling(self, timeout)
 
     def terminate(self) -> None:
         self._signal(signal.SIGTERM)
@@ -92,6 +88,17 @@ class ForkedRank:
                 os.kill(self.pid, sig)
             except ProcessLookupError:
                 pass
+
+
+def wait_polling(proc, timeout: float | None) -> int:
+    """``Popen.wait`` for a process known only through ``proc.poll()`` (not a child, or
+    reaped by hand)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while proc.poll() is None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired([str(proc.pid)], timeout)
+        time.sleep(0.02)
+    return proc.returncode
 
 
 def module_command(cmd: list[str]) -> tuple[str, list[str]]:
@@ -130,11 +137,7 @@ def _run_forked_rank(module: str, args: list[str], env: dict[str, str], title: s
     except BaseException:  # noqa: BLE001 - reported like an uncaught error in a fresh process
         traceback.print_exc()
     finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
+        flush_std_streams()  # not leave(): the parent's exit hooks are not this rank's
         os._exit(code)
 
 

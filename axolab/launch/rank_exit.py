@@ -29,12 +29,17 @@ def release_process_group() -> None:
 def leave(code: int) -> None:
     """End this process now with ``code``: exit hooks run, finalization does not."""
     atexit._run_exitfuncs()  # the job's own exit hooks still run, in the usual order
+    flush_std_streams()
+    os._exit(code)
+
+
+def flush_std_streams() -> None:
+    """Flush stdout and stderr, ignoring ones already closed."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
-    os._exit(code)
 
 
 def exit_rank(code: int) -> None:

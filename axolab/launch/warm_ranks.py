@@ -37,7 +37,7 @@ from pathlib import Path
 
 from setproctitle import getproctitle, setproctitle
 
-from .local_ranks import run_ranks
+from .local_ranks import run_ranks, wait_polling
 
 PRELOAD = ("torch", "torch.distributed", "transformers.modeling_utils",
            "transformers.models.llama.modeling_llama", "axolab.train", "axolab.memorization.job")
@@ -95,12 +95,7 @@ class WarmJob:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(["launcher", str(self.pid)], timeout)
-            time.sleep(0.02)
-        return self.returncode
+        return wait_polling(self, timeout)
 
     def _finish(self, code: int) -> None:
         self.returncode = code
