@@ -10,7 +10,7 @@
 from .grads import clip_grad_norm_, global_grad_norm, no_data_sync, sync_gradients
 from .grid import Axis, Grid
 from .modules import grid_of, parallel_modules, vocab_shard
-from .options import Optimizations
+from ..optimizations import Optimizations
 from .parallel_state import ParallelState, find_parallel_state, parallel_state
 from .parallelize import parallelize
 from .plans import PLANS, Plan

@@ -16,7 +16,7 @@ from . import comm
 from .base import GradSpec, ParallelModule
 from .grid import Grid
 from .layout import BlockLayout, VectorLayout
-from .options import Optimizations
+from ..optimizations import Optimizations
 from .overlap import Runtime
 
 

@@ -29,7 +29,7 @@ from .base import GradSpec, unique_specs
 from .data_buckets import DataGradBuckets
 from .depth_grads import DeferredDepthGrads
 from .matmul import MatmulTuner, plain
-from .options import Optimizations
+from ..optimizations import Optimizations
 from .prefetch import WeightPrefetcher
 
 

@@ -19,7 +19,7 @@ from .embedding import ParallelEmbedding
 from .fused_input import SharedInput
 from .grid import Grid
 from .linear import ParallelLinear
-from .options import Optimizations
+from ..optimizations import Optimizations
 from .overlap import Runtime
 from .parallel_state import ParallelState, attach_parallel_state, find_parallel_state
 from .plans import Plan, plan_for

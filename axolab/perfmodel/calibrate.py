@@ -126,6 +126,46 @@ def _time_collective(op: str, nbytes: int, group, size: int, cfg: CalibrationCon
     return statistics.median(rounds)
 
 
+def _overlap_efficiency(cfg: CalibrationConfig) -> float:
+    """Fraction of the ideal hiding achieved when an all-reduce over every rank runs behind
+    matmuls of about its own length, as axolab's overlapped collectives do:
+    ``(t_matmuls + t_all_reduce - t_both) / min(t_matmuls, t_all_reduce)``, clipped to [0, 1]."""
+    import torch
+    import torch.distributed as dist
+
+    n = cfg.matmul_size
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    tensor = torch.randn(max(cfg.sizes_bytes) // 4)
+
+    def timed(fn) -> float:
+        rounds = []
+        for _ in range(cfg.rounds):
+            dist.barrier()
+            t0 = time.perf_counter()
+            fn()
+            rounds.append(time.perf_counter() - t0)
+        return statistics.median(rounds)
+
+    t_reduce = timed(lambda: dist.all_reduce(tensor))
+    one = _timed(lambda: a @ b, min_time=0.05)
+    # Every rank must run the same number of matmuls: agree on the largest count.
+    count = torch.tensor([max(1, round(t_reduce / one))])
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+
+    def matmuls():
+        for _ in range(int(count)):
+            a @ b
+
+    def both():
+        work = dist.all_reduce(tensor, async_op=True)
+        matmuls()
+        work.wait()
+
+    t_matmuls, t_both = timed(matmuls), timed(both)
+    hidden = t_matmuls + t_reduce - t_both
+    return min(1.0, max(0.0, hidden / min(t_matmuls, t_reduce)))
+
+
 def measure_rank(cfg: CalibrationConfig) -> dict:
     """Runs on every rank (inside :func:`~axolab.perfmodel.ranks.run_on_ranks`)."""
     import torch.distributed as dist
@@ -143,6 +183,8 @@ def measure_rank(cfg: CalibrationConfig) -> dict:
                 timings.append((op, size, nbytes, _time_collective(op, nbytes, mine, size, cfg)))
         for g in groups:
             dist.destroy_process_group(g)
+    if world > 1:
+        rates["overlap_efficiency"] = _overlap_efficiency(cfg)
     return {"rates": rates, "timings": timings}
 
 
@@ -171,7 +213,8 @@ def machine_from_measurements(rounds: list[list[dict]], cfg: CalibrationConfig) 
     collective takes as long as its slowest rank (max within a round, median over rounds);
     rates are medians over ranks and rounds."""
     every = [r for one in rounds for r in one]
-    rates = {k: statistics.median(r["rates"][k] for r in every) for k in every[0]["rates"]}
+    rates = {k: statistics.median(r["rates"][k] for r in every if k in r["rates"])
+             for k in every[0]["rates"]}
     per_round: dict[tuple, list[float]] = {}
     for one in rounds:
         slowest: dict[tuple, float] = {}
@@ -188,18 +231,23 @@ def machine_from_measurements(rounds: list[list[dict]], cfg: CalibrationConfig) 
                    if o == op and s == size]
             latency, bandwidth = fit_latency_bandwidth(pts)
             measured.append(MeasuredCollective(op, size, latency, bandwidth / 1e9))
-    bw = [m.bandwidth_gb_s for m in measured if m.op == "all_reduce"] or [1.0]
-    lat = [m.latency_s for m in measured if m.op == "all_reduce"] or [1e-4]
+    reduces = sorted((m for m in measured if m.op == "all_reduce"), key=lambda m: m.group_size)
+    # The same table the presets give from data sheets: ring bandwidth by the span of a group
+    # (neighbouring ranks here, so span = group size); the whole machine's is the widest's.
+    by_span = tuple((m.group_size, m.bandwidth_gb_s) for m in reduces)
+    whole = by_span[-1][1] if by_span else 1.0
+    lat = [m.latency_s for m in reduces] or [1e-4]
     return Machine(
         name=cfg.name, gpus_per_node=cfg.ranks,
         memory_gib=_total_memory_bytes() / 2**30 / cfg.ranks,
         peak_flops_bf16=rates["flops_bf16"], peak_flops_fp32=rates["flops_fp32"],
         matmul_efficiency=1.0, memory_bandwidth_gb_s=rates["bandwidth"] / 1e9,
-        intra_node_gb_s=statistics.median(bw), inter_node_gb_s=statistics.median(bw),
+        intra_node_gb_s=whole, inter_node_gb_s=whole, intra_node_by_span=by_span,
         intra_node_latency_s=statistics.median(lat), inter_node_latency_s=statistics.median(lat),
         op_overhead_s=rates["op_overhead"],
         attention_efficiency=min(1.0, rates["attention_flops"] / rates["flops_fp32"]),
-        attention_call_s=rates["attention_call"], collectives=tuple(measured),
+        attention_call_s=rates["attention_call"],
+        overlap_efficiency=rates.get("overlap_efficiency", 1.0), collectives=tuple(measured),
         foreach_optimizer=False,
         source=f"measured by axolab plan calibrate on {socket.gethostname()} "
                f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores) with "

@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..optimizations import Optimizations
 from .machines import presets
 from .memory import GIB
 from .workload import PRECISIONS
@@ -40,8 +41,9 @@ def add_plan_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default="bf16")
     p.add_argument("--no-activation-checkpointing", action="store_true",
                    help="keep every layer's activations instead of recomputing them")
-    p.add_argument("--overlap", type=float, default=0.0,
-                   help="fraction of communication hidden by computation (axolab today: 0)")
+    p.add_argument("--no-overlap-communication", action="store_true",
+                   help="plan for a run with overlap_communication=False (every collective "
+                        "blocking); by default collectives overlap as axolab's Optimizations do")
     p.add_argument("--memory-fraction", type=float, default=0.9,
                    help="usable fraction of GPU memory (0.9; the rest is allocator slack)")
     p.add_argument("--top", type=int, default=10, help="rows to show (10; 0 for all)")
@@ -76,9 +78,11 @@ def _calibrate(args) -> int:
     path = save_machine(machine, args.out)
     print(f"{path}: {machine.peak_flops_fp32 / 1e9:.1f} GFLOP/s fp32 per rank, "
           f"{machine.memory_bandwidth_gb_s:.1f} GB/s memory, "
-          f"{machine.op_overhead_s * 1e6:.1f} us per op, all-reduce "
-          + ", ".join(f"g={m.group_size}: {m.latency_s * 1e6:.0f} us + {m.bandwidth_gb_s:.2f} GB/s"
-                      for m in machine.collectives if m.op == "all_reduce"))
+          f"{machine.op_overhead_s * 1e6:.1f} us per op, overlap efficiency "
+          f"{machine.overlap_efficiency:.2f}")
+    print(f"{'op':>15} {'ranks':>6} {'latency us':>11} {'GB/s':>8}")
+    for m in machine.collectives:
+        print(f"{m.op:>15} {m.group_size:>6} {m.latency_s * 1e6:11.0f} {m.bandwidth_gb_s:8.2f}")
     return 0
 
 
@@ -118,7 +122,8 @@ def _plan(args) -> int:
     options = dict(global_batch=args.global_batch, seq_len=args.seq_len,
                    micro_batch=args.micro_batch, precision=args.precision,
                    activation_checkpointing=not args.no_activation_checkpointing,
-                   overlap=args.overlap, memory_fraction=args.memory_fraction)
+                   optimizations=Optimizations.none() if args.no_overlap_communication
+                   else Optimizations(), memory_fraction=args.memory_fraction)
     rows = search(model, args.gpus, machine, **options)
     fits = rows[0].fits
     need = None if fits else min_gpus_to_fit(model, args.gpus, machine, **options)
@@ -157,7 +162,8 @@ def _table(args, machine, rows, shown) -> str:
             f"global batch {args.global_batch or args.gpus} x {args.seq_len} tokens, "
             f"{args.precision}, checkpointing {'off' if args.no_activation_checkpointing else 'on'}"
             f"; {len(rows)} valid grids, {sum(r.fits for r in rows)} fit")
-    cols = ("rank", "D x Z x Y x X", "micro", "step s", "compute", "comm", "x", "y", "z", "data",
+    cols = ("rank", "D x Z x Y x X", "micro", "step s", "compute", "comm", "exposed", "x", "y",
+            "z", "data",
             "GiB", "fits", "MFU")
     top = rows[0]  # every row counts the same model FLOPs; MFU is defined by them
     flops = top.mfu * top.step_time_s * args.gpus * machine.peak_flops(args.precision)
@@ -169,7 +175,7 @@ def _table(args, machine, rows, shown) -> str:
     for i, r in enumerate(shown, 1):
         ax = r.comm.by_axis
         cells = (i, str(r.grid), r.micro_batch, f"{r.step_time_s:.3g}", f"{r.compute.total:.3g}",
-                 f"{r.comm.total:.3g}", *(f"{ax.get(a, 0.0):.2g}" for a in ("x", "y", "z")),
+                 f"{r.comm.total:.3g}", f"{r.exposed_comm_s:.3g}", *(f"{ax.get(a, 0.0):.2g}" for a in ("x", "y", "z")),
                  f"{ax.get('data', 0.0) + ax.get('batch', 0.0):.2g}",
                  f"{r.memory.total / GIB:.3g}", "yes" if r.fits else "NO", f"{r.mfu:.1%}")
         lines.append("  ".join(f"{c:>9}" for c in cells))

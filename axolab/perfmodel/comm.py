@@ -38,6 +38,11 @@ class Collective:
     """Calls per optimizer step."""
     what: str
     """What it carries (for reports)."""
+    hides_behind: str = ""
+    """The computation it runs behind when the run's Optimizations let it (see
+    :mod:`axolab.perfmodel.overlap`): "forward" (a decoder layer's forward), "backward" (a
+    decoder layer's backward), "weight_grad:<name>" (that layer's weight-gradient matmul),
+    "data" (what is left of the last micro-step's backward); "" for the critical path."""
 
 
 def ring_bytes(op: str, full_bytes: float, group_size: int) -> float:
@@ -66,13 +71,15 @@ def spans_one_node(group_size: int, stride: int, gpus_per_node: int, world: int)
 def link_bandwidth(machine: Machine, group_size: int, stride: int, world: int) -> float:
     """Bytes/s per rank available to a ring over such groups.
 
-    Across nodes, the node's NICs are shared by the groups that leave the node at once: with
-    stride >= gpus_per_node every rank of a node is in a different group (each gets
-    ``inter_node_gb_s``); with a smaller stride only ``stride`` rings cross the node boundary,
-    so each gets ``gpus_per_node / stride`` shares (never more than the intra-node links).
+    Inside a node, the bandwidth of the links the group spreads over (``group_size * stride``
+    consecutive GPUs, :meth:`Machine.intra_bandwidth`). Across nodes, the node's NICs are
+    shared by the groups that leave the node at once: with stride >= gpus_per_node every rank
+    of a node is in a different group (each gets ``inter_node_gb_s``); with a smaller stride
+    only ``stride`` rings cross the node boundary, so each gets ``gpus_per_node / stride``
+    shares (never more than the node's own links).
     """
     if spans_one_node(group_size, stride, machine.gpus_per_node, world):
-        return machine.intra_node_gb_s * 1e9
+        return machine.intra_bandwidth(group_size * stride) * 1e9
     crossing = min(stride, machine.gpus_per_node)
     share = machine.inter_node_gb_s * machine.gpus_per_node / crossing
     return min(share, machine.intra_node_gb_s) * 1e9
@@ -129,13 +136,15 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
     vp = shapes.padded_vocab(grid.y)
     out: list[Collective] = []
 
-    def add(op, axis, nbytes, count, what):
+    opts = work.optimizations
+
+    def add(op, axis, nbytes, count, what, hides_behind=""):
         if grid.size(axis) > 1 and count > 0:
-            out.append(Collective(op, axis, int(nbytes), int(count), what))
+            out.append(Collective(op, axis, int(nbytes), int(count), what, hides_behind))
 
     def linear(lin: LinearShape, layers: int, passes: int, rows: int | None = None,
                output_passes: int | None = None, comm_rows: int | None = None,
-               what: str | None = None):
+               what: str | None = None, head: bool = False):
         """comm_rows: output rows its activation collectives carry (a stacked group's sum;
         0 for a group member whose collectives the group's first member carries)."""
         in_axis, out_axis = ("y", "x") if lin.transposed else ("x", "y")
@@ -144,23 +153,31 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
         what = what or lin.name
         gathered, _ = _block(lin, grid, rows)
         # Weight blocks are cast to the compute dtype before the Z all-gather (half the bytes
-        # under bf16); their gradients are reduce-scattered in the parameter dtype.
-        add("all_gather", "z", gathered * cb, layers * steps * (passes + 1), f"{lin.name} weight")
-        add("reduce_scatter", "z", gathered * pb, layers * steps, f"{lin.name} weight grad")
+        # under bf16); their gradients are reduce-scattered in the parameter dtype. The
+        # prefetcher starts each layer's gather while the layer before it computes; the lm
+        # head's backward gather has nothing before it to hide behind.
+        prefetch = opts.prefetch_weights
+        add("all_gather", "z", gathered * cb, layers * steps * passes, f"{lin.name} weight",
+            "forward" if prefetch else "")
+        add("all_gather", "z", gathered * cb, layers * steps, f"{lin.name} weight (backward)",
+            "" if head or not prefetch else "backward")
+        add("reduce_scatter", "z", gathered * pb, layers * steps, f"{lin.name} weight grad",
+            "backward" if opts.overlap_depth_grad else "")
         if not comm_rows:
             return
         add("all_reduce", in_axis, n * comm_rows // grid.size(out_axis) * cb,
             layers * steps * (output_passes or passes), f"{what} output")
         grad_bytes = pb if lin.input_is_residual else cb
         add("all_reduce", out_axis, n * lin.in_features // grid.size(in_axis) * grad_bytes,
-            layers * steps, f"{what} input grad")
+            layers * steps, f"{what} input grad",
+            f"weight_grad:{what}" if opts.overlap_input_grad else "")
 
     linears = shapes.layer_linears
     # Sibling layers that read one input are stacked where they communicate
     # (Optimizations.fuse_shared_inputs): one output all-reduce and one input-gradient
     # all-reduce per group.
     stacked: dict[str, tuple[int, str]] = {}
-    if grid.x > 1 or grid.y > 1:
+    if opts.fuse_shared_inputs and (grid.x > 1 or grid.y > 1):
         by_name = {lin.name: lin for lin in linears}
         for group in SHARED_INPUTS:
             if all(name in by_name for name in group):
@@ -173,7 +190,7 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
         # all-reduce of its output does not.
         linear(lin, L, fwd, output_passes=1 if lin is linears[-1] else None,
                comm_rows=comm_rows, what=what or None)
-    linear(shapes.lm_head, 1, 1, vp)
+    linear(shapes.lm_head, 1, 1, vp, head=True)
     # Norm statistics: a [n, 1] fp32 sum over X in forward (each pass) and in backward.
     add("all_reduce", "x", n * 4, steps * (2 * L * fwd + 1), "norm sum of squares")
     add("all_reduce", "x", n * 4, steps * (2 * L + 1), "norm sum of squares grad")
@@ -191,9 +208,10 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
     add("all_reduce", "batch", 8, 1, "kept tokens of the step")
     # sync_gradients: one bucket per axis and dtype.
     vectors = shapes.local_vectors(grid.x, grid.y)
+    bucketed = "data" if opts.bucket_data_grads else ""
     add("all_reduce", "data", (local_parameters(shapes, grid) - vectors) * pb, 1,
-        "weight gradients")
-    add("all_reduce", "batch", vectors * pb, 1, "norm/bias gradients")
+        "weight gradients", bucketed)
+    add("all_reduce", "batch", vectors * pb, 1, "norm/bias gradients", bucketed)
     if work.grad_clip:
         add("all_reduce", "model", 4, 1, "gradient norm")
     return out
@@ -201,14 +219,18 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
 
 @dataclass(frozen=True)
 class CommTime:
-    """Communication time of one step, by axis."""
+    """Communication time of one step, by axis and by the computation it may hide behind."""
 
     by_axis: dict
-    """Seconds per axis (x, y, z, data, batch, model)."""
+    """Seconds per axis (x, y, z, data, batch, model), every collective charged in full."""
     bytes_by_axis: dict
     """Bytes one rank sends per step, per axis (ring formulas)."""
     calls: int
     """Collective calls per step."""
+    timed: tuple = ()
+    """(hides_behind tag, seconds per step) of every collective kind, for the overlap model."""
+    bucketed_bytes: float = 0.0
+    """Full bytes of the data-parallel gradient all-reduces that run in buckets."""
 
     @property
     def total(self) -> float:
@@ -218,11 +240,15 @@ class CommTime:
 def comm_time(shapes: ModelShapes, grid: GridShape, work: Workload, machine: Machine) -> CommTime:
     by_axis: dict[str, float] = {}
     sent: dict[str, float] = {}
-    calls = 0
+    timed = []
+    calls, bucketed = 0, 0.0
     for c in step_collectives(shapes, grid, work):
         g, s = grid.size(c.axis), grid.stride(c.axis)
-        t = collective_time(machine, c.op, c.full_bytes, g, s, grid.world)
-        by_axis[c.axis] = by_axis.get(c.axis, 0.0) + c.count * t
+        t = c.count * collective_time(machine, c.op, c.full_bytes, g, s, grid.world)
+        by_axis[c.axis] = by_axis.get(c.axis, 0.0) + t
         sent[c.axis] = sent.get(c.axis, 0.0) + c.count * ring_bytes(c.op, c.full_bytes, g)
+        timed.append((c.hides_behind, t))
         calls += c.count
-    return CommTime(by_axis, sent, calls)
+        if c.hides_behind == "data":
+            bucketed += c.full_bytes
+    return CommTime(by_axis, sent, calls, tuple(timed), bucketed)

@@ -32,7 +32,7 @@ CAUSAL_FRACTION = 0.5        # causal attention kernels skip the masked half
 
 @dataclass(frozen=True)
 class ComputeTime:
-    """Seconds of computation per step, by kind."""
+    """Seconds of computation per step, by kind, and the windows collectives can hide behind."""
 
     matmul_s: float
     """Linear layers and lm head (forward, recompute, input and weight gradients)."""
@@ -44,6 +44,15 @@ class ComputeTime:
     """AdamW and gradient bookkeeping on the local shard."""
     overhead_s: float
     """Fixed per-kernel cost."""
+    windows: tuple[tuple[str, float], ...] = ()
+    """Computation collectives can run behind, seconds per step (see
+    :mod:`axolab.perfmodel.overlap`): "forward" (decoder layers' forward and recomputed
+    passes), "backward" (their backward), "last_backward" (the decoder layers' backward of the
+    last micro-step, where data-parallel buckets go), "weight_grad:<name>" (every weight-gradient
+    matmul of that linear layer, ``lm_head`` included)."""
+
+    def window(self, key: str) -> float:
+        return dict(self.windows).get(key, 0.0)
 
     @property
     def total(self) -> float:
@@ -60,12 +69,10 @@ def matmul_time(m: int, n: int, k: int, machine: Machine, work: Workload) -> flo
         machine.op_overhead_s
 
 
-def _linear_time(rows: int, cols: int, n: int, passes: int, machine, work) -> float:
-    """One rank's ``rows x cols`` block on n tokens: ``passes`` forwards + two backward matmuls."""
-    fwd = matmul_time(n, rows, cols, machine, work)
-    dx = matmul_time(n, cols, rows, machine, work)
-    dw = matmul_time(rows, cols, n, machine, work)
-    return passes * fwd + dx + dw
+def _block_matmuls(rows: int, cols: int, n: int, machine, work) -> tuple[float, float, float]:
+    """One rank's ``rows x cols`` block on n tokens: (forward, input grad, weight grad)."""
+    return (matmul_time(n, rows, cols, machine, work), matmul_time(n, cols, rows, machine, work),
+            matmul_time(rows, cols, n, machine, work))
 
 
 def step_compute(shapes: ModelShapes, grid: GridShape, work: Workload,
@@ -80,44 +87,55 @@ def step_compute(shapes: ModelShapes, grid: GridShape, work: Workload,
     peak = machine.peak_flops(work.precision) * machine.matmul_efficiency
     vp = shapes.padded_vocab(Y)
 
-    matmul = 0.0
+    # One decoder layer on one micro-batch, split into one forward and the backward.
+    fwd_mm = bwd_mm = 0.0
+    weight_grad = []
     for lin in shapes.layer_linears:
         in_div, out_div = (Y, X) if lin.transposed else (X, Y)
-        matmul += L * _linear_time(lin.out_features // out_div, lin.in_features // in_div, n,
-                                   passes, machine, work)
-    matmul += _linear_time(vp // Y, shapes.hidden // X, n, 1, machine, work)
+        f, dx, dw = _block_matmuls(lin.out_features // out_div, lin.in_features // in_div, n,
+                                   machine, work)
+        fwd_mm, bwd_mm = fwd_mm + f, bwd_mm + dx + dw
+        weight_grad.append((f"weight_grad:{lin.name}", L * steps * dw))
+    head_f, head_dx, head_dw = _block_matmuls(vp // Y, shapes.hidden // X, n, machine, work)
+    weight_grad.append(("weight_grad:lm_head", steps * head_dw))
+    head = head_f + head_dx + head_dw
 
     # Scores and values: 4 * S * head_dim FLOPs per token and head forward, twice that backward.
     local_heads = shapes.heads // Y
-    attn_fwd = 4.0 * n * work.seq_len * shapes.head_dim * local_heads * CAUSAL_FRACTION
-    attention = L * (attn_fwd * (passes + 2) / (peak * machine.attention_efficiency)
-                     + (passes + 1) / 2 * machine.attention_call_s)
+    attn = 4.0 * n * work.seq_len * shapes.head_dim * local_heads * CAUSAL_FRACTION \
+        / (peak * machine.attention_efficiency)
+    fwd_attn, bwd_attn = attn + machine.attention_call_s / 2, 2 * attn + \
+        machine.attention_call_s / 2
 
     h, heads_w, i = shapes.hidden // X, \
         (shapes.heads + 2 * shapes.kv_heads) * shapes.head_dim // Y, shapes.intermediate // Y
-
-    def traffic(elements, fb_passes, nbytes):
-        f, b = fb_passes
-        return elements * (passes * f + b) * nbytes
-
-    per_layer = traffic(n * h, RESIDUAL_PASSES, pb) + traffic(n * heads_w, HEAD_PASSES, cb) \
-        + traffic(n * i, MLP_PASSES, cb)
-    elementwise = L * per_layer + n * (vp // Y) * LOSS_PASSES * 4
     # Gathered weights are cast to the compute dtype each pass, and weight gradients are
     # padded and cast back to fp32 (axolab/parallel/linear.py).
     blocks = sum(block_elements(lin, grid) for lin in shapes.layer_linears)
     cast = (pb + cb) if work.precision == "bf16" else 0
-    elementwise += L * blocks * (cast * (passes + 1) + 2 * pb + (cb + pb if cast else 0))
-    elementwise *= steps
-    elementwise /= bw
+    fwd_ew, bwd_ew = ((n * h * RESIDUAL_PASSES[k] * pb + n * heads_w * HEAD_PASSES[k] * cb
+                       + n * i * MLP_PASSES[k] * cb) / bw for k in (0, 1))
+    fwd_ew += blocks * cast / bw
+    bwd_ew += blocks * (cast + 2 * pb + (cb + pb if cast else 0)) / bw
+    fwd_ops, bwd_ops = (ops * machine.op_overhead_s for ops in OPS_PER_LAYER)
+    loss_ew = n * (vp // Y) * LOSS_PASSES * 4 / bw
 
     local = local_parameters(shapes, grid)
     grad_copies = 3 if grid.data > 1 else 0  # sync_gradients: cat, all-reduce, copy back
     optimizer = local * pb * (ADAMW_PASSES + grad_copies) / bw
 
-    kernels = steps * (L * (OPS_PER_LAYER[0] * passes + OPS_PER_LAYER[1]) + 60)
-    overhead = kernels * machine.op_overhead_s
-    return ComputeTime(matmul * steps, attention * steps, elementwise, optimizer, overhead)
+    per_micro = L * passes, L  # forward (and recompute) passes, backward passes of a layer
+    return ComputeTime(
+        matmul_s=steps * (per_micro[0] * fwd_mm + per_micro[1] * bwd_mm + head),
+        attention_s=steps * (per_micro[0] * fwd_attn + per_micro[1] * bwd_attn),
+        elementwise_s=steps * (per_micro[0] * fwd_ew + per_micro[1] * bwd_ew + loss_ew),
+        optimizer_s=optimizer,
+        overhead_s=steps * (per_micro[0] * fwd_ops + per_micro[1] * bwd_ops
+                            + 60 * machine.op_overhead_s),
+        windows=(("forward", steps * per_micro[0] * (fwd_mm + fwd_attn + fwd_ew + fwd_ops)),
+                 ("backward", steps * L * (bwd_mm + bwd_attn + bwd_ew + bwd_ops)),
+                 ("last_backward", L * (bwd_mm + bwd_attn + bwd_ew + bwd_ops)),
+                 *weight_grad))
 
 
 def model_flops_per_step(shapes: ModelShapes, work: Workload) -> float:

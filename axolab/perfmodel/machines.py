@@ -62,7 +62,7 @@ class Machine:
     memory_bandwidth_gb_s: float
     """Device memory bandwidth (GB/s): elementwise kernels, the optimizer, small matmuls."""
     intra_node_gb_s: float
-    """Per-GPU, per-direction bandwidth a ring collective gets inside a node (GB/s)."""
+    """Per-GPU, per-direction bandwidth a ring collective gets over a whole node (GB/s)."""
     inter_node_gb_s: float
     """Per-GPU share of the node's network injection bandwidth when every GPU of the node
     sends at once (node NIC bandwidth / gpus_per_node), GB/s."""
@@ -78,6 +78,16 @@ class Machine:
     attention_call_s: float = 0.0
     """Fixed cost of one attention forward + backward (large on CPUs, where the fused kernel is
     overhead-bound at short sequences)."""
+    intra_node_by_span: tuple[tuple[int, float], ...] = ()
+    """(span, GB/s) pairs: the per-GPU ring bandwidth of a group that spreads over ``span``
+    consecutive GPUs of a node (group size x stride). Links inside a node are rarely uniform:
+    the two GCDs of one MI250X share 4 Infinity Fabric links, GCDs of different packages one or
+    two; a span not listed uses the next larger one, then ``intra_node_gb_s``."""
+    overlap_efficiency: float = 0.9
+    """Fraction of the ideal hiding (``min(communication, computation window)``) achieved when
+    a collective runs behind computation (:mod:`axolab.perfmodel.overlap`). On GPUs NCCL's
+    kernels take a few SMs from the matmuls they overlap (0.9, approximate); on CPUs gloo's
+    threads compete with the matmuls for cores, and ``axolab plan calibrate`` measures it."""
     collectives: tuple[MeasuredCollective, ...] = ()
     """Measured collective costs by op and group size (calibrated machines); when present
     they replace the bandwidth/latency formula for groups inside a node."""
@@ -94,10 +104,23 @@ class Machine:
             if not getattr(self, name) > 0:
                 raise ValueError(f"machine {self.name}: {name} must be > 0, got "
                                  f"{getattr(self, name)!r}")
+        for span, bw in self.intra_node_by_span:
+            if span < 2 or span > self.gpus_per_node or bw <= 0:
+                raise ValueError(f"machine {self.name}: intra_node_by_span entry ({span}, {bw}) "
+                                 f"needs 2 <= span <= gpus_per_node={self.gpus_per_node} and "
+                                 f"bandwidth > 0")
+        if not 0 <= self.overlap_efficiency <= 1:
+            raise ValueError(f"machine {self.name}: overlap_efficiency must be in [0, 1], got "
+                             f"{self.overlap_efficiency}")
         for name in ("matmul_efficiency", "attention_efficiency"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"machine {self.name}: {name} must be in (0, 1], got "
                                  f"{getattr(self, name)}")
+
+    def intra_bandwidth(self, span: int) -> float:
+        """GB/s per GPU for a ring over a group spread across ``span`` GPUs of one node."""
+        wider = [(s, bw) for s, bw in self.intra_node_by_span if s >= span]
+        return min(wider)[1] if wider else self.intra_node_gb_s
 
     def peak_flops(self, precision: str) -> float:
         return self.peak_flops_bf16 if precision == "bf16" else self.peak_flops_fp32
@@ -170,6 +193,8 @@ def machine_from_dict(data: dict) -> Machine:
         raise ValueError(f"machine file lacks field(s) {missing}")
     values = dict(data)
     values["collectives"] = tuple(MeasuredCollective(**c) for c in data.get("collectives", ()))
+    values["intra_node_by_span"] = tuple((int(s), float(bw))
+                                         for s, bw in data.get("intra_node_by_span", ()))
     return Machine(**values)
 
 

@@ -9,6 +9,7 @@ from .compute import ComputeTime, model_flops_per_step, step_compute
 from .grid import GridShape
 from .machines import Machine
 from .memory import GIB, MemoryBreakdown, memory_per_rank
+from .overlap import exposed_communication
 from .shapes import ModelShapes
 from .workload import Workload
 
@@ -30,7 +31,8 @@ class Prediction:
     comm: CommTime
     """Communication by axis."""
     exposed_comm_s: float
-    """Communication left after the workload's overlap fraction."""
+    """Communication the step waits for: what the run's Optimizations do not hide behind
+    computation (:mod:`axolab.perfmodel.overlap`)."""
     memory: MemoryBreakdown
     """Modelled peak memory per rank."""
     memory_available: float
@@ -72,7 +74,11 @@ def predict(shapes: ModelShapes, grid: GridShape, work: Workload, machine: Machi
     micro = work.micro(grid.batch_shards)
     compute = step_compute(shapes, grid, work, machine)
     comm = comm_time(shapes, grid, work, machine)
-    exposed = comm.total * (1.0 - work.overlap)
+    bucket = work.optimizations.bucket_mb * 2**20
+    exposure = exposed_communication(
+        list(comm.timed), compute, machine.overlap_efficiency,
+        min(1.0, bucket / comm.bucketed_bytes) if comm.bucketed_bytes else 0.0)
+    exposed = exposure.exposed_s
     step = compute.total + exposed
     memory = memory_per_rank(shapes, grid, work, machine)
     tokens = work.global_batch * work.seq_len

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+from ..optimizations import Optimizations
 from .grid import GridShape, enumerate_grids, factorizations, grid_problems
 from .machines import Machine, get_machine, load_machine
 from .memory import memory_per_rank
@@ -27,9 +29,7 @@ def _divisors_descending(n: int) -> list[int]:
 
 
 def _workload(work: Workload, micro: int | None) -> Workload:
-    return Workload(work.global_batch, work.seq_len, micro, work.precision,
-                    work.activation_checkpointing, work.overlap, work.grad_clip,
-                    work.param_bytes)
+    return dataclasses.replace(work, micro_batch=micro)
 
 
 def best_micro_batch(shapes: ModelShapes, grid: GridShape, work: Workload, machine: Machine,
@@ -73,20 +73,22 @@ def rank_grids(shapes: ModelShapes, gpus: int, machine: Machine, work: Workload,
 def search(model, gpus: int, machine: Machine | str, global_batch: int | None = None,
            seq_len: int = 4096, micro_batch: int | None = None, precision: Precision = "bf16",
            activation_checkpointing: bool = True, top_k: int | None = None,
-           overlap: float = 0.0, memory_fraction: float = 0.9,
+           optimizations: Optimizations | None = None, memory_fraction: float = 0.9,
            grad_clip: bool = True) -> list[Prediction]:
     """Rank every valid (data, z, y, x) grid of ``gpus`` GPUs for training ``model``.
 
     ``model``: preset name, transformers config or ModelShapes; ``machine``: Machine, preset
     name or machine-file path; ``global_batch`` defaults to one sequence per GPU;
-    ``micro_batch`` None picks, per grid, the largest that fits. Rows that fit come first by
+    ``micro_batch`` None picks, per grid, the largest that fits; ``optimizations``: the run's
+    switches (default: axolab's defaults, everything overlapped; ``Optimizations.none()`` for
+    a run with ``overlap_communication=False``). Rows that fit come first by
     predicted step time, then the rest by memory; when nothing fits every row has
     ``fits == False`` (see :func:`min_gpus_to_fit`).
     """
     shapes = model_shapes(model)
     machine = resolve_machine(machine)
     work = Workload(global_batch or gpus, seq_len, micro_batch, precision,
-                    activation_checkpointing, overlap, grad_clip)
+                    activation_checkpointing, optimizations or Optimizations(), grad_clip)
     rows = rank_grids(shapes, gpus, machine, work, memory_fraction)
     return rows[:top_k] if top_k else rows
 

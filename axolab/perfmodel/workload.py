@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from ..optimizations import Optimizations
+
 Precision = Literal["bf16", "fp32"]
 PRECISIONS = get_args(Precision)
 
@@ -26,12 +28,11 @@ class Workload:
     activation_checkpointing: bool = True
     """Recompute each decoder layer in backward (HF gradient checkpointing): one more forward
     of every layer, with its all-gathers and all-reduces, for far less activation memory."""
-    overlap: float = 0.0
-    """Fraction of communication hidden behind computation, 0..1, the same for every
-    collective. 0 (the default) charges every collective in full: an upper bound, since
-    axolab's default Optimizations hide weight gathers, depth reduce-scatters, input-gradient
-    all-reduces and data-parallel buckets behind computation; the forward all-reduces of the
-    tensor-parallel layers stay on the critical path."""
+    optimizations: Optimizations = Optimizations()
+    """The run's performance switches (:class:`axolab.Optimizations`; a training config's
+    ``overlap_communication=False`` is ``Optimizations.none()``): which collectives run in the
+    background behind which computation (see :mod:`axolab.perfmodel.overlap`) and whether
+    q/k/v and gate/up communicate as one stack."""
     grad_clip: bool = True
     """Clip by the global gradient norm (one tiny all-reduce over the model group)."""
     param_bytes: int = 4
@@ -49,8 +50,9 @@ class Workload:
                              f"{self.micro_batch!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision {self.precision!r}: expected one of {PRECISIONS}")
-        if not 0.0 <= self.overlap <= 1.0:
-            raise ValueError(f"overlap must be a fraction in [0, 1], got {self.overlap}")
+        if not isinstance(self.optimizations, Optimizations):
+            raise ValueError(f"optimizations must be an axolab Optimizations, got "
+                             f"{type(self.optimizations).__name__}")
 
     @property
     def compute_bytes(self) -> int:

@@ -1,0 +1,110 @@
+"""The planner's overlap model (axolab.perfmodel.overlap): which collective hides behind which
+computation under each Optimizations switch, the exposed time computed by hand, and the
+properties any overlap model must keep (never more than blocking, never less than the critical
+path). Measured agreement with real CPU runs is benchmarks/perfmodel_validation.py."""
+
+import dataclasses
+
+import pytest
+
+from axolab.optimizations import Optimizations
+from axolab.perfmodel import (ComputeTime, GridShape, ModelShapes, Workload, exposed_communication,
+                              get_machine, model_shapes, predict, step_collectives)
+
+TWO_LAYERS = ModelShapes("two-layers", hidden=8, intermediate=16, layers=2, heads=2, kv_heads=2,
+                         head_dim=4, vocab=10, tied_embeddings=False)
+ALL_AXES = GridShape(2, 2, 2, 2)
+
+
+def _tags(opts: Optimizations, grid=ALL_AXES) -> dict:
+    work = Workload(8, 4, precision="fp32", optimizations=opts)
+    return {(c.op, c.what): c.hides_behind for c in step_collectives(TWO_LAYERS, grid, work)}
+
+
+def test_each_switch_tags_its_own_collectives():
+    on = _tags(Optimizations())
+    assert on[("all_gather", "q_proj weight")] == "forward"
+    assert on[("all_gather", "q_proj weight (backward)")] == "backward"
+    assert on[("all_gather", "lm_head weight")] == "forward"  # behind the last decoder layer
+    assert on[("all_gather", "lm_head weight (backward)")] == ""  # first in backward
+    assert on[("reduce_scatter", "down_proj weight grad")] == "backward"
+    assert on[("all_reduce", "q_proj+k_proj+v_proj input grad")] == \
+        "weight_grad:q_proj+k_proj+v_proj"
+    assert on[("all_reduce", "lm_head input grad")] == "weight_grad:lm_head"
+    assert on[("all_reduce", "weight gradients")] == on[("all_reduce", "norm/bias gradients")] \
+        == "data"
+    # Forward activations, statistics and the embedding stay on the critical path.
+    for key in (("all_reduce", "q_proj+k_proj+v_proj output"), ("all_reduce", "o_proj output"),
+                ("all_reduce", "norm sum of squares"), ("all_reduce", "cross-entropy statistics"),
+                ("all_gather", "embedding weight")):
+        assert on[key] == "", key
+    switched = {"prefetch_weights": {"forward"}, "overlap_depth_grad": set(),
+                "overlap_input_grad": set(), "bucket_data_grads": {"data"}}
+    for switch in switched:
+        off = _tags(dataclasses.replace(Optimizations(), **{switch: False}))
+        changed = {k for k in on if on[k] != off[k]}
+        assert changed and all(off[k] == "" for k in changed), switch
+        if switch == "prefetch_weights":
+            assert {on[k] for k in changed} == {"forward", "backward"}
+            assert all(k[0] == "all_gather" for k in changed)
+        elif switch == "overlap_depth_grad":
+            assert {k[0] for k in changed} == {"reduce_scatter"}
+        elif switch == "overlap_input_grad":
+            assert all(k[1].endswith("input grad") for k in changed)
+        else:
+            assert {on[k] for k in changed} == switched[switch]
+    assert set(_tags(Optimizations.none()).values()) == {""}
+
+
+def test_unstacked_siblings_each_hide_behind_their_own_weight_gradient():
+    tags = _tags(dataclasses.replace(Optimizations(), fuse_shared_inputs=False))
+    assert tags[("all_reduce", "k_proj input grad")] == "weight_grad:k_proj"
+    assert ("all_reduce", "q_proj+k_proj+v_proj input grad") not in tags
+
+
+def test_exposed_time_by_hand():
+    compute = ComputeTime(0, 0, 0, 0, 0, windows=(
+        ("forward", 10.0), ("backward", 20.0), ("last_backward", 5.0),
+        ("weight_grad:a", 2.0), ("weight_grad:b", 1.0)))
+    timed = [("forward", 4.0), ("forward", 8.0),  # 12 s of gathers behind 10 s: 10 hide
+             ("weight_grad:a+b", 5.0),            # a stack behind a's and b's matmuls: 3 hide
+             ("backward", 10.0),                  # 20 - 3 s left in backward: all 10 hide
+             ("data", 8.0),                       # 7 s left in backward, 5/20 of it in the
+             ("", 3.0)]                           # last micro-step: 1.75 of 6 (last bucket 2)
+    full = exposed_communication(timed, compute, efficiency=1.0, bucket_share=0.25)
+    assert full.total_s == 38.0
+    assert full.hidden_s == pytest.approx({"forward": 10.0, "weight_grad": 3.0,
+                                           "backward": 10.0, "data": 1.75})
+    assert full.exposed_s == pytest.approx(38.0 - 24.75)
+    half = exposed_communication(timed, compute, efficiency=0.5, bucket_share=0.25)
+    assert half.exposed_s == pytest.approx(38.0 - 24.75 / 2)
+    assert exposed_communication(timed, compute, efficiency=0.0).exposed_s == 38.0
+    with pytest.raises(ValueError, match=r"overlap efficiency must be in \[0, 1\], got 1.5"):
+        exposed_communication(timed, compute, efficiency=1.5)
+
+
+@pytest.mark.parametrize("grid", [(1, 1, 1, 8), (1, 8, 1, 1), (2, 2, 2, 2), (8, 1, 1, 1),
+                                  (1, 2, 2, 2), (4, 1, 2, 1)])
+def test_overlap_never_beats_the_critical_path_nor_loses_to_blocking(grid):
+    shapes, machine = model_shapes("llama-3.1-8b"), get_machine("frontier")
+    grid = GridShape(*grid)
+    work = Workload(16, 4096, micro_batch=1)
+    default = predict(shapes, grid, work, machine)
+    critical = sum(t for tag, t in default.comm.timed if not tag)
+    assert critical - 1e-12 <= default.exposed_comm_s <= default.comm.total + 1e-12
+    none = Optimizations.none()
+    blocking = predict(shapes, grid, dataclasses.replace(work, optimizations=none), machine)
+    assert blocking.exposed_comm_s == pytest.approx(blocking.comm.total)
+    assert blocking.comm.total >= default.comm.total  # unstacked siblings: more calls
+    stacked = dataclasses.replace(none, fuse_shared_inputs=True)
+    assert predict(shapes, grid, dataclasses.replace(work, optimizations=stacked),
+                   machine).exposed_comm_s == pytest.approx(default.comm.total)
+    for switch in ("prefetch_weights", "overlap_depth_grad", "overlap_input_grad",
+                   "bucket_data_grads"):
+        one_off = dataclasses.replace(work, optimizations=dataclasses.replace(
+            Optimizations(), **{switch: False}))
+        assert predict(shapes, grid, one_off, machine).exposed_comm_s >= \
+            default.exposed_comm_s - 1e-12, switch
+    # With no overlap at all on the machine, every switch setting charges everything.
+    idle = dataclasses.replace(machine, overlap_efficiency=0.0)
+    assert predict(shapes, grid, work, idle).exposed_comm_s == pytest.approx(default.comm.total)
