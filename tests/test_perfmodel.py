@@ -298,8 +298,8 @@ def test_calibration_fit_and_assembly():
     assert latency == pytest.approx(1e-3) and bandwidth == pytest.approx(2e9)
     rates = dict(flops_fp32=2e10, flops_bf16=1e9, bandwidth=5e9, op_overhead=1e-5,
                  attention_flops=1e9, attention_call=1e-3)
-    timings = [(op, g, b, 1e-3 * g + b / 1e9) for op in ("all_reduce", "all_gather",
-                                                          "reduce_scatter")
+    timings = [(op, g, 1, b, 1e-3 * g + b / 1e9) for op in ("all_reduce", "all_gather",
+                                                             "reduce_scatter")
                for g in (2, 4) for b in (4096, 2**20)]
     rank = {"rates": rates, "timings": timings}
     machine = machine_from_measurements([[rank, rank]], CalibrationConfig(ranks=4))

@@ -174,13 +174,19 @@ def measure_rank(cfg: CalibrationConfig) -> dict:
     dist.barrier()
     rates = _compute_rates(cfg.matmul_size)
     timings = []
-    for size in [g for g in range(2, world + 1) if world % g == 0]:
-        # Groups of neighbouring ranks; on one machine the stride makes no difference.
-        groups = [dist.new_group(list(range(s, s + size))) for s in range(0, world, size)]
-        mine = groups[rank // size]
+    # Every placement a grid axis can have: groups of ``size`` ranks ``stride`` apart, all
+    # groups of the world at once (the table the presets give from data sheets).
+    placements = [(g, s) for g in range(2, world + 1) for s in range(1, world // g + 1)
+                  if world % (g * s) == 0]
+    for size, stride in placements:
+        members = [[base + offset + k * stride for k in range(size)]
+                   for base in range(0, world, size * stride) for offset in range(stride)]
+        groups = [dist.new_group(m) for m in members]
+        mine = next(grp for grp, m in zip(groups, members) if rank in m)
         for op in COLLECTIVE_OPS:
             for nbytes in cfg.sizes_bytes:
-                timings.append((op, size, nbytes, _time_collective(op, nbytes, mine, size, cfg)))
+                timings.append((op, size, stride, nbytes,
+                                _time_collective(op, nbytes, mine, size, cfg)))
         for g in groups:
             dist.destroy_process_group(g)
     if world > 1:
@@ -219,30 +225,32 @@ def machine_from_measurements(rounds: list[list[dict]], cfg: CalibrationConfig) 
     for one in rounds:
         slowest: dict[tuple, float] = {}
         for r in one:
-            for op, size, nbytes, t in r["timings"]:
-                slowest[(op, size, nbytes)] = max(slowest.get((op, size, nbytes), 0.0), t)
+            for op, size, stride, nbytes, t in r["timings"]:
+                key = (op, size, stride, nbytes)
+                slowest[key] = max(slowest.get(key, 0.0), t)
         for key, t in slowest.items():
             per_round.setdefault(key, []).append(t)
     timing = {key: statistics.median(ts) for key, ts in per_round.items()}
     measured = []
     for op in COLLECTIVE_OPS:
-        for size in sorted({k[1] for k in timing}):
-            pts = [(ring_bytes(op, nb, size), t) for (o, s, nb), t in timing.items()
-                   if o == op and s == size]
+        for size, stride in sorted({k[1:3] for k in timing}):
+            pts = [(ring_bytes(op, nb, size), t) for (o, g, s, nb), t in timing.items()
+                   if (o, g, s) == (op, size, stride)]
             latency, bandwidth = fit_latency_bandwidth(pts)
-            measured.append(MeasuredCollective(op, size, latency, bandwidth / 1e9))
-    reduces = sorted((m for m in measured if m.op == "all_reduce"), key=lambda m: m.group_size)
-    # The same table the presets give from data sheets: ring bandwidth by the span of a group
-    # (neighbouring ranks here, so span = group size); the whole machine's is the widest's.
-    by_span = tuple((m.group_size, m.bandwidth_gb_s) for m in reduces)
-    whole = by_span[-1][1] if by_span else 1.0
+            measured.append(MeasuredCollective(op, size, latency, bandwidth / 1e9, stride))
+    reduces = [m for m in measured if m.op == "all_reduce"]
+    # The same table the presets give: ring bandwidth by group size and placement; the
+    # whole machine's is the widest neighbouring group's.
+    links = tuple((m.group_size, m.stride, m.bandwidth_gb_s) for m in reduces)
+    whole = max(reduces, key=lambda m: (m.group_size, -m.stride)).bandwidth_gb_s \
+        if reduces else 1.0
     lat = [m.latency_s for m in reduces] or [1e-4]
     return Machine(
         name=cfg.name, gpus_per_node=cfg.ranks,
         memory_gib=_total_memory_bytes() / 2**30 / cfg.ranks,
         peak_flops_bf16=rates["flops_bf16"], peak_flops_fp32=rates["flops_fp32"],
         matmul_efficiency=1.0, memory_bandwidth_gb_s=rates["bandwidth"] / 1e9,
-        intra_node_gb_s=whole, inter_node_gb_s=whole, intra_node_by_span=by_span,
+        intra_node_gb_s=whole, inter_node_gb_s=whole, intra_node_links=links,
         intra_node_latency_s=statistics.median(lat), inter_node_latency_s=statistics.median(lat),
         op_overhead_s=rates["op_overhead"],
         attention_efficiency=min(1.0, rates["attention_flops"] / rates["flops_fp32"]),

@@ -80,9 +80,10 @@ def _calibrate(args) -> int:
           f"{machine.memory_bandwidth_gb_s:.1f} GB/s memory, "
           f"{machine.op_overhead_s * 1e6:.1f} us per op, overlap efficiency "
           f"{machine.overlap_efficiency:.2f}")
-    print(f"{'op':>15} {'ranks':>6} {'latency us':>11} {'GB/s':>8}")
+    print(f"{'op':>15} {'ranks':>6} {'stride':>6} {'latency us':>11} {'GB/s':>8}")
     for m in machine.collectives:
-        print(f"{m.op:>15} {m.group_size:>6} {m.latency_s * 1e6:11.0f} {m.bandwidth_gb_s:8.2f}")
+        print(f"{m.op:>15} {m.group_size:>6} {m.stride:>6} {m.latency_s * 1e6:11.0f} "
+              f"{m.bandwidth_gb_s:8.2f}")
     return 0
 
 

@@ -71,15 +71,15 @@ def spans_one_node(group_size: int, stride: int, gpus_per_node: int, world: int)
 def link_bandwidth(machine: Machine, group_size: int, stride: int, world: int) -> float:
     """Bytes/s per rank available to a ring over such groups.
 
-    Inside a node, the bandwidth of the links the group spreads over (``group_size * stride``
-    consecutive GPUs, :meth:`Machine.intra_bandwidth`). Across nodes, the node's NICs are
+    Inside a node, the machine's bandwidth for that group size and placement
+    (:meth:`Machine.intra_bandwidth`). Across nodes, the node's NICs are
     shared by the groups that leave the node at once: with stride >= gpus_per_node every rank
     of a node is in a different group (each gets ``inter_node_gb_s``); with a smaller stride
     only ``stride`` rings cross the node boundary, so each gets ``gpus_per_node / stride``
     shares (never more than the node's own links).
     """
     if spans_one_node(group_size, stride, machine.gpus_per_node, world):
-        return machine.intra_bandwidth(group_size * stride) * 1e9
+        return machine.intra_bandwidth(group_size, stride) * 1e9
     crossing = min(stride, machine.gpus_per_node)
     share = machine.inter_node_gb_s * machine.gpus_per_node / crossing
     return min(share, machine.intra_node_gb_s) * 1e9
@@ -92,7 +92,7 @@ def collective_time(machine: Machine, op: str, full_bytes: float, group_size: in
         return 0.0
     sent = ring_bytes(op, full_bytes, group_size)
     local = spans_one_node(group_size, stride, machine.gpus_per_node, world)
-    measured = machine.measured(op, group_size) if local else None
+    measured = machine.measured(op, group_size, stride) if local else None
     if measured is not None:
         return measured.latency_s + sent / (measured.bandwidth_gb_s * 1e9)
     alpha = machine.intra_node_latency_s if local else machine.inter_node_latency_s

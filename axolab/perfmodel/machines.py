@@ -32,8 +32,12 @@ class MeasuredCollective:
     """Fixed cost per call (seconds)."""
     bandwidth_gb_s: float
     """Effective bandwidth per rank over ring bytes (GB/s, 1e9 bytes)."""
+    stride: int = 1
+    """Distance between consecutive ranks of a group (1: neighbours)."""
 
     def __post_init__(self):
+        if self.stride < 1:
+            raise ValueError(f"measured {self.op}: stride must be >= 1, got {self.stride}")
         if self.op not in COLLECTIVE_OPS:
             raise ValueError(f"collective op {self.op!r}: expected one of {COLLECTIVE_OPS}")
         if self.group_size < 2 or self.latency_s < 0 or self.bandwidth_gb_s <= 0:
@@ -78,11 +82,13 @@ class Machine:
     attention_call_s: float = 0.0
     """Fixed cost of one attention forward + backward (large on CPUs, where the fused kernel is
     overhead-bound at short sequences)."""
-    intra_node_by_span: tuple[tuple[int, float], ...] = ()
-    """(span, GB/s) pairs: the per-GPU ring bandwidth of a group that spreads over ``span``
-    consecutive GPUs of a node (group size x stride). Links inside a node are rarely uniform:
-    the two GCDs of one MI250X share 4 Infinity Fabric links, GCDs of different packages one or
-    two; a span not listed uses the next larger one, then ``intra_node_gb_s``."""
+    intra_node_links: tuple[tuple[int, int, float], ...] = ()
+    """(group size, stride, GB/s): the per-GPU ring ("bus") bandwidth of the groups of that
+    size whose ranks are ``stride`` apart, inside one node. Links inside a node are rarely
+    uniform (the two GCDs of one MI250X share four Infinity Fabric links, GCDs of different
+    packages one or two), so the same group size can differ by 4x with its placement. A
+    placement not listed uses the slowest listed one spanning as many GPUs, then
+    ``intra_node_gb_s``."""
     overlap_efficiency: float = 0.9
     """Fraction of the ideal hiding (``min(communication, computation window)``) achieved when
     a collective runs behind computation (:mod:`axolab.perfmodel.overlap`). On GPUs NCCL's
@@ -104,11 +110,11 @@ class Machine:
             if not getattr(self, name) > 0:
                 raise ValueError(f"machine {self.name}: {name} must be > 0, got "
                                  f"{getattr(self, name)!r}")
-        for span, bw in self.intra_node_by_span:
-            if span < 2 or span > self.gpus_per_node or bw <= 0:
-                raise ValueError(f"machine {self.name}: intra_node_by_span entry ({span}, {bw}) "
-                                 f"needs 2 <= span <= gpus_per_node={self.gpus_per_node} and "
-                                 f"bandwidth > 0")
+        for g, s, bw in self.intra_node_links:
+            if g < 2 or s < 1 or g * s > self.gpus_per_node or bw <= 0:
+                raise ValueError(f"machine {self.name}: intra_node_links entry ({g}, {s}, {bw}) "
+                                 f"needs group size >= 2, stride >= 1, group size x stride <= "
+                                 f"gpus_per_node={self.gpus_per_node} and bandwidth > 0")
         if not 0 <= self.overlap_efficiency <= 1:
             raise ValueError(f"machine {self.name}: overlap_efficiency must be in [0, 1], got "
                              f"{self.overlap_efficiency}")
@@ -117,46 +123,70 @@ class Machine:
                 raise ValueError(f"machine {self.name}: {name} must be in (0, 1], got "
                                  f"{getattr(self, name)}")
 
-    def intra_bandwidth(self, span: int) -> float:
-        """GB/s per GPU for a ring over a group spread across ``span`` GPUs of one node."""
-        wider = [(s, bw) for s, bw in self.intra_node_by_span if s >= span]
-        return min(wider)[1] if wider else self.intra_node_gb_s
+    def intra_bandwidth(self, group_size: int, stride: int) -> float:
+        """GB/s per GPU for rings over groups of ``group_size`` ranks ``stride`` apart inside
+        one node."""
+        for g, s, bw in self.intra_node_links:
+            if (g, s) == (group_size, stride):
+                return bw
+        same_span = [bw for g, s, bw in self.intra_node_links if g * s == group_size * stride]
+        return min(same_span) if same_span else self.intra_node_gb_s
 
     def peak_flops(self, precision: str) -> float:
         return self.peak_flops_bf16 if precision == "bf16" else self.peak_flops_fp32
 
-    def measured(self, op: str, group_size: int) -> MeasuredCollective | None:
-        """The measurement for ``op`` closest in group size (reduce_scatter falls back to
-        all_gather, its mirror image), or None on an uncalibrated machine."""
+    def measured(self, op: str, group_size: int, stride: int = 1) -> MeasuredCollective | None:
+        """The measurement for ``op`` closest in group size, then in stride (reduce_scatter
+        falls back to all_gather, its mirror image), or None on an uncalibrated machine."""
         for kind in (op, "all_gather" if op == "reduce_scatter" else None):
             rows = [c for c in self.collectives if c.op == kind]
             if rows:
-                return min(rows, key=lambda c: (abs(c.group_size - group_size), c.group_size))
+                return min(rows, key=lambda c: (abs(c.group_size - group_size), c.group_size,
+                                                abs(c.stride - stride), c.stride))
         return None
+
+
+# (group size, stride, GB/s) measured on Perlmutter by the AxoNN authors (see presets()).
+_PERLMUTTER_LINKS = ((2, 1, 76.0), (4, 1, 225.0), (2, 2, 76.0))
 
 
 def presets() -> dict[str, Machine]:
     """The built-in machines, freshly built (callers may not change a shared table)."""
     return {m.name: m for m in (
-        # NERSC Perlmutter GPU node: 4x A100 fully connected by NVLink3 (4 links = 100 GB/s per
-        # direction per pair; NCCL rings over 3 peers reach ~200 GB/s, approximate), 4x HPE
-        # Slingshot-11 NICs at 25 GB/s per node (docs.nersc.gov/systems/perlmutter/architecture).
-        # A100 data sheet: 312 TFLOP/s bf16 dense, 19.5 fp32, 1555 GB/s (40 GB) / 2039 (80 GB).
-        Machine("perlmutter", 4, 40, 312e12, 19.5e12, 0.7, 1555, 200, 25,
-                source="NERSC Perlmutter architecture page; NVIDIA A100 data sheet (40 GB)"),
-        Machine("perlmutter-80gb", 4, 80, 312e12, 19.5e12, 0.7, 2039, 200, 25,
-                source="NERSC Perlmutter architecture page; NVIDIA A100 data sheet (80 GB)"),
-        # OLCF Frontier: 4x MI250X = 8 GCDs of 64 GB HBM2E; GCD pairs on one MI250X 200 GB/s,
-        # across MI250X 50-100 GB/s (Frontier User Guide), so a ring is held to ~50 GB/s per
-        # direction; 4x Slingshot NICs of 25 GB/s = 100 GB/s per node (OLCF Crusher/Frontier
-        # guides). MI250X: 383 TFLOP/s bf16 and 95.7 fp32 matrix per package (half per GCD),
-        # 3.2 TB/s per package. rocBLAS sustains less of peak than cuBLAS (the AxoNN paper tunes
-        # it): 0.5, approximate.
-        Machine("frontier", 8, 64, 191.5e12, 47.9e12, 0.5, 1600, 50, 12.5,
-                source="OLCF Frontier User Guide; AMD MI250X data sheet"),
+        # NERSC Perlmutter GPU node: 4x A100 fully connected by NVLink3, 4x HPE Slingshot-11
+        # NICs of 25 GB/s per node (docs.nersc.gov/systems/perlmutter/architecture). Ring
+        # ("bus") bandwidths by group size and stride are the AxoNN authors' measurements, the
+        # table of their communication model (github.com/axonn-ai/Megatron-AxoNN,
+        # examples/comm_model.py): pairs 76 GB/s, the whole node 225; across nodes 80 / 40 / 20
+        # GB/s per GPU for 1 / 2 / 4+ rings leaving a node, i.e. 20 GB/s per GPU when all four
+        # leave. A100 data sheet: 312 TFLOP/s bf16 dense, 19.5 fp32, 1555 GB/s (40 GB) / 2039
+        # (80 GB). Matmul efficiency 0.7 (approximate).
+        Machine("perlmutter", 4, 40, 312e12, 19.5e12, 0.7, 1555, 225, 20,
+                intra_node_links=_PERLMUTTER_LINKS,
+                source="NERSC Perlmutter architecture page; NVIDIA A100 data sheet (40 GB); "
+                       "links: AxoNN authors' measured table (Megatron-AxoNN comm_model.py)"),
+        Machine("perlmutter-80gb", 4, 80, 312e12, 19.5e12, 0.7, 2039, 225, 20,
+                intra_node_links=_PERLMUTTER_LINKS,
+                source="NERSC Perlmutter architecture page; NVIDIA A100 data sheet (80 GB); "
+                       "links: AxoNN authors' measured table (Megatron-AxoNN comm_model.py)"),
+        # OLCF Frontier: 4x MI250X = 8 GCDs of 64 GB HBM2E; the two GCDs of one MI250X are
+        # joined by 4 Infinity Fabric links, GCDs of different packages by 1 or 2 (Frontier
+        # User Guide), so bandwidth depends on placement more than on group size. Measured ring
+        # bandwidths from the AxoNN authors' table (Megatron-AxoNN examples/comm_model.py):
+        # neighbours 129 (pairs) / 52 (fours) / 135 (all eight) GB/s, pairs 2 apart 50, fours
+        # 2 apart 72, pairs 4 apart 36; across nodes 40 / 20 / 10 / 5 GB/s per GCD for 1 / 2 /
+        # 4 / 8 rings leaving a node (4 Slingshot NICs of 25 GB/s shared by 8 GCDs). MI250X:
+        # 383 TFLOP/s bf16 and 95.7 fp32 matrix per package (half per GCD), 3.2 TB/s per
+        # package. rocBLAS sustains less of peak than cuBLAS (the AxoNN paper tunes it): 0.5,
+        # approximate.
+        Machine("frontier", 8, 64, 191.5e12, 47.9e12, 0.5, 1600, 135, 5,
+                intra_node_links=((2, 1, 129.0), (4, 1, 52.0), (8, 1, 135.0), (2, 2, 50.0),
+                                  (4, 2, 72.0), (2, 4, 36.0)),
+                source="OLCF Frontier User Guide; AMD MI250X data sheet; links: AxoNN "
+                       "authors' measured table (Megatron-AxoNN comm_model.py)"),
         # CSCS Alps GH200 node: 4x GH200 (96 GB HBM3, 4 TB/s), NVLink4 between all pairs
-        # (~150 GB/s per direction, approximate), 4x Slingshot-11 at 25 GB/s (one per GPU).
-        # H100: 989 TFLOP/s bf16 dense, 67 fp32.
+        # (~150 GB/s per direction, approximate: no measured table published with AxoNN's),
+        # 4x Slingshot-11 at 25 GB/s (one per GPU). H100: 989 TFLOP/s bf16 dense, 67 fp32.
         Machine("alps", 4, 96, 989e12, 67e12, 0.7, 4000, 150, 25,
                 source="CSCS Alps hardware docs; NVIDIA GH200 data sheet (approximate links)"),
         # A generic 8x H100 SXM 80 GB node: NVSwitch, NVLink4 450 GB/s per direction per GPU,
@@ -193,8 +223,8 @@ def machine_from_dict(data: dict) -> Machine:
         raise ValueError(f"machine file lacks field(s) {missing}")
     values = dict(data)
     values["collectives"] = tuple(MeasuredCollective(**c) for c in data.get("collectives", ()))
-    values["intra_node_by_span"] = tuple((int(s), float(bw))
-                                         for s, bw in data.get("intra_node_by_span", ()))
+    values["intra_node_links"] = tuple((int(g), int(s), float(bw))
+                                       for g, s, bw in data.get("intra_node_links", ()))
     return Machine(**values)
 
 
