@@ -36,6 +36,7 @@ bench: venv
 	$(VPY) benchmarks/axonn_compare.py --out results/bench/axonn_compare.json
 	$(VPY) benchmarks/single_rank_overhead.py --out results/bench/single_rank_overhead.json
 	$(VPY) benchmarks/fsdp2_compare.py --out results/bench/fsdp2_compare.json
+	-$(VPY) benchmarks/published_runs.py --json results/bench/published_runs.json
 
 # Leaves .venv and results/ alone: one is slow to rebuild, the other is the work.
 clean:

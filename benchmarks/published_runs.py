@@ -2,24 +2,28 @@
 
 For each headline run of the AxoNN papers, the planner (``axolab.perfmodel.search``) ranks
 every 4D grid of the run's GPU count on the machine preset, for the run's model, batch and
-sequence length (bf16, activation checkpointing, every overlap on), and the best grid's
-predicted flop/s is compared with the paper's figure. Flop/s are counted the way each paper
-counts them (see ``PublishedRun.flops_convention``), from the same step time.
+sequence length (bf16, activation checkpointing), and the best grid's predicted flop/s is
+compared with the paper's figure: once with overlap as axolab runs it by default, once with
+every collective blocking. Flop/s are counted the way the authors' code counts them (see
+``step_flops``), from the predicted step time. What the papers do not say (the global batch)
+is an assumption, printed with the results.
 
-Usage: python benchmarks/published_runs.py [--json results/bench/published_runs.json]
-Exit status 0 when every prediction is within the tolerance (20%), 1 otherwise.
+Usage: python benchmarks/published_runs.py [--batch-per-gpu 4] [--json FILE]
+Exit status 0 when every default (overlapped) prediction is within 20%, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from axolab.files import write_text_atomic
-from axolab.perfmodel import GridShape, ModelShapes, Workload, get_machine, predict, search
+from axolab.optimizations import Optimizations
+from axolab.perfmodel import ModelShapes, get_machine, search
 
 TOLERANCE = 0.20
 
@@ -47,8 +51,6 @@ class PublishedRun:
     flops_convention: str
     """"model": 6 x parameters x tokens plus attention (what axolab reports as MFU);
     "hardware": with the recomputed forward of activation checkpointing (8 x ...)."""
-    paper_grid: tuple[int, int, int, int] | None = None
-    """(data, z, y, x) the paper used, when it says."""
 
 
 def gpt(name: str, hidden: int, layers: int, heads: int, vocab: int = 50304) -> ModelShapes:
@@ -63,61 +65,100 @@ def gpt(name: str, hidden: int, layers: int, heads: int, vocab: int = 50304) -> 
 def step_flops(run: PublishedRun) -> float:
     """FLOPs of one step under the paper's convention."""
     m, tokens = run.model, run.global_batch * run.seq_len
-    attention = 12.0 * m.layers * m.hidden * run.seq_len  # per token, forward + backward
-    per_token = 6.0 * m.matmul_params + attention
-    if run.flops_convention == "hardware":  # one more forward of every layer
-        per_token += (2.0 * m.matmul_params + attention / 3)
-    elif run.flops_convention != "model":
+    layer_params = m.layers * sum(lin.params for lin in m.layer_linears)
+    if run.flops_convention == "model":
+        per_token = 6.0 * m.matmul_params + 12.0 * m.layers * m.hidden * run.seq_len
+    elif run.flops_convention == "hardware":
+        # Narayanan et al. (SC'21), what Megatron-AxoNN's training loop reports:
+        # 96 B s l h^2 (1 + s / 6h + V / 16 l h): the decoder layers' forward counted twice
+        # (full activation recomputation), the logits once.
+        per_token = 8.0 * layer_params + 6.0 * m.vocab * m.hidden + \
+            16.0 * m.layers * m.hidden * run.seq_len
+    else:
         raise ValueError(f"{run.name}: flops_convention {run.flops_convention!r}")
     return per_token * tokens
 
 
-RUNS: tuple[PublishedRun, ...] = ()  # filled below from the papers
+# Model shapes: the AxoNN authors' model table (github.com/axonn-ai/Megatron-AxoNN,
+# model-table.md; the same shapes are hard-coded in examples/launch_per_comm_model.py), GPT-2
+# BPE vocabulary padded to 50304, sequence length 2048 (every one of their launch scripts).
+GPT_40B = gpt("gpt-40b", 9216, 38, 72)
+GPT_60B = gpt("gpt-60b", 9216, 56, 72)
+GPT_80B = gpt("gpt-80b", 12288, 42, 96)
+GPT_320B = gpt("gpt-320b", 16384, 96, 128)
+SEQ = 2048
+
+# The global batch of the headline runs is not in the text we could read; BATCH_PER_GPU
+# sequences per GPU is an assumption, printed with the results and varied by --batch-per-gpu.
+BATCH_PER_GPU = 4
+RUNS: tuple[PublishedRun, ...] = (
+    PublishedRun(
+        "Perlmutter 80B, 1,024 A100", "Singh et al., 'A 4D Hybrid Algorithm to Scale Parallel "
+        "Training to Thousands of GPUs' (arXiv 2305.13525): 182 PFLOP/s, 57% of peak",
+        "perlmutter", 1024, GPT_80B, SEQ, BATCH_PER_GPU * 1024, 182e15, "hardware"),
+    PublishedRun(
+        "Perlmutter 40B, 4,096 A100", "Singh et al., SC'24 (arXiv 2502.08145): 620.1 PFLOP/s",
+        "perlmutter", 4096, GPT_40B, SEQ, BATCH_PER_GPU * 4096, 620.1e15, "hardware"),
+    PublishedRun(
+        "Frontier 320B, 32,768 GCDs", "Singh et al., SC'24 (arXiv 2502.08145): 1.381 EFLOP/s",
+        "frontier", 32768, GPT_320B, SEQ, BATCH_PER_GPU * 32768, 1.381e18, "hardware"),
+    PublishedRun(
+        "Alps 60B, 6,144 H100", "Singh et al., SC'24 (arXiv 2502.08145): 1.423 EFLOP/s",
+        "alps", 6144, GPT_60B, SEQ, BATCH_PER_GPU * 6144, 1.423e18, "hardware"),
+)
+
+def _best(run: PublishedRun, machine, optimizations: Optimizations):
+    return search(run.model, run.gpus, machine, global_batch=run.global_batch,
+                  seq_len=run.seq_len, precision="bf16", activation_checkpointing=True,
+                  optimizations=optimizations, top_k=1)[0]
 
 
 def evaluate(run: PublishedRun) -> dict:
+    """The planner's best grid for ``run``, with overlap as axolab runs it by default and with
+    every collective blocking (the two ends of what overlap can do), against the paper."""
     machine = get_machine(run.machine)
-    rows = search(run.model, run.gpus, machine, global_batch=run.global_batch,
-                  seq_len=run.seq_len, precision="bf16", activation_checkpointing=True)
-    best = rows[0]
     flops = step_flops(run)
-    predicted = flops / best.step_time_s
+    peak = run.gpus * machine.peak_flops_bf16
     out = {"name": run.name, "source": run.source, "machine": run.machine, "gpus": run.gpus,
-           "model": asdict(run.model), "seq_len": run.seq_len, "global_batch": run.global_batch,
-           "paper_flops_per_s": run.flops_per_s, "best_grid": str(best.grid),
-           "best_fits": best.fits, "predicted_step_s": best.step_time_s,
-           "predicted_flops_per_s": predicted, "error": predicted / run.flops_per_s - 1,
-           "paper_percent_of_peak": run.flops_per_s / (run.gpus * machine.peak_flops_bf16),
-           "predicted_percent_of_peak": predicted / (run.gpus * machine.peak_flops_bf16)}
-    if run.paper_grid:
-        work = Workload(run.global_batch, run.seq_len, micro_batch=best.micro_batch)
-        try:
-            theirs = predict(run.model, GridShape(*run.paper_grid), work, machine)
-            out["paper_grid"] = str(GridShape(*run.paper_grid))
-            out["paper_grid_predicted_flops_per_s"] = flops / theirs.step_time_s
-        except ValueError as e:
-            out["paper_grid_error"] = str(e)
+           "model": asdict(run.model), "params": run.model.params, "seq_len": run.seq_len,
+           "global_batch": run.global_batch, "flops_convention": run.flops_convention,
+           "paper_flops_per_s": run.flops_per_s, "paper_percent_of_peak": run.flops_per_s / peak}
+    for key, opts in (("overlap", Optimizations()), ("blocking", Optimizations.none())):
+        best = _best(run, machine, opts)
+        predicted = flops / best.step_time_s
+        out[key] = {"grid": str(best.grid), "micro_batch": best.micro_batch,
+                    "fits": best.fits, "step_s": best.step_time_s,
+                    "compute_s": best.compute.total, "comm_s": best.comm.total,
+                    "exposed_s": best.exposed_comm_s, "flops_per_s": predicted,
+                    "percent_of_peak": predicted / peak,
+                    "error": predicted / run.flops_per_s - 1}
     return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch-per-gpu", type=int, default=BATCH_PER_GPU,
+                    help=f"sequences per GPU in the global batch (assumed; {BATCH_PER_GPU})")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     a = ap.parse_args(argv)
-    rows = [evaluate(run) for run in RUNS]
-    print(f"{'run':<34} {'GPUs':>6} {'paper':>11} {'predicted':>11} {'error':>7} "
-          f"{'% peak':>13} best grid")
+    runs = [dataclasses.replace(r, global_batch=a.batch_per_gpu * r.gpus) for r in RUNS]
+    rows = [evaluate(run) for run in runs]
+    print(f"global batch: {a.batch_per_gpu} sequences of {SEQ} tokens per GPU (assumed); "
+          f"flop/s counted as the papers do (with recomputation); target within "
+          f"{TOLERANCE:.0%}")
+    print(f"{'run':<28} {'paper':>9} {'% peak':>7} | {'overlap (default)':>17} {'error':>7} "
+          f"{'grid':>12} | {'blocking':>9} {'error':>7} {'grid':>12}")
     for r in rows:
-        ok = abs(r["error"]) <= TOLERANCE
-        print(f"{r['name']:<34} {r['gpus']:>6} {r['paper_flops_per_s'] / 1e15:8.1f} PF "
-              f"{r['predicted_flops_per_s'] / 1e15:8.1f} PF {r['error']:+7.1%} "
-              f"{r['paper_percent_of_peak']:5.1%}/{r['predicted_percent_of_peak']:5.1%} "
-              f"{r['best_grid']}{'' if r['best_fits'] else ' (does not fit)'}"
-              f"{'' if ok else '  OUTSIDE 20%'}")
+        o, b = r["overlap"], r["blocking"]
+        print(f"{r['name']:<28} {r['paper_flops_per_s'] / 1e15:6.0f} PF "
+              f"{r['paper_percent_of_peak']:7.1%} | {o['flops_per_s'] / 1e15:14.0f} PF "
+              f"{o['error']:+7.1%} {o['grid']:>12} | {b['flops_per_s'] / 1e15:6.0f} PF "
+              f"{b['error']:+7.1%} {b['grid']:>12}"
+              f"{'' if abs(o['error']) <= TOLERANCE else '  (default outside target)'}")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(Path(a.json), json.dumps(rows, indent=2) + "\n")
-    return 0 if all(abs(r["error"]) <= TOLERANCE for r in rows) else 1
+    return 0 if all(abs(r["overlap"]["error"]) <= TOLERANCE for r in rows) else 1
 
 
 if __name__ == "__main__":

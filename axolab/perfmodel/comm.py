@@ -96,9 +96,10 @@ def collective_time(machine: Machine, op: str, full_bytes: float, group_size: in
     if measured is not None:
         return measured.latency_s + sent / (measured.bandwidth_gb_s * 1e9)
     alpha = machine.intra_node_latency_s if local else machine.inter_node_latency_s
-    # Tree-like latency (NCCL switches to trees for small messages on large groups): a ring's
-    # 2(g-1) steps would charge milliseconds of latency to a 1024-rank data-parallel group.
-    steps = math.ceil(math.log2(group_size)) * (2 if op == "all_reduce" else 1)
+    # NCCL all-reduces switch to trees on large groups (log-depth latency, up and down); its
+    # all-gathers and reduce-scatters are rings only (NCCL_ALGO: Tree is for AllReduce), so
+    # they pay g-1 steps: what makes a 4096-wide Z group slow however large its messages.
+    steps = 2 * math.ceil(math.log2(group_size)) if op == "all_reduce" else group_size - 1
     return alpha * steps + sent / link_bandwidth(machine, group_size, stride, world)
 
 
