@@ -9,7 +9,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "axolab"
 # Leaf modules with no axolab imports of their own, which any layer may use.
-LEAVES = {"axolab.net", "axolab.cluster", "axolab.grid_shape"}
+LEAVES = {"axolab.net", "axolab.cluster", "axolab.grid_shape", "axolab.optimizations"}
 
 
 def _modules() -> dict[str, Path]:
