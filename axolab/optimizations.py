@@ -20,6 +20,11 @@ class Optimizations:
     prefetch_weights: bool = True
     """All-gather the next layer's Z-sharded weights while this layer computes, in forward, in
     activation-checkpoint recompute and in backward (where the order is reversed)."""
+    gather_bucket_mb: float = 16.0
+    """Gather the Z-sharded weight blocks of consecutive linear layers (in forward order) in
+    one all-gather, up to this many MiB of gathered blocks as stored: a decoder layer in one
+    round trip instead of one per matrix, as FSDP gathers a wrapped layer. A bucket's blocks
+    stay gathered until each is used. 0: one all-gather per layer."""
     bucket_data_grads: bool = True
     """All-reduce gradients over the data-parallel axes in buckets launched from backward
     hooks as soon as a bucket's gradients are complete, instead of all at once afterwards.
@@ -40,6 +45,8 @@ class Optimizations:
     copy, or the transposed problem) once and use the fastest in forward and backward."""
 
     def __post_init__(self):
+        if self.gather_bucket_mb < 0:
+            raise ValueError(f"gather_bucket_mb must be >= 0, got {self.gather_bucket_mb}")
         if self.bucket_mb <= 0 or self.max_in_flight < 1:
             raise ValueError(f"bucket_mb must be > 0 and max_in_flight >= 1, got "
                              f"{self.bucket_mb} and {self.max_in_flight}")
@@ -48,4 +55,5 @@ class Optimizations:
     def none(cls) -> "Optimizations":
         """Every optimization off: blocking collectives in program order."""
         return cls(overlap_input_grad=False, overlap_depth_grad=False, prefetch_weights=False,
-                   bucket_data_grads=False, fuse_shared_inputs=False, tune_matmul=False)
+                   gather_bucket_mb=0.0, bucket_data_grads=False, fuse_shared_inputs=False,
+                   tune_matmul=False)

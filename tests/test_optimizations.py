@@ -43,9 +43,11 @@ def _settings():
     out = {"none": none}
     for name in SWITCHES:
         out[f"only-{name}"] = dataclasses.replace(none, **{name: True})
+    # Weight gathers in buckets: the whole tiny model in one, then a few blocks per bucket.
+    out["only-gather-buckets"] = dataclasses.replace(none, gather_bucket_mb=16.0)
     out["all"] = Optimizations()
     out["all+tune, small buckets"] = Optimizations(tune_matmul=True, bucket_mb=0.001,
-                                                   max_in_flight=1)
+                                                   max_in_flight=1, gather_bucket_mb=0.02)
     return out
 
 
@@ -166,6 +168,8 @@ def test_options_are_checked():
         Optimizations(bucket_mb=0)
     with pytest.raises(ValueError, match="max_in_flight >= 1"):
         Optimizations(max_in_flight=0)
+    with pytest.raises(ValueError, match="gather_bucket_mb must be >= 0, got -1"):
+        Optimizations(gather_bucket_mb=-1)
 
 
 def check_dropped_model_is_freed(shape):

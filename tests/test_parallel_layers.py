@@ -406,3 +406,49 @@ def test_layers_sharing_an_input_reduce_once(pool8):
         assert a["backward"]["y"] - f["backward"]["y"] == 3 * layers, (f, a)
         assert f["forward"]["y"] == a["forward"]["y"] and f["backward"]["x"] == a["backward"]["x"]
         assert rel_err(f_grad, a_grad) < 1e-5
+
+
+def z_gathers_per_step(bucket_mb: float):
+    """All-gathers over Z in the second training step of a 2-layer Llama (the first learns
+    the layer order), with weight gathers bucketed or one per layer; the step's loss and the
+    gradients it leaves."""
+    import axolab.parallel.comm as pc
+    from axolab.parallel import Optimizations, parallelize
+
+    grid = _grid((1, 2, 2, 2))
+    model = parallelize(tiny_model("llama", tied=False), grid,
+                        optimizations=Optimizations(gather_bucket_mb=bucket_mb))
+    ids = torch.randint(0, 99, (4, 6), generator=torch.Generator().manual_seed(0))
+    ids = grid.shard_batch(ids)
+    real, calls = pc._ALL_GATHER, []
+
+    def counting(out, inp, *args, group=None, **kwargs):
+        if group is grid.z.group:
+            calls.append(inp.numel())
+        return real(out, inp, *args, group=group, **kwargs)
+
+    losses = []
+    for step in range(2):
+        model.zero_grad()
+        calls.clear()
+        pc._ALL_GATHER = counting
+        try:
+            out = model(input_ids=ids, labels=ids)
+            out.loss.backward()
+        finally:
+            pc._ALL_GATHER = real
+        losses.append(out.loss.detach())
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    return len(calls), sum(calls), losses, grads
+
+
+def test_weight_gathers_go_in_buckets(pool8):
+    apart = pool8.run(z_gathers_per_step, 0.0, timeout=120)
+    bucketed = pool8.run(z_gathers_per_step, 16.0, timeout=120)
+    linears = 2 * 7 + 1  # decoder layers' matrices and the lm head
+    for (n_a, bytes_a, loss_a, grads_a), (n_b, bytes_b, loss_b, grads_b) in zip(apart, bucketed):
+        # One gather per layer and pass, against one per pass for the whole (tiny) model.
+        assert n_a - n_b == 2 * (linears - 1), (n_a, n_b)
+        assert bytes_a == bytes_b  # the same blocks move, in fewer calls
+        assert all(torch.equal(a, b) for a, b in zip(loss_a, loss_b))
+        assert all(rel_err(a, b) < 1e-6 for a, b in zip(grads_a, grads_b))

@@ -4,6 +4,7 @@ memory facts, the paper's 405B-on-Frontier settings, machine files and the `plan
 Measured validation against real CPU training is benchmarks/perfmodel_validation.py."""
 
 import argparse
+import dataclasses
 import itertools
 import json
 from collections import defaultdict
@@ -84,12 +85,22 @@ def test_depth_parallel_collective_bytes_by_hand():
 
 def test_checkpointing_regathers_and_skips_the_last_output_all_reduce():
     grid = GridShape(1, 2, 2, 1)
-    base = Workload(4, 3, precision="fp32", activation_checkpointing=False, grad_clip=False)
-    ckpt = Workload(4, 3, precision="fp32", activation_checkpointing=True, grad_clip=False)
+    apart = Optimizations(gather_bucket_mb=0)
+    base = Workload(4, 3, precision="fp32", activation_checkpointing=False, grad_clip=False,
+                    optimizations=apart)
+    ckpt = Workload(4, 3, precision="fp32", activation_checkpointing=True, grad_clip=False,
+                    optimizations=apart)
     calls = {w: {c.what: c.count for c in step_collectives(TINY, grid, w)} for w in (base, ckpt)}
     # One gather per forward pass (recompute adds one), one in backward.
     assert calls[base]["q_proj weight"] == 1 and calls[ckpt]["q_proj weight"] == 2
     assert calls[base]["q_proj weight (backward)"] == calls[ckpt]["q_proj weight (backward)"] == 1
+    # Bucketed (the default): the tiny model's 8 blocks in one gather per pass, the same bytes.
+    bucketed = {w: {c.what: (c.count, c.full_bytes) for c in step_collectives(
+        TINY, grid, dataclasses.replace(w, optimizations=Optimizations()))} for w in (base, ckpt)}
+    blocks = 4 * 64 // 2 + 3 * 128 // 2 + 10 * 8 // 2  # layer and lm head blocks, Y = 2
+    assert bucketed[base]["weight bucket of 8 block(s)"] == (1, blocks * 4)
+    assert bucketed[ckpt]["weight bucket of 8 block(s)"] == (2, blocks * 4)
+    assert bucketed[ckpt]["weight bucket of 8 block(s) (backward)"] == (1, blocks * 4)
     assert calls[ckpt]["o_proj output"] == 2 * calls[base]["o_proj output"]
     assert calls[ckpt]["down_proj output"] == calls[base]["down_proj output"]
 
@@ -396,7 +407,8 @@ def test_the_model_sends_what_the_code_sends_under_bf16_and_stacking():
     assert SHARED_INPUTS == Plan(styles={}).shared_inputs
     work = Workload(global_batch=2, seq_len=3, precision="bf16", activation_checkpointing=False,
                     grad_clip=False)
-    depth = {(c.op, c.what): c for c in step_collectives(TINY, GridShape(1, 2, 1, 1), work)}
+    apart = dataclasses.replace(work, optimizations=Optimizations(gather_bucket_mb=0))
+    depth = {(c.op, c.what): c for c in step_collectives(TINY, GridShape(1, 2, 1, 1), apart)}
     assert depth[("all_gather", "q_proj weight")].full_bytes == 64 * 2  # 8x8 block, bf16
     assert depth[("reduce_scatter", "q_proj weight grad")].full_bytes == 64 * 4
     tp = step_collectives(TINY, GridShape(1, 1, 2, 2), work)

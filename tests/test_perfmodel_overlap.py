@@ -14,6 +14,7 @@ from axolab.perfmodel import (ComputeTime, GridShape, ModelShapes, Workload, exp
 TWO_LAYERS = ModelShapes("two-layers", hidden=8, intermediate=16, layers=2, heads=2, kv_heads=2,
                          head_dim=4, vocab=10, tied_embeddings=False)
 ALL_AXES = GridShape(2, 2, 2, 2)
+ON = Optimizations(gather_bucket_mb=0)  # one gather per matrix: each tag checked by name
 
 
 def _tags(opts: Optimizations, grid=ALL_AXES) -> dict:
@@ -22,7 +23,7 @@ def _tags(opts: Optimizations, grid=ALL_AXES) -> dict:
 
 
 def test_each_switch_tags_its_own_collectives():
-    on = _tags(Optimizations())
+    on = _tags(ON)
     assert on[("all_gather", "q_proj weight")] == "forward"
     assert on[("all_gather", "q_proj weight (backward)")] == "backward"
     assert on[("all_gather", "lm_head weight")] == "forward"  # behind the last decoder layer
@@ -41,7 +42,7 @@ def test_each_switch_tags_its_own_collectives():
     switched = {"prefetch_weights": {"forward"}, "overlap_depth_grad": set(),
                 "overlap_input_grad": set(), "bucket_data_grads": {"data"}}
     for switch in switched:
-        off = _tags(dataclasses.replace(Optimizations(), **{switch: False}))
+        off = _tags(dataclasses.replace(ON, **{switch: False}))
         changed = {k for k in on if on[k] != off[k]}
         assert changed and all(off[k] == "" for k in changed), switch
         if switch == "prefetch_weights":
@@ -54,10 +55,17 @@ def test_each_switch_tags_its_own_collectives():
         else:
             assert {on[k] for k in changed} == switched[switch]
     assert set(_tags(Optimizations.none()).values()) == {""}
+    # Bucketed gathers (the default) hide behind the same windows; the last bucket's backward
+    # gather comes first in backward and hides behind nothing.
+    small = _tags(Optimizations(gather_bucket_mb=0.0005))  # 512 B: a few blocks per bucket
+    gathers = {k: v for k, v in small.items() if k[0] == "all_gather" and "bucket" in k[1]}
+    assert gathers and ("all_gather", "q_proj weight") not in small
+    assert {v for k, v in gathers.items() if not k[1].endswith("(backward)")} == {"forward"}
+    assert {v for k, v in gathers.items() if k[1].endswith("(backward)")} == {"backward", ""}
 
 
 def test_unstacked_siblings_each_hide_behind_their_own_weight_gradient():
-    tags = _tags(dataclasses.replace(Optimizations(), fuse_shared_inputs=False))
+    tags = _tags(dataclasses.replace(ON, fuse_shared_inputs=False))
     assert tags[("all_reduce", "k_proj input grad")] == "weight_grad:k_proj"
     assert ("all_reduce", "q_proj+k_proj+v_proj input grad") not in tags
 
@@ -95,8 +103,8 @@ def test_overlap_never_beats_the_critical_path_nor_loses_to_blocking(grid):
     none = Optimizations.none()
     blocking = predict(shapes, grid, dataclasses.replace(work, optimizations=none), machine)
     assert blocking.exposed_comm_s == pytest.approx(blocking.comm.total)
-    assert blocking.comm.total >= default.comm.total  # unstacked siblings: more calls
-    stacked = dataclasses.replace(none, fuse_shared_inputs=True)
+    assert blocking.comm.total >= default.comm.total  # unstacked, unbucketed: more calls
+    stacked = dataclasses.replace(none, fuse_shared_inputs=True, gather_bucket_mb=16.0)
     assert predict(shapes, grid, dataclasses.replace(work, optimizations=stacked),
                    machine).exposed_comm_s == pytest.approx(default.comm.total)
     for switch in ("prefetch_weights", "overlap_depth_grad", "overlap_input_grad",

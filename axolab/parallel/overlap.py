@@ -56,7 +56,8 @@ class Runtime:
                  specs: Callable[[], list[GradSpec]] = _no_specs):
         self.grid, self.options, self.specs = grid, options, specs
         self.matmul = MatmulTuner() if options.tune_matmul else plain
-        self.weights = WeightPrefetcher(options.prefetch_weights)
+        self.weights = WeightPrefetcher(options.prefetch_weights,
+                                        options.gather_bucket_mb * 2**20)
         self.depth_grads = DeferredDepthGrads(grid.z, options.max_in_flight, self._depth_done)
         self.data_grads = DataGradBuckets(grid, options.bucket_mb)
         self.deferred: set[int] = set()  # params whose Z gradient arrives outside autograd

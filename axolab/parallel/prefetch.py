@@ -1,8 +1,13 @@
-"""Weight blocks gathered over Z, the next layer's gather started while this one computes.
+"""Weight blocks gathered over Z, in buckets, the next bucket's gather started while this one
+computes.
 
 The order of the model's linear layers is learned from the first forward pass; backward walks
-it in reverse. A prefetched block is used only if its shard has not changed since the gather
-started (``Tensor._version``), so an optimizer step in between can never feed stale weights.
+it in reverse. Once the order is known, consecutive layers are grouped into buckets of up to
+``bucket_bytes`` of gathered blocks (``Optimizations.gather_bucket_mb``) and each bucket is
+gathered by one collective: a decoder layer's seven blocks cost one round trip instead of
+seven, as FSDP's per-layer gather does. A gathered block is used only if its shard has not
+changed since the gather started (``Tensor._version``), so an optimizer step in between can
+never feed stale weights.
 """
 
 from __future__ import annotations
@@ -15,29 +20,72 @@ from . import comm
 
 
 @dataclass
-class _InFlight:
-    work: object
-    flat: torch.Tensor
-    version: int
+class _Gather:
+    """One Z all-gather of a bucket's shards: ``flat`` holds rank z's concatenated shards at
+    ``[z * total, (z + 1) * total)``; members are cut out when they are used."""
+
+    members: tuple
+    offsets: tuple
+    total: int
+    versions: tuple
     dtype: torch.dtype
+    flat: torch.Tensor
+    work: object = None
+
+    def block(self, module) -> torch.Tensor | None:
+        """``module``'s gathered flat block, or None if its shard changed since the gather."""
+        i = next(j for j, m in enumerate(self.members) if m is module)
+        if self.work is not None:
+            self.work.wait()
+            self.work = None
+        if self.versions[i] != module.weight._version:
+            return None
+        if len(self.members) == 1:
+            return self.flat
+        start, stop = self.offsets[i], self.offsets[i] + module.weight.numel()
+        return self.flat.view(-1, self.total)[:, start:stop].reshape(-1)
 
 
 class WeightPrefetcher:
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
+    def __init__(self, enabled: bool, bucket_bytes: float = 0.0):
+        self.enabled, self.bucket_bytes = enabled, bucket_bytes
         self.order: list = []  # the linear layers in first-forward order
         self.index: dict[int, int] = {}
-        self.in_flight: dict[int, _InFlight] = {}
+        self.buckets: list[tuple] = []  # gathered layers of the order, grouped; once sealed
+        self.bucket_of: dict[int, int] = {}
+        self.pending: dict[int, _Gather] = {}  # layer -> the gather holding its unused block
 
     def starts_pass(self, module) -> bool:
         """Whether ``module`` opens a forward pass (or is seen for the first time)."""
         return id(module) not in self.index or self.order[0] is module
 
     def record(self, module) -> None:
-        """Learn ``module``'s place in the forward order (first pass only)."""
+        """Learn ``module``'s place in the forward order (first pass only); seeing the first
+        layer again completes the order."""
         if id(module) not in self.index:
             self.index[id(module)] = len(self.order)
             self.order.append(module)
+        elif module is self.order[0]:
+            self._seal()
+
+    def _seal(self) -> None:
+        """Group the layers that gather into buckets (once the order is complete)."""
+        if self.buckets:
+            return
+        current, size = [], 0
+        for module in self.order:
+            if module.layout.depth.size == 1:
+                continue
+            nbytes = module.weight.numel() * module.layout.depth.size * \
+                module.weight.element_size()
+            if current and size + nbytes > self.bucket_bytes:
+                self.buckets.append(tuple(current))
+                current, size = [], 0
+            current.append(module)
+            size += nbytes
+        if current:
+            self.buckets.append(tuple(current))
+        self.bucket_of = {id(m): b for b, members in enumerate(self.buckets) for m in members}
 
     def block(self, module, shard: torch.Tensor, backward: bool,
               dtype: torch.dtype) -> torch.Tensor:
@@ -45,30 +93,60 @@ class WeightPrefetcher:
         the shard is cast before the gather, which halves its bytes."""
         layout = module.layout
         self.record(module)
+        if backward:
+            self._seal()
         if layout.depth.size == 1:
             return shard[:layout.block_numel].view(layout.local_rows, layout.local_cols).to(dtype)
-        entry = self.in_flight.pop(id(module), None)
-        if entry is not None:
-            entry.work.wait()
-        if entry is not None and entry.version == shard._version and entry.dtype == dtype:
-            flat = entry.flat
-        else:
-            flat = comm.all_gather_flat(shard.detach().to(dtype), layout.depth)
+        gather = self.pending.pop(id(module), None)
+        flat = gather.block(module) if gather is not None and gather.dtype == dtype else None
+        if flat is None:
+            gather = self._start(self._bucket_of(module), dtype, async_op=False)
+            flat = gather.block(module)
+            for other in gather.members:
+                if other is not module:
+                    self.pending[id(other)] = gather
         if self.enabled:
-            i = self.index[id(module)] + (-1 if backward else 1)
-            if 0 <= i < len(self.order):
-                self._start(self.order[i], dtype)
+            self._prefetch_after(module, backward, dtype)
         return flat[:layout.block_numel].view(layout.local_rows, layout.local_cols)
 
-    def _start(self, module, dtype: torch.dtype) -> None:
-        if id(module) in self.in_flight or module.layout.depth.size == 1:
-            return
-        shard = module.weight.detach().to(dtype)
-        flat, work = comm.all_gather_flat(shard, module.layout.depth, async_op=True)
-        self.in_flight[id(module)] = _InFlight(work, flat, module.weight._version, dtype)
+    def _bucket_of(self, module) -> tuple:
+        b = self.bucket_of.get(id(module))
+        return (module,) if b is None else self.buckets[b]
+
+    def _prefetch_after(self, module, backward: bool, dtype: torch.dtype) -> None:
+        step = -1 if backward else 1
+        b = self.bucket_of.get(id(module))
+        if b is not None:
+            nxt = b + step
+            members = self.buckets[nxt] if 0 <= nxt < len(self.buckets) else ()
+        else:  # order not complete yet: the next layer alone
+            i = self.index[id(module)] + step
+            members = (self.order[i],) if 0 <= i < len(self.order) and \
+                self.order[i].layout.depth.size > 1 else ()
+        if members and not any(id(m) in self.pending for m in members):
+            gather = self._start(members, dtype, async_op=True)
+            for m in members:
+                self.pending[id(m)] = gather
+
+    def _start(self, members: tuple, dtype: torch.dtype, async_op: bool) -> _Gather:
+        shards = [m.weight.detach().to(dtype) for m in members]
+        offsets, total = [], 0
+        for s in shards:
+            offsets.append(total)
+            total += s.numel()
+        flat = shards[0] if len(shards) == 1 else torch.cat(shards)
+        depth = members[0].layout.depth
+        if async_op:
+            out, work = comm.all_gather_flat(flat, depth, async_op=True)
+        else:
+            out, work = comm.all_gather_flat(flat, depth), None
+        return _Gather(tuple(members), tuple(offsets), total,
+                       tuple(m.weight._version for m in members), dtype, out, work)
 
     def drop(self) -> None:
         """Complete and forget every gather in flight (end of a backward pass)."""
-        for entry in self.in_flight.values():
-            entry.work.wait()
-        self.in_flight.clear()
+        for gather in {id(g): g for g in self.pending.values()}.values():
+            if gather.work is not None:
+                gather.work.wait()
+                gather.work = None
+        self.pending.clear()

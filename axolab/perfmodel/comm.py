@@ -127,6 +127,36 @@ def local_parameters(shapes: ModelShapes, grid: GridShape) -> int:
     return total + shapes.local_vectors(grid.x, grid.y)
 
 
+def _gather_buckets(shapes: ModelShapes, grid: GridShape, work: Workload,
+                    bucket_bytes: float) -> dict:
+    """The Z all-gathers of weight blocks per micro-step as axolab's prefetcher buckets them:
+    consecutive layers in forward order (the decoder layers' matrices L times, then the lm
+    head) grouped up to ``bucket_bytes`` of gathered blocks as stored. Each bucket is gathered
+    once per forward pass (recompute included when it holds a decoder layer's block) and once in
+    backward, where the last bucket comes first and has nothing to hide behind. Returns
+    {(bytes, forward?, backward tag): (forward gathers, backward gathers, blocks)}."""
+    vp = shapes.padded_vocab(grid.y)
+    order = [(_block(lin, grid)[0], True) for _ in range(shapes.layers)
+             for lin in shapes.layer_linears]
+    order.append((_block(shapes.lm_head, grid, vp)[0], False))
+    buckets, current, size = [], [], 0
+    for elements, in_layer in order:
+        if current and size + elements * work.param_bytes > bucket_bytes:
+            buckets.append(current)
+            current, size = [], 0
+        current.append((elements, in_layer))
+        size += elements * work.param_bytes
+    buckets.append(current)
+    passes = 2 if work.activation_checkpointing else 1
+    out: dict = {}
+    for i, bucket in enumerate(buckets):
+        key = (sum(e for e, _ in bucket) * work.compute_bytes, True,
+               "" if i == len(buckets) - 1 else "backward")
+        f, b, n = out.get(key, (0, 0, len(bucket)))
+        out[key] = (f + (passes if any(d for _, d in bucket) else 1), b + 1, n)
+    return out
+
+
 def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> list[Collective]:
     """The collectives of one optimizer step on one rank (axes of size 1 have none)."""
     micro = work.micro(grid.batch_shards)
@@ -158,10 +188,11 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
         # prefetcher starts each layer's gather while the layer before it computes; the lm
         # head's backward gather has nothing before it to hide behind.
         prefetch = opts.prefetch_weights
-        add("all_gather", "z", gathered * cb, layers * steps * passes, f"{lin.name} weight",
-            "forward" if prefetch else "")
-        add("all_gather", "z", gathered * cb, layers * steps, f"{lin.name} weight (backward)",
-            "" if head or not prefetch else "backward")
+        if not opts.gather_bucket_mb:
+            add("all_gather", "z", gathered * cb, layers * steps * passes, f"{lin.name} weight",
+                "forward" if prefetch else "")
+            add("all_gather", "z", gathered * cb, layers * steps,
+                f"{lin.name} weight (backward)", "" if head or not prefetch else "backward")
         add("reduce_scatter", "z", gathered * pb, layers * steps, f"{lin.name} weight grad",
             "backward" if opts.overlap_depth_grad else "")
         if not comm_rows:
@@ -192,6 +223,14 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
         linear(lin, L, fwd, output_passes=1 if lin is linears[-1] else None,
                comm_rows=comm_rows, what=what or None)
     linear(shapes.lm_head, 1, 1, vp, head=True)
+    if opts.gather_bucket_mb and grid.z > 1:
+        for (nbytes, forward, backward_tag), (count_f, count_b, blocks) in \
+                _gather_buckets(shapes, grid, work, opts.gather_bucket_mb * 2**20).items():
+            what = f"weight bucket of {blocks} block(s)"
+            add("all_gather", "z", nbytes, count_f * steps, what,
+                "forward" if opts.prefetch_weights else "")
+            add("all_gather", "z", nbytes, count_b * steps, what + " (backward)",
+                backward_tag if opts.prefetch_weights else "")
     # Norm statistics: a [n, 1] fp32 sum over X in forward (each pass) and in backward.
     add("all_reduce", "x", n * 4, steps * (2 * L * fwd + 1), "norm sum of squares")
     add("all_reduce", "x", n * 4, steps * (2 * L + 1), "norm sum of squares grad")
