@@ -21,10 +21,11 @@ class Optimizations:
     """All-gather the next layer's Z-sharded weights while this layer computes, in forward, in
     activation-checkpoint recompute and in backward (where the order is reversed)."""
     gather_bucket_mb: float = 16.0
-    """Gather the Z-sharded weight blocks of consecutive linear layers (in forward order) in
-    one all-gather, up to this many MiB of gathered blocks as stored: a decoder layer in one
-    round trip instead of one per matrix, as FSDP gathers a wrapped layer. A bucket's blocks
-    stay gathered until each is used. 0: one all-gather per layer."""
+    """Gather the Z-sharded weight blocks of one decoder layer's linear layers in one
+    all-gather, up to this many MiB of gathered blocks as stored: a layer in one round trip
+    instead of one per matrix, as FSDP gathers a wrapped layer. Buckets never span two decoder
+    layers (the memory of one layer, plus the next one prefetched); a bucket's blocks stay
+    gathered until each is used. 0: one all-gather per matrix."""
     bucket_data_grads: bool = True
     """All-reduce gradients over the data-parallel axes in buckets launched from backward
     hooks as soon as a bucket's gradients are complete, instead of all at once afterwards.

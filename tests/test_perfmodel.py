@@ -94,13 +94,16 @@ def test_checkpointing_regathers_and_skips_the_last_output_all_reduce():
     # One gather per forward pass (recompute adds one), one in backward.
     assert calls[base]["q_proj weight"] == 1 and calls[ckpt]["q_proj weight"] == 2
     assert calls[base]["q_proj weight (backward)"] == calls[ckpt]["q_proj weight (backward)"] == 1
-    # Bucketed (the default): the tiny model's 8 blocks in one gather per pass, the same bytes.
+    # Bucketed (the default): the layer's 7 blocks in one gather per pass, the lm head alone
+    # (not recomputed), the same bytes.
     bucketed = {w: {c.what: (c.count, c.full_bytes) for c in step_collectives(
         TINY, grid, dataclasses.replace(w, optimizations=Optimizations()))} for w in (base, ckpt)}
-    blocks = 4 * 64 // 2 + 3 * 128 // 2 + 10 * 8 // 2  # layer and lm head blocks, Y = 2
-    assert bucketed[base]["weight bucket of 8 block(s)"] == (1, blocks * 4)
-    assert bucketed[ckpt]["weight bucket of 8 block(s)"] == (2, blocks * 4)
-    assert bucketed[ckpt]["weight bucket of 8 block(s) (backward)"] == (1, blocks * 4)
+    layer = (4 * 64 + 3 * 128) // 2 * 4  # the layer's blocks at Y = 2, fp32
+    head = 10 * 8 // 2 * 4
+    assert bucketed[base]["weight bucket of 7 block(s)"] == (1, layer)
+    assert bucketed[ckpt]["weight bucket of 7 block(s)"] == (2, layer)
+    assert bucketed[ckpt]["weight bucket of 7 block(s) (backward)"] == (1, layer)
+    assert bucketed[ckpt]["weight bucket of 1 block(s)"] == (1, head)
     assert calls[ckpt]["o_proj output"] == 2 * calls[base]["o_proj output"]
     assert calls[ckpt]["down_proj output"] == calls[base]["down_proj output"]
 

@@ -122,15 +122,27 @@ def parallelize(model: nn.Module, grid: Grid, plan: Plan | None = None,
     state = ParallelState(grid=grid, plan=plan, modules=tuple(converted.values()), vocab=vocab,
                           runtime=None, checks=checks)
     state.runtime = Runtime(grid, optimizations or Optimizations(), state.module_grad_specs)
-    for module in converted.values():
+    for name, module in converted.items():
         if isinstance(module, ParallelLinear):
             module.runtime = state.runtime
+            module.gather_unit = _gather_unit(name)
         if isinstance(module, ParallelEmbedding):
             module.checks = checks
     _share_inputs(converted, plan)
     attach_parallel_state(model, state)
     model.generate = _generate_unsupported
     return model
+
+
+def _gather_unit(name: str) -> str:
+    """The repeated block a layer belongs to ("model.layers.3" for
+    "model.layers.3.mlp.up_proj"; the name itself outside a layer list): weight gathers are
+    bucketed within it, as FSDP wraps one decoder layer."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[:i + 1])
+    return name
 
 
 def _share_inputs(converted: dict[str, ParallelModule], plan: Plan) -> None:

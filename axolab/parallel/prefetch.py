@@ -2,10 +2,11 @@
 computes.
 
 The order of the model's linear layers is learned from the first forward pass; backward walks
-it in reverse. Once the order is known, consecutive layers are grouped into buckets of up to
-``bucket_bytes`` of gathered blocks (``Optimizations.gather_bucket_mb``) and each bucket is
-gathered by one collective: a decoder layer's seven blocks cost one round trip instead of
-seven, as FSDP's per-layer gather does. A gathered block is used only if its shard has not
+it in reverse. Once the order is known, consecutive layers of one decoder layer (the
+``gather_unit`` parallelize gives them) are grouped into buckets of up to ``bucket_bytes`` of
+gathered blocks (``Optimizations.gather_bucket_mb``) and each bucket is gathered by one
+collective: a decoder layer's seven blocks cost one round trip instead of seven, and no more
+than one layer is held gathered beyond the one prefetched, as with FSDP's per-layer units. A gathered block is used only if its shard has not
 changed since the gather started (``Tensor._version``), so an optimizer step in between can
 never feed stale weights.
 """
@@ -78,7 +79,9 @@ class WeightPrefetcher:
                 continue
             nbytes = module.weight.numel() * module.layout.depth.size * \
                 module.weight.element_size()
-            if current and size + nbytes > self.bucket_bytes:
+            unit = getattr(module, "gather_unit", None)
+            if current and (size + nbytes > self.bucket_bytes or unit is None
+                            or unit != getattr(current[-1], "gather_unit", None)):
                 self.buckets.append(tuple(current))
                 current, size = [], 0
             current.append(module)

@@ -130,21 +130,22 @@ def local_parameters(shapes: ModelShapes, grid: GridShape) -> int:
 def _gather_buckets(shapes: ModelShapes, grid: GridShape, work: Workload,
                     bucket_bytes: float) -> dict:
     """The Z all-gathers of weight blocks per micro-step as axolab's prefetcher buckets them:
-    consecutive layers in forward order (the decoder layers' matrices L times, then the lm
-    head) grouped up to ``bucket_bytes`` of gathered blocks as stored. Each bucket is gathered
-    once per forward pass (recompute included when it holds a decoder layer's block) and once in
+    each decoder layer's matrices grouped up to ``bucket_bytes`` of gathered blocks as stored
+    (a bucket never spans two layers), the lm head alone. Each bucket is gathered once per
+    forward pass (recompute included for a decoder layer's) and once in
     backward, where the last bucket comes first and has nothing to hide behind. Returns
     {(bytes, forward?, backward tag): (forward gathers, backward gathers, blocks)}."""
     vp = shapes.padded_vocab(grid.y)
-    order = [(_block(lin, grid)[0], True) for _ in range(shapes.layers)
+    order = [(_block(lin, grid)[0], layer) for layer in range(shapes.layers)
              for lin in shapes.layer_linears]
-    order.append((_block(shapes.lm_head, grid, vp)[0], False))
+    order.append((_block(shapes.lm_head, grid, vp)[0], -1))
     buckets, current, size = [], [], 0
-    for elements, in_layer in order:
-        if current and size + elements * work.param_bytes > bucket_bytes:
+    for elements, layer in order:
+        if current and (size + elements * work.param_bytes > bucket_bytes
+                        or layer != current[-1][1]):
             buckets.append(current)
             current, size = [], 0
-        current.append((elements, in_layer))
+        current.append((elements, layer))
         size += elements * work.param_bytes
     buckets.append(current)
     passes = 2 if work.activation_checkpointing else 1
@@ -153,7 +154,7 @@ def _gather_buckets(shapes: ModelShapes, grid: GridShape, work: Workload,
         key = (sum(e for e, _ in bucket) * work.compute_bytes, True,
                "" if i == len(buckets) - 1 else "backward")
         f, b, n = out.get(key, (0, 0, len(bucket)))
-        out[key] = (f + (passes if any(d for _, d in bucket) else 1), b + 1, n)
+        out[key] = (f + (passes if bucket[0][1] >= 0 else 1), b + 1, n)
     return out
 
 
