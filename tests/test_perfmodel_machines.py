@@ -84,7 +84,7 @@ def test_calibrate_measures_the_same_table_on_real_ranks(tmp_path):
     assert {(g, s): bw for g, s, bw in machine.intra_node_links} == {
         (c.group_size, c.stride): c.bandwidth_gb_s for c in machine.collectives
         if c.op == "all_reduce"}
-    assert 0.0 <= machine.overlap_efficiency <= 1.0
+    assert 0.0 <= machine.overlap_efficiency <= 1.0 and machine.sync_s >= 0.0
     assert load_machine(save_machine(machine, tmp_path / "ci.json")) == machine
     # The planner runs on what was measured.
     from axolab.perfmodel import Workload, model_shapes, predict

@@ -116,3 +116,18 @@ def test_overlap_never_beats_the_critical_path_nor_loses_to_blocking(grid):
     # With no overlap at all on the machine, every switch setting charges everything.
     idle = dataclasses.replace(machine, overlap_efficiency=0.0)
     assert predict(shapes, grid, work, idle).exposed_comm_s == pytest.approx(default.comm.total)
+
+
+def test_each_wait_on_the_critical_path_pays_the_machine_sync_cost():
+    shapes, grid = model_shapes("llama-3.1-8b"), GridShape(2, 2, 2, 2)
+    work = Workload(16, 4096, micro_batch=1)
+    machine = get_machine("frontier")
+    slow = dataclasses.replace(machine, sync_s=1e-3)
+    base, synced = (predict(shapes, grid, work, m) for m in (machine, slow))
+    critical_calls = sum(c.count for c in step_collectives(shapes, grid, work)
+                         if not c.hides_behind)
+    assert critical_calls > 0
+    assert synced.comm.total - base.comm.total == pytest.approx(critical_calls * 1e-3)
+    assert synced.exposed_comm_s - base.exposed_comm_s == pytest.approx(critical_calls * 1e-3)
+    with pytest.raises(ValueError, match="sync_s must be >= 0, got -1"):
+        dataclasses.replace(machine, sync_s=-1)

@@ -166,6 +166,45 @@ def _overlap_efficiency(cfg: CalibrationConfig) -> float:
     return min(1.0, max(0.0, hidden / min(t_matmuls, t_reduce)))
 
 
+def _sync_cost(cfg: CalibrationConfig) -> float:
+    """Seconds a blocking collective costs beyond its own time when ranks compute between
+    collectives, as a training step does: ``(t_interleaved - t_matmuls - t_reduces) / calls``
+    for small matmuls each followed by a tiny all-reduce over every rank. Near 0 on GPUs; on
+    a CPU with more ranks than cores, each such wait lasts until the slowest rank is scheduled
+    again."""
+    import torch
+    import torch.distributed as dist
+
+    n, calls = cfg.matmul_size, 10
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    tiny = torch.zeros(1)
+
+    def timed(fn) -> float:
+        rounds = []
+        for _ in range(cfg.rounds):
+            dist.barrier()
+            t0 = time.perf_counter()
+            fn()
+            rounds.append(time.perf_counter() - t0)
+        return statistics.median(rounds)
+
+    def matmuls():
+        for _ in range(calls):
+            a @ b
+
+    def reduces():
+        for _ in range(calls):
+            dist.all_reduce(tiny)
+
+    def interleaved():
+        for _ in range(calls):
+            a @ b
+            dist.all_reduce(tiny)
+
+    t_matmuls, t_reduces, t_both = timed(matmuls), timed(reduces), timed(interleaved)
+    return max(0.0, (t_both - t_matmuls - t_reduces) / calls)
+
+
 def measure_rank(cfg: CalibrationConfig) -> dict:
     """Runs on every rank (inside :func:`~axolab.perfmodel.ranks.run_on_ranks`)."""
     import torch.distributed as dist
@@ -191,6 +230,7 @@ def measure_rank(cfg: CalibrationConfig) -> dict:
             dist.destroy_process_group(g)
     if world > 1:
         rates["overlap_efficiency"] = _overlap_efficiency(cfg)
+        rates["sync"] = _sync_cost(cfg)
     return {"rates": rates, "timings": timings}
 
 
@@ -255,7 +295,8 @@ def machine_from_measurements(rounds: list[list[dict]], cfg: CalibrationConfig) 
         op_overhead_s=rates["op_overhead"],
         attention_efficiency=min(1.0, rates["attention_flops"] / rates["flops_fp32"]),
         attention_call_s=rates["attention_call"],
-        overlap_efficiency=rates.get("overlap_efficiency", 1.0), collectives=tuple(measured),
+        overlap_efficiency=rates.get("overlap_efficiency", 1.0), sync_s=rates.get("sync", 0.0),
+        collectives=tuple(measured),
         foreach_optimizer=False,
         source=f"measured by axolab plan calibrate on {socket.gethostname()} "
                f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores) with "

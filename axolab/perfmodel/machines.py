@@ -94,6 +94,11 @@ class Machine:
     a collective runs behind computation (:mod:`axolab.perfmodel.overlap`). On GPUs NCCL's
     kernels take a few SMs from the matmuls they overlap (0.9, approximate); on CPUs gloo's
     threads compete with the matmuls for cores, and ``axolab plan calibrate`` measures it."""
+    sync_s: float = 0.0
+    """Extra seconds each collective on the critical path costs when ranks compute between
+    collectives (waiting for the slowest rank beyond the collective's own time): ~0 on GPU
+    nodes (not modelled in the presets); large on a CPU with more ranks than cores, where
+    ``axolab plan calibrate`` measures it."""
     collectives: tuple[MeasuredCollective, ...] = ()
     """Measured collective costs by op and group size (calibrated machines); when present
     they replace the bandwidth/latency formula for groups inside a node."""
@@ -115,6 +120,8 @@ class Machine:
                 raise ValueError(f"machine {self.name}: intra_node_links entry ({g}, {s}, {bw}) "
                                  f"needs group size >= 2, stride >= 1, group size x stride <= "
                                  f"gpus_per_node={self.gpus_per_node} and bandwidth > 0")
+        if self.sync_s < 0:
+            raise ValueError(f"machine {self.name}: sync_s must be >= 0, got {self.sync_s}")
         if not 0 <= self.overlap_efficiency <= 1:
             raise ValueError(f"machine {self.name}: overlap_efficiency must be in [0, 1], got "
                              f"{self.overlap_efficiency}")
