@@ -52,7 +52,8 @@ class WeightPrefetcher:
         self.enabled, self.bucket_bytes = enabled, bucket_bytes
         self.order: list = []  # the linear layers in first-forward order
         self.index: dict[int, int] = {}
-        self.buckets: list[tuple] = []  # gathered layers of the order, grouped; once sealed
+        self.sealed = False  # the order is complete and grouped into buckets
+        self.buckets: list[tuple] = []  # the layers that gather, in order, grouped
         self.bucket_of: dict[int, int] = {}
         self.pending: dict[int, _Gather] = {}  # layer -> the gather holding its unused block
 
@@ -71,8 +72,9 @@ class WeightPrefetcher:
 
     def _seal(self) -> None:
         """Group the layers that gather into buckets (once the order is complete)."""
-        if self.buckets:
+        if self.sealed:
             return
+        self.sealed = True
         current, size = [], 0
         for module in self.order:
             if module.layout.depth.size == 1:

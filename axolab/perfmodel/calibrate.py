@@ -126,6 +126,19 @@ def _time_collective(op: str, nbytes: int, group, size: int, cfg: CalibrationCon
     return statistics.median(rounds)
 
 
+def _timed_together(fn, rounds: int) -> float:
+    """Median seconds of ``fn()`` over ``rounds``, every rank starting each round together."""
+    import torch.distributed as dist
+
+    times = []
+    for _ in range(rounds):
+        dist.barrier()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def _overlap_efficiency(cfg: CalibrationConfig) -> float:
     """Fraction of the ideal hiding achieved when an all-reduce over every rank runs behind
     matmuls of about its own length, as axolab's overlapped collectives do:
@@ -138,13 +151,7 @@ def _overlap_efficiency(cfg: CalibrationConfig) -> float:
     tensor = torch.randn(max(cfg.sizes_bytes) // 4)
 
     def timed(fn) -> float:
-        rounds = []
-        for _ in range(cfg.rounds):
-            dist.barrier()
-            t0 = time.perf_counter()
-            fn()
-            rounds.append(time.perf_counter() - t0)
-        return statistics.median(rounds)
+        return _timed_together(fn, cfg.rounds)
 
     t_reduce = timed(lambda: dist.all_reduce(tensor))
     one = _timed(lambda: a @ b, min_time=0.05)
@@ -169,7 +176,7 @@ def _overlap_efficiency(cfg: CalibrationConfig) -> float:
 def _sync_cost(cfg: CalibrationConfig) -> float:
     """Seconds a blocking collective costs beyond its own time when ranks compute between
     collectives, as a training step does: ``(t_interleaved - t_matmuls - t_reduces) / calls``
-    for small matmuls each followed by a tiny all-reduce over every rank. Near 0 on GPUs; on
+    for matmuls of a few milliseconds, each followed by a tiny all-reduce over every rank. Near 0 on GPUs; on
     a CPU with more ranks than cores, each such wait lasts until the slowest rank is scheduled
     again."""
     import torch
@@ -180,13 +187,7 @@ def _sync_cost(cfg: CalibrationConfig) -> float:
     tiny = torch.zeros(1)
 
     def timed(fn) -> float:
-        rounds = []
-        for _ in range(cfg.rounds):
-            dist.barrier()
-            t0 = time.perf_counter()
-            fn()
-            rounds.append(time.perf_counter() - t0)
-        return statistics.median(rounds)
+        return _timed_together(fn, cfg.rounds)
 
     def matmuls():
         for _ in range(calls):
