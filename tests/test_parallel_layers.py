@@ -408,48 +408,72 @@ def test_layers_sharing_an_input_reduce_once(pool8):
         assert rel_err(f_grad, a_grad) < 1e-5
 
 
-def z_gathers_per_step(bucket_mb: float):
-    """All-gathers over Z in the second training step of a 2-layer Llama (the first learns
-    the layer order), with weight gathers bucketed or one per layer; the step's loss and the
-    gradients it leaves."""
+def z_collectives_per_step(bucket_mb: float, freeze: str = ""):
+    """All-gathers and reduce-scatters over Z in the second training step of a 2-layer Llama
+    (the first learns the layer order), with Z buckets or one collective per matrix; the
+    step's loss and the gradients it leaves. ``freeze``: a parameter left without gradient."""
     import axolab.parallel.comm as pc
     from axolab.parallel import Optimizations, parallelize
 
     grid = _grid((1, 2, 2, 2))
     model = parallelize(tiny_model("llama", tied=False), grid,
                         optimizations=Optimizations(gather_bucket_mb=bucket_mb))
+    if freeze:
+        model.get_parameter(freeze).requires_grad_(False)
     ids = torch.randint(0, 99, (4, 6), generator=torch.Generator().manual_seed(0))
     ids = grid.shard_batch(ids)
-    real, calls = pc._ALL_GATHER, []
+    real_gather, real_scatter = pc._ALL_GATHER, pc._REDUCE_SCATTER
+    gathers, scatters = [], []
 
-    def counting(out, inp, *args, group=None, **kwargs):
-        if group is grid.z.group:
-            calls.append(inp.numel())
-        return real(out, inp, *args, group=group, **kwargs)
+    def counting(real, calls):
+        def call(out, inp, *args, group=None, **kwargs):
+            if group is grid.z.group:
+                calls.append(inp.numel())
+            return real(out, inp, *args, group=group, **kwargs)
+        return call
 
     losses = []
     for step in range(2):
         model.zero_grad()
-        calls.clear()
-        pc._ALL_GATHER = counting
+        gathers.clear()
+        scatters.clear()
+        pc._ALL_GATHER = counting(real_gather, gathers)
+        pc._REDUCE_SCATTER = counting(real_scatter, scatters)
         try:
             out = model(input_ids=ids, labels=ids)
             out.loss.backward()
         finally:
-            pc._ALL_GATHER = real
+            pc._ALL_GATHER, pc._REDUCE_SCATTER = real_gather, real_scatter
         losses.append(out.loss.detach())
-    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
-    return len(calls), sum(calls), losses, grads
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return len(gathers), sum(gathers), len(scatters), sum(scatters), losses, grads
 
 
-def test_weight_gathers_go_in_buckets(pool8):
-    apart = pool8.run(z_gathers_per_step, 0.0, timeout=120)
-    bucketed = pool8.run(z_gathers_per_step, 16.0, timeout=120)
+def test_weight_gathers_and_gradients_go_in_buckets(pool8):
+    apart = pool8.run(z_collectives_per_step, 0.0, timeout=120)
+    bucketed = pool8.run(z_collectives_per_step, 16.0, timeout=120)
     linears = 2 * 7 + 1  # decoder layers' matrices and the lm head
     buckets = 2 + 1  # one per decoder layer (never across two), the lm head alone
-    for (n_a, bytes_a, loss_a, grads_a), (n_b, bytes_b, loss_b, grads_b) in zip(apart, bucketed):
+    for a, b in zip(apart, bucketed):
+        (n_a, bytes_a, rs_a, rs_bytes_a, loss_a, grads_a) = a
+        (n_b, bytes_b, rs_b, rs_bytes_b, loss_b, grads_b) = b
         # Forward and backward: one gather per matrix against one per bucket.
         assert n_a - n_b == 2 * (linears - buckets), (n_a, n_b)
         assert bytes_a == bytes_b  # the same blocks move, in fewer calls
+        # One gradient reduce-scatter per bucket (the embedding's stays its own).
+        assert rs_a - rs_b == linears - buckets, (rs_a, rs_b)
+        assert rs_bytes_a == rs_bytes_b
         assert all(torch.equal(a, b) for a, b in zip(loss_a, loss_b))
-        assert all(rel_err(a, b) < 1e-6 for a, b in zip(grads_a, grads_b))
+        assert grads_a.keys() == grads_b.keys()
+        assert all(rel_err(grads_a[k], grads_b[k]) < 1e-6 for k in grads_a)
+
+
+def test_a_bucket_with_a_frozen_member_still_reduces_the_others(pool8):
+    frozen = "model.layers.0.self_attn.k_proj.weight"
+    apart = pool8.run(z_collectives_per_step, 0.0, frozen, timeout=120)
+    bucketed = pool8.run(z_collectives_per_step, 16.0, frozen, timeout=120)
+    for a, b in zip(apart, bucketed):
+        grads_a, grads_b = a[-1], b[-1]
+        assert frozen not in grads_b and grads_a.keys() == grads_b.keys()
+        assert "model.layers.0.self_attn.q_proj.weight" in grads_b
+        assert all(rel_err(grads_a[k], grads_b[k]) < 1e-6 for k in grads_a)

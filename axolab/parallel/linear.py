@@ -92,12 +92,11 @@ class _LinearInGrid(torch.autograd.Function):
             dblock = runtime.matmul("weight_grad", g2, x2)
             rows = [m.layout.local_rows for m in modules]
             for i, (m, shard, part) in enumerate(zip(modules, shards, dblock.split(rows))):
+                if not ctx.needs_input_grad[2 + i]:
+                    continue  # a frozen member of a stacked group gets no gradient
                 part = part.to(shard.dtype)
                 if runtime.defers_depth_grad(m):
-                    layout = m.layout
-                    flat = F.pad(part.reshape(-1),
-                                 (0, layout.chunk * layout.depth.size - layout.block_numel))
-                    runtime.reduce_scatter_later(m.weight, flat)
+                    runtime.reduce_scatter_later(m, part)
                 else:
                     dshards[i] = m.layout.scatter_block_grad(part)
         if work is not None:

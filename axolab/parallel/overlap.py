@@ -5,7 +5,8 @@ It composes three schedulers, each in its own module:
 - :class:`~axolab.parallel.prefetch.WeightPrefetcher`: the Z all-gather of the next
   depth-sharded layer, started while the current one computes;
 - :class:`~axolab.parallel.depth_grads.DeferredDepthGrads`: Z reduce-scatters of weight
-  gradients, completed a few layers later or at the end of backward;
+  gradients, in the prefetcher's buckets, completed a few buckets later or at the end of
+  backward;
 - :class:`~axolab.parallel.data_buckets.DataGradBuckets`: data-parallel gradient buckets,
   all-reduced as soon as every gradient in them is complete.
 
@@ -58,7 +59,9 @@ class Runtime:
         self.matmul = MatmulTuner() if options.tune_matmul else plain
         self.weights = WeightPrefetcher(options.prefetch_weights,
                                         options.gather_bucket_mb * 2**20)
-        self.depth_grads = DeferredDepthGrads(grid.z, options.max_in_flight, self._depth_done)
+        # Gradients are reduce-scattered in the buckets their weights are gathered in.
+        self.depth_grads = DeferredDepthGrads(grid.z, options.max_in_flight, self._depth_done,
+                                              self.weights.bucket_members)
         self.data_grads = DataGradBuckets(grid, options.bucket_mb)
         self.deferred: set[int] = set()  # params whose Z gradient arrives outside autograd
         self.shared: set[int] = set()  # ... that also get an autograd gradient (tied weights)
@@ -120,10 +123,10 @@ class Runtime:
         self.data_grads.begin()
         torch.autograd.Variable._execution_engine.queue_callback(self.finish_backward)
 
-    def reduce_scatter_later(self, param: torch.nn.Parameter, flat: torch.Tensor) -> None:
-        """Start the Z reduce-scatter of ``param``'s block gradient; it is added to
-        ``param.grad`` when it completes."""
-        self.depth_grads.start(param, flat)
+    def reduce_scatter_later(self, module, block_grad: torch.Tensor) -> None:
+        """Queue the Z reduce-scatter of ``module``'s full block gradient (with its bucket);
+        it is added to ``module.weight.grad`` when it completes."""
+        self.depth_grads.start(module, block_grad)
 
     # ---- when a gradient is complete ---------------------------------------------------------
     def _depth_done(self, param) -> None:

@@ -105,7 +105,7 @@ class WeightPrefetcher:
         gather = self.pending.pop(id(module), None)
         flat = gather.block(module) if gather is not None and gather.dtype == dtype else None
         if flat is None:
-            gather = self._start(self._bucket_of(module), dtype, async_op=False)
+            gather = self._start(self.bucket_members(module), dtype, async_op=False)
             flat = gather.block(module)
             for other in gather.members:
                 if other is not module:
@@ -114,7 +114,8 @@ class WeightPrefetcher:
             self._prefetch_after(module, backward, dtype)
         return flat[:layout.block_numel].view(layout.local_rows, layout.local_cols)
 
-    def _bucket_of(self, module) -> tuple:
+    def bucket_members(self, module) -> tuple:
+        """The layers gathered with ``module`` (itself alone before the order is complete)."""
         b = self.bucket_of.get(id(module))
         return (module,) if b is None else self.buckets[b]
 
