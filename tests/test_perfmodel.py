@@ -104,6 +104,10 @@ def test_checkpointing_regathers_and_skips_the_last_output_all_reduce():
     assert bucketed[ckpt]["weight bucket of 7 block(s)"] == (2, layer)
     assert bucketed[ckpt]["weight bucket of 7 block(s) (backward)"] == (1, layer)
     assert bucketed[ckpt]["weight bucket of 1 block(s)"] == (1, head)
+    # The bucket's gradients are reduce-scattered together, once per micro-step.
+    assert bucketed[ckpt]["weight bucket of 7 block(s) grad"] == (1, layer)
+    assert bucketed[base]["weight bucket of 1 block(s) grad"] == (1, head)
+    assert not any(w.endswith("proj weight grad") for w in bucketed[base])
     assert calls[ckpt]["o_proj output"] == 2 * calls[base]["o_proj output"]
     assert calls[ckpt]["down_proj output"] == calls[base]["down_proj output"]
 

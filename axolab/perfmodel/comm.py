@@ -127,14 +127,14 @@ def local_parameters(shapes: ModelShapes, grid: GridShape) -> int:
     return total + shapes.local_vectors(grid.x, grid.y)
 
 
-def _gather_buckets(shapes: ModelShapes, grid: GridShape, work: Workload,
-                    bucket_bytes: float) -> dict:
-    """The Z all-gathers of weight blocks per micro-step as axolab's prefetcher buckets them:
-    each decoder layer's matrices grouped up to ``bucket_bytes`` of gathered blocks as stored
-    (a bucket never spans two layers), the lm head alone. Each bucket is gathered once per
-    forward pass (recompute included for a decoder layer's) and once in
-    backward, where the last bucket comes first and has nothing to hide behind. Returns
-    {(bytes, forward?, backward tag): (forward gathers, backward gathers, blocks)}."""
+def _z_buckets(shapes: ModelShapes, grid: GridShape, work: Workload,
+               bucket_bytes: float) -> dict:
+    """The Z buckets of one micro-step as axolab's prefetcher groups them: each decoder
+    layer's matrices up to ``bucket_bytes`` of gathered blocks as stored (a bucket never spans
+    two layers), the lm head alone. Each bucket is gathered once per forward pass (recompute
+    included for a decoder layer's) and once in backward, where the last bucket comes first
+    and has nothing to hide behind; its gradients are reduce-scattered together once.
+    Returns {(gathered elements, backward tag): (forward gathers, backward gathers, blocks)}."""
     vp = shapes.padded_vocab(grid.y)
     order = [(_block(lin, grid)[0], layer) for layer in range(shapes.layers)
              for lin in shapes.layer_linears]
@@ -151,8 +151,7 @@ def _gather_buckets(shapes: ModelShapes, grid: GridShape, work: Workload,
     passes = 2 if work.activation_checkpointing else 1
     out: dict = {}
     for i, bucket in enumerate(buckets):
-        key = (sum(e for e, _ in bucket) * work.compute_bytes, True,
-               "" if i == len(buckets) - 1 else "backward")
+        key = (sum(e for e, _ in bucket), "" if i == len(buckets) - 1 else "backward")
         f, b, n = out.get(key, (0, 0, len(bucket)))
         out[key] = (f + (passes if bucket[0][1] >= 0 else 1), b + 1, n)
     return out
@@ -194,8 +193,9 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
                 "forward" if prefetch else "")
             add("all_gather", "z", gathered * cb, layers * steps,
                 f"{lin.name} weight (backward)", "" if head or not prefetch else "backward")
-        add("reduce_scatter", "z", gathered * pb, layers * steps, f"{lin.name} weight grad",
-            "backward" if opts.overlap_depth_grad else "")
+        if not (opts.gather_bucket_mb and opts.overlap_depth_grad):  # else per bucket
+            add("reduce_scatter", "z", gathered * pb, layers * steps, f"{lin.name} weight grad",
+                "backward" if opts.overlap_depth_grad else "")
         if not comm_rows:
             return
         add("all_reduce", in_axis, n * comm_rows // grid.size(out_axis) * cb,
@@ -225,13 +225,16 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
                comm_rows=comm_rows, what=what or None)
     linear(shapes.lm_head, 1, 1, vp, head=True)
     if opts.gather_bucket_mb and grid.z > 1:
-        for (nbytes, forward, backward_tag), (count_f, count_b, blocks) in \
-                _gather_buckets(shapes, grid, work, opts.gather_bucket_mb * 2**20).items():
+        for (elements, backward_tag), (count_f, count_b, blocks) in \
+                _z_buckets(shapes, grid, work, opts.gather_bucket_mb * 2**20).items():
             what = f"weight bucket of {blocks} block(s)"
-            add("all_gather", "z", nbytes, count_f * steps, what,
+            add("all_gather", "z", elements * cb, count_f * steps, what,
                 "forward" if opts.prefetch_weights else "")
-            add("all_gather", "z", nbytes, count_b * steps, what + " (backward)",
+            add("all_gather", "z", elements * cb, count_b * steps, what + " (backward)",
                 backward_tag if opts.prefetch_weights else "")
+            if opts.overlap_depth_grad:  # blocking reduce-scatters go one matrix at a time
+                add("reduce_scatter", "z", elements * pb, count_b * steps, what + " grad",
+                    "backward")
     # Norm statistics: a [n, 1] fp32 sum over X in forward (each pass) and in backward.
     add("all_reduce", "x", n * 4, steps * (2 * L * fwd + 1), "norm sum of squares")
     add("all_reduce", "x", n * 4, steps * (2 * L + 1), "norm sum of squares grad")

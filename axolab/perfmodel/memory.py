@@ -127,22 +127,29 @@ def checkpoint_staging_bytes(shapes: ModelShapes, grid: GridShape, work: Workloa
 
 
 def weight_buffer_bytes(shapes: ModelShapes, grid: GridShape, work: Workload) -> float:
-    """The largest block gathered over Z (a view when Z == 1) or, with gather buckets, a decoder
-    layer's blocks and the next layer's prefetched; its compute-dtype copy, and in backward the
-    block-sized weight gradient (compute dtype, cast to fp32) and its padded copy."""
+    """The largest block gathered over Z (a view when Z == 1) or, with Z buckets, a decoder
+    layer's blocks and the next layer's prefetched; its compute-dtype copy; in backward the
+    block-sized weight gradient (compute dtype, cast to fp32), and the full gradients waiting
+    for their Z reduce-scatter: the bucket being filled and ``max_in_flight`` sent ones (one
+    padded block each without buckets; one blocking copy when the reduce-scatters block)."""
     pb, cb = work.param_bytes, work.compute_bytes
     block = _largest_block(shapes, grid)
     copies = 2 * cb if work.precision == "bf16" else 0  # forward cast, bf16 weight gradient
     opts = work.optimizations
+    unit = block
+    if grid.z > 1 and opts.gather_bucket_mb:
+        layer = sum(block_elements(lin, grid) for lin in shapes.layer_linears)
+        unit = max(block, min(layer, opts.gather_bucket_mb * 2**20 / pb))
+    waiting = (opts.max_in_flight + 1) * unit if grid.z > 1 and opts.overlap_depth_grad \
+        else block
+    grads = block * pb + waiting * pb
     if grid.z > 1 and opts.gather_bucket_mb:
         # A decoder layer's bucket held gathered (up to the cap, at least one block), the next
         # one prefetched, and the block cut out of it for the matmul.
-        layer = sum(block_elements(lin, grid) for lin in shapes.layer_linears)
-        bucket = max(block, min(layer, opts.gather_bucket_mb * 2**20 / pb)) * cb
-        held = bucket * (2 if opts.prefetch_weights else 1) + block * cb
-        return block * (copies + 2 * pb) + held
+        held = unit * cb * (2 if opts.prefetch_weights else 1) + block * cb
+        return block * copies + grads + held
     gathered = pb if grid.z > 1 else 0
-    return block * (copies + gathered + 2 * pb)  # + fp32 weight gradient and its padded copy
+    return block * (copies + gathered) + grads
 
 
 def memory_per_rank(shapes: ModelShapes, grid: GridShape, work: Workload,
