@@ -18,12 +18,14 @@ shards) plus the largest rise of the CPU allocator's live bytes during one step
 global mean) is checked against the serial HF model.
 
 Usage: python benchmarks/fsdp2_compare.py [--repeats 5] [--steps 2] [--warmup 1]
-           [--out results/bench/fsdp2_compare.json] [shape flags of training_speed.py]
+           [--grids "1,4,1,1;1,4,1,1:prefetch_weights=0"] [--out results/bench/fsdp2_compare.json]
+           [shape flags of training_speed.py]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -133,13 +135,15 @@ def rank_session(s: dict) -> dict:
         model, local = fsdp_variant(s, ids, tp)
         opt = torch.optim.AdamW(model.parameters(), lr=sc.LR)
         steps[name], models[name] = _step(model, local, opt), (model, opt)
-    for shape in all_grids(WORLD):
-        dims = (shape.data, shape.z, shape.y, shape.x)
+    wanted = s.get("grids") or [((g.data, g.z, g.y, g.x), {}) for g in all_grids(WORLD)]
+    for dims, changes in wanted:
         grid = Grid.init(*dims)
         grids.append(grid)
-        model = parallelize(sc.build_hf(s), grid, optimizations=Optimizations())
+        model = parallelize(sc.build_hf(s), grid,
+                            optimizations=dataclasses.replace(Optimizations(), **changes))
         opt = torch.optim.AdamW(model.parameters(), lr=sc.LR)
-        name = f"axolab {sc.grid_text(dims)}"
+        name = " ".join([f"axolab {sc.grid_text(dims)}",
+                         *(f"{k}={v}" for k, v in changes.items())])
         steps[name] = _step(model, grid.shard_batch(ids), opt, sync_gradients)
         models[name] = (model, opt)
     out = sc.time_rounds(steps, s, barrier=dist.barrier)
@@ -160,6 +164,28 @@ def rank_session(s: dict) -> dict:
     return out
 
 
+def _grid_setting(text: str, ap: argparse.ArgumentParser) -> tuple:
+    """"d,z,y,x" or "d,z,y,x:field=value/field=value" (Optimizations fields changed from
+    their defaults) -> (dims, changes)."""
+    from axolab.optimizations import Optimizations
+
+    grid, _, fields = text.partition(":")
+    try:
+        dims = tuple(int(v) for v in grid.split(","))
+    except ValueError:
+        ap.error(f"grid {grid!r} is not four integers d,z,y,x")
+    if len(dims) != 4 or dims[0] * dims[1] * dims[2] * dims[3] != WORLD:
+        ap.error(f"grid {grid!r} is not d,z,y,x with {WORLD} ranks")
+    defaults, changes = Optimizations(), {}
+    for item in filter(None, fields.split("/")):
+        key, _, value = item.partition("=")
+        if not hasattr(defaults, key):
+            ap.error(f"{key!r} is not a field of Optimizations")
+        kind = type(getattr(defaults, key))
+        changes[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return dims, changes
+
+
 def main(argv: list[str] | None = None) -> int:
     from axolab.perfmodel.ranks import run_on_ranks
 
@@ -170,9 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     for flag, default in SHAPE.items():
         ap.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=int, default=default)
     ap.add_argument("--attn", default="sdpa")
+    ap.add_argument("--grids", default="", help="axolab grids as d,z,y,x separated by ';' "
+                    "(default: every grid of 4 ranks)")
     ap.add_argument("--out", default="results/bench/fsdp2_compare.json")
     a = ap.parse_args(argv)
     s = {k: getattr(a, k) for k in (*SHAPE, "repeats", "warmup", "steps", "attn")}
+    s["grids"] = [_grid_setting(g, ap) for g in a.grids.split(";") if g]
     torch.manual_seed(0)
     ids = sc.global_batch(s)
     serial = sc.build_hf(s)

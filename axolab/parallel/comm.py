@@ -46,6 +46,15 @@ def all_gather_flat(t: torch.Tensor, axis: Axis, async_op: bool = False):
     return (out, work) if async_op else out
 
 
+def all_gather_in_place(out: torch.Tensor, axis: Axis, async_op: bool = False):
+    """All-gather into ``out`` (flat, ``axis.size`` equal slots) whose slot ``axis.index``
+    already holds this rank's part: no separate input buffer, as FSDP gathers. Returns the
+    work handle with ``async_op``, else None."""
+    part = out.numel() // axis.size
+    mine = out[axis.index * part:(axis.index + 1) * part]
+    return _ALL_GATHER(out, mine, group=axis.group, async_op=async_op)
+
+
 def reduce_scatter_flat(t: torch.Tensor, axis: Axis, async_op: bool = False):
     """This rank's 1/size slice of the sum of the ranks' flat tensors; with ``async_op``,
     ``(out, work)`` (``t`` must stay untouched until ``work.wait()``)."""

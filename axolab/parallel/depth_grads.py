@@ -4,9 +4,9 @@ A linear layer's backward hands its full block gradient here. Gradients are grou
 buckets the weight gathers use (one decoder layer's blocks, up to
 ``Optimizations.gather_bucket_mb``; :class:`~axolab.parallel.prefetch.WeightPrefetcher`), so a
 layer's seven matrices cost one reduce-scatter instead of seven, as FSDP reduce-scatters a
-wrapped layer. Each block is written straight into its columns of the bucket's ``[Z, chunks]``
-buffer (rank z's chunks side by side in row z, what the reduce-scatter hands rank z); the
-bucket's reduce-scatter starts once every member has arrived and runs while the backward of
+wrapped layer. Once every member's gradient has arrived, each block is written into its
+columns of the bucket's ``[Z, chunks]`` buffer (rank z's chunks side by side in row z, what the
+reduce-scatter hands rank z) and the reduce-scatter starts; it runs while the backward of
 earlier layers computes. It completes a few buckets later (at most ``max_in_flight``
 outstanding, each holding its full gradients) or at the end of backward, when each member's
 slice is added to its ``param.grad``. A bucket whose members did not all arrive (a frozen
@@ -29,9 +29,8 @@ from .grid import Axis
 @dataclass
 class _Collecting:
     members: tuple
-    offsets: tuple
-    buffer: torch.Tensor  # [Z, sum of the members' chunks]
-    params: dict = field(default_factory=dict)  # member index -> the weight that arrived
+    parts: list = field(default_factory=list)  # (member index, weight, full block gradient)
+    arrived: set = field(default_factory=set)
 
 
 def _write_block(dst: torch.Tensor, block: torch.Tensor, accumulate: bool) -> None:
@@ -66,29 +65,37 @@ class DeferredDepthGrads:
         member's gradient is in."""
         members = self.bucket_of(module)
         key = tuple(id(m) for m in members)
-        bucket = self.collecting.get(key)
-        if bucket is None:
-            chunks = [m.layout.chunk for m in members]
-            offsets = tuple(sum(chunks[:i]) for i in range(len(chunks)))
-            buffer = block_grad.new_empty(self.depth.size, sum(chunks))
-            bucket = self.collecting[key] = _Collecting(members, offsets, buffer)
+        bucket = self.collecting.setdefault(key, _Collecting(members))
         i = next(j for j, m in enumerate(members) if m is module)
-        start, chunk = bucket.offsets[i], module.layout.chunk
-        _write_block(bucket.buffer[:, start:start + chunk], block_grad,
-                     accumulate=i in bucket.params)
-        bucket.params[i] = module.weight
-        if len(bucket.params) == len(members):
+        bucket.parts.append((i, module.weight, block_grad))
+        bucket.arrived.add(i)
+        if len(bucket.arrived) == len(members):
             self._send(self.collecting.pop(key))
 
     def _send(self, bucket: _Collecting) -> None:
-        if len(bucket.params) < len(bucket.members):  # zero the slots nobody wrote
+        # The bucket's buffer is filled only now, as FSDP copies a layer's gradients in: the
+        # full gradients of a layer are not held twice while its backward still computes.
+        chunks = [m.layout.chunk for m in bucket.members]
+        offsets = [sum(chunks[:i]) for i in range(len(chunks))]
+        first = bucket.parts[0][2]
+        if len(bucket.members) == 1 and len(bucket.parts) == 1 and \
+                first.numel() == chunks[0] * self.depth.size:
+            buffer = first.reshape(-1)  # one unpadded block: sent as it is
+        else:
+            buffer = first.new_empty(self.depth.size, sum(chunks))
             for i, m in enumerate(bucket.members):
-                if i not in bucket.params:
-                    bucket.buffer[:, bucket.offsets[i]:bucket.offsets[i] + m.layout.chunk] = 0
-        out, work = comm.reduce_scatter_flat(bucket.buffer, self.depth, async_op=True)
-        slots = [(param, bucket.offsets[i], bucket.members[i].layout.chunk)
-                 for i, param in sorted(bucket.params.items())]
-        self.pending.append((work, out, slots, bucket.buffer))
+                if i not in bucket.arrived:  # zero the slots nobody wrote
+                    buffer[:, offsets[i]:offsets[i] + chunks[i]] = 0
+            written = set()
+            for i, _, grad in bucket.parts:
+                _write_block(buffer[:, offsets[i]:offsets[i] + chunks[i]], grad,
+                             accumulate=i in written)
+                written.add(i)
+        bucket.parts = [(i, weight, None) for i, weight, _ in bucket.parts]  # free the blocks
+        out, work = comm.reduce_scatter_flat(buffer, self.depth, async_op=True)
+        weights = {i: weight for i, weight, _ in bucket.parts}
+        slots = [(weights[i], offsets[i], chunks[i]) for i in sorted(weights)]
+        self.pending.append((work, out, slots, buffer))
         while len(self.pending) > self.max_in_flight:
             self._complete_oldest()
 

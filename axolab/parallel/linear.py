@@ -53,9 +53,7 @@ class _LinearInGrid(torch.autograd.Function):
         dtype = _compute_dtype(x)
         xc = x.to(dtype)
         with torch.autocast(x.device.type, enabled=False):
-            blocks = [runtime.block(m, s, backward=False, dtype=dtype)
-                      for m, s in zip(modules, shards)]
-            block = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+            block = runtime.stacked_block(modules, shards, backward=False, dtype=dtype)
             y = runtime.matmul("forward", xc.reshape(-1, xc.shape[-1]), block)
         ctx.modules, ctx.dtype, ctx.in_dtype = modules, dtype, x.dtype
         ctx.save_for_backward(xc, *shards)
@@ -75,10 +73,7 @@ class _LinearInGrid(torch.autograd.Function):
         x2 = xc.reshape(-1, xc.shape[-1])
         dx = work = None
         if ctx.needs_input_grad[0]:
-            # Last layer first: backward walks the prefetcher's order in reverse.
-            blocks = [runtime.block(m, s, backward=True, dtype=ctx.dtype)
-                      for m, s in reversed(list(zip(modules, shards)))][::-1]
-            block = blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+            block = runtime.stacked_block(modules, shards, backward=True, dtype=ctx.dtype)
             dx = runtime.matmul("input_grad", g2, block).to(ctx.in_dtype)
             axis = modules[0].out_axis
             if axis.size > 1:

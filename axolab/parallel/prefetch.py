@@ -33,18 +33,31 @@ class _Gather:
     flat: torch.Tensor
     work: object = None
 
-    def block(self, module) -> torch.Tensor | None:
-        """``module``'s gathered flat block, or None if its shard changed since the gather."""
+    def block(self, module, out: torch.Tensor | None = None) -> torch.Tensor | None:
+        """``module``'s gathered [local_rows, local_cols] block (written into ``out`` when
+        given), or None if its shard changed since the gather."""
         i = next(j for j, m in enumerate(self.members) if m is module)
         if self.work is not None:
             self.work.wait()
             self.work = None
         if self.versions[i] != module.weight._version:
             return None
-        if len(self.members) == 1:
-            return self.flat
-        start, stop = self.offsets[i], self.offsets[i] + module.weight.numel()
-        return self.flat.view(-1, self.total)[:, start:stop].reshape(-1)
+        layout = module.layout
+        if len(self.members) == 1:  # the gathered chunks are the block, padded at the end
+            block = self.flat[:layout.block_numel].view(layout.local_rows, layout.local_cols)
+            return block if out is None else out.copy_(block)
+        # Rank z's chunk of this member sits in row z of the [Z, total] buffer: cut it out,
+        # row by row, into the block's own storage.
+        if out is None:
+            out = self.flat.new_empty(layout.local_rows, layout.local_cols)
+        start, chunk = self.offsets[i], module.weight.numel()
+        rows = self.flat.view(-1, self.total)[:, start:start + chunk]
+        dst = out.view(-1)
+        full, rest = divmod(layout.block_numel, chunk)
+        dst[:full * chunk].view(full, chunk).copy_(rows[:full])
+        if rest:
+            dst[full * chunk:].copy_(rows[full, :rest])
+        return out
 
 
 class WeightPrefetcher:
@@ -92,27 +105,30 @@ class WeightPrefetcher:
             self.buckets.append(tuple(current))
         self.bucket_of = {id(m): b for b, members in enumerate(self.buckets) for m in members}
 
-    def block(self, module, shard: torch.Tensor, backward: bool,
-              dtype: torch.dtype) -> torch.Tensor:
-        """``module``'s [local_rows, local_cols] weight block in ``dtype``. Under bf16 autocast
-        the shard is cast before the gather, which halves its bytes."""
+    def block(self, module, shard: torch.Tensor, backward: bool, dtype: torch.dtype,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+        """``module``'s [local_rows, local_cols] weight block in ``dtype``, written into
+        ``out`` when given (a stacked group's rows). Under bf16 autocast the shard is cast
+        before the gather, which halves its bytes."""
         layout = module.layout
         self.record(module)
         if backward:
             self._seal()
         if layout.depth.size == 1:
-            return shard[:layout.block_numel].view(layout.local_rows, layout.local_cols).to(dtype)
+            block = shard[:layout.block_numel].view(layout.local_rows, layout.local_cols)
+            return block.to(dtype) if out is None else out.copy_(block)
         gather = self.pending.pop(id(module), None)
-        flat = gather.block(module) if gather is not None and gather.dtype == dtype else None
-        if flat is None:
+        block = gather.block(module, out) if gather is not None and gather.dtype == dtype \
+            else None
+        if block is None:
             gather = self._start(self.bucket_members(module), dtype, async_op=False)
-            flat = gather.block(module)
+            block = gather.block(module, out)
             for other in gather.members:
                 if other is not module:
                     self.pending[id(other)] = gather
         if self.enabled:
             self._prefetch_after(module, backward, dtype)
-        return flat[:layout.block_numel].view(layout.local_rows, layout.local_cols)
+        return block
 
     def bucket_members(self, module) -> tuple:
         """The layers gathered with ``module`` (itself alone before the order is complete)."""
@@ -135,19 +151,20 @@ class WeightPrefetcher:
                 self.pending[id(m)] = gather
 
     def _start(self, members: tuple, dtype: torch.dtype, async_op: bool) -> _Gather:
-        shards = [m.weight.detach().to(dtype) for m in members]
-        offsets, total = [], 0
-        for s in shards:
-            offsets.append(total)
-            total += s.numel()
-        flat = shards[0] if len(shards) == 1 else torch.cat(shards)
+        # Each shard is cast straight into this rank's slot of the gathered buffer, which is
+        # the all-gather's input: no concatenated copy of the bucket's shards.
         depth = members[0].layout.depth
-        if async_op:
-            out, work = comm.all_gather_flat(flat, depth, async_op=True)
-        else:
-            out, work = comm.all_gather_flat(flat, depth), None
+        sizes = [m.weight.numel() for m in members]
+        total = sum(sizes)
+        flat = members[0].weight.new_empty(depth.size * total, dtype=dtype)
+        offsets, offset = [], depth.index * total
+        for m, n in zip(members, sizes):
+            flat[offset:offset + n].copy_(m.weight.detach())
+            offsets.append(offset - depth.index * total)
+            offset += n
+        work = comm.all_gather_in_place(flat, depth, async_op=async_op)
         return _Gather(tuple(members), tuple(offsets), total,
-                       tuple(m.weight._version for m in members), dtype, out, work)
+                       tuple(m.weight._version for m in members), dtype, flat, work)
 
     def drop(self) -> None:
         """Complete and forget every gather in flight (end of a backward pass)."""
