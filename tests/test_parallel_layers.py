@@ -457,8 +457,10 @@ def test_weight_gathers_and_gradients_go_in_buckets(pool8):
     for a, b in zip(apart, bucketed):
         (n_a, bytes_a, rs_a, rs_bytes_a, loss_a, grads_a) = a
         (n_b, bytes_b, rs_b, rs_bytes_b, loss_b, grads_b) = b
-        # Forward and backward: one gather per matrix against one per bucket.
+        # Forward and backward: one gather per matrix against one per bucket. The lm head's
+        # block is kept from forward for backward; the embedding is gathered once.
         assert n_a - n_b == 2 * (linears - buckets), (n_a, n_b)
+        assert n_b == 2 * buckets - 1 + 1, n_b
         assert bytes_a == bytes_b  # the same blocks move, in fewer calls
         # One gradient reduce-scatter per bucket (the embedding's stays its own).
         assert rs_a - rs_b == linears - buckets, (rs_a, rs_b)

@@ -53,7 +53,8 @@ class _LinearInGrid(torch.autograd.Function):
         dtype = _compute_dtype(x)
         xc = x.to(dtype)
         with torch.autocast(x.device.type, enabled=False):
-            block = runtime.stacked_block(modules, shards, backward=False, dtype=dtype)
+            block = runtime.stacked_block(modules, shards, backward=False, dtype=dtype,
+                                          backward_needs=ctx.needs_input_grad[0])
             y = runtime.matmul("forward", xc.reshape(-1, xc.shape[-1]), block)
         ctx.modules, ctx.dtype, ctx.in_dtype = modules, dtype, x.dtype
         ctx.save_for_backward(xc, *shards)

@@ -101,24 +101,26 @@ class Runtime:
 
     # ---- forward and backward of a linear layer ---------------------------------------------
     def block(self, module, shard: torch.Tensor, backward: bool, dtype: torch.dtype,
-              out: torch.Tensor | None = None) -> torch.Tensor:
+              out: torch.Tensor | None = None, backward_needs: bool = False) -> torch.Tensor:
         """``module``'s weight block in ``dtype`` (see WeightPrefetcher.block)."""
         if self.weights.starts_pass(module):
             self.ensure_attached()  # first call, or the start of a forward pass
-        return self.weights.block(module, shard, backward, dtype, out)
+        return self.weights.block(module, shard, backward, dtype, out, backward_needs)
 
-    def stacked_block(self, modules: tuple, shards, backward: bool,
-                      dtype: torch.dtype) -> torch.Tensor:
+    def stacked_block(self, modules: tuple, shards, backward: bool, dtype: torch.dtype,
+                      backward_needs: bool = False) -> torch.Tensor:
         """The blocks of ``modules`` stacked (output rows), each written straight into its
-        rows; in backward the last one first (the prefetcher's order reversed)."""
+        rows; in backward the last one first (the prefetcher's order reversed).
+        ``backward_needs``: a forward call whose backward will need the blocks again."""
         if len(modules) == 1:
-            return self.block(modules[0], shards[0], backward, dtype)
+            return self.block(modules[0], shards[0], backward, dtype,
+                              backward_needs=backward_needs)
         first = modules[0].layout
         out = shards[0].new_empty(sum(m.layout.local_rows for m in modules), first.local_cols,
                                   dtype=dtype)
         parts = list(zip(modules, shards, out.split([m.layout.local_rows for m in modules])))
         for m, shard, rows in (reversed(parts) if backward else parts):
-            self.block(m, shard, backward, dtype, out=rows)
+            self.block(m, shard, backward, dtype, out=rows, backward_needs=backward_needs)
         return out
 
     def enter(self, module) -> None:

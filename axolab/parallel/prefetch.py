@@ -106,10 +106,11 @@ class WeightPrefetcher:
         self.bucket_of = {id(m): b for b, members in enumerate(self.buckets) for m in members}
 
     def block(self, module, shard: torch.Tensor, backward: bool, dtype: torch.dtype,
-              out: torch.Tensor | None = None) -> torch.Tensor:
+              out: torch.Tensor | None = None, backward_needs: bool = False) -> torch.Tensor:
         """``module``'s [local_rows, local_cols] weight block in ``dtype``, written into
         ``out`` when given (a stacked group's rows). Under bf16 autocast the shard is cast
-        before the gather, which halves its bytes."""
+        before the gather, which halves its bytes. ``backward_needs``: a forward call whose
+        backward will ask for the block again."""
         layout = module.layout
         self.record(module)
         if backward:
@@ -127,6 +128,11 @@ class WeightPrefetcher:
                 if other is not module:
                     self.pending[id(other)] = gather
         if self.enabled:
+            if backward_needs and self.sealed and module is self.order[-1]:
+                # The last layer of the forward pass is the first of backward: its gathered
+                # block is kept for it rather than gathered again with nothing to hide behind
+                # (FSDP likewise keeps the root's parameters gathered after forward).
+                self.pending[id(module)] = gather
             self._prefetch_after(module, backward, dtype)
         return block
 

@@ -134,7 +134,8 @@ def _z_buckets(shapes: ModelShapes, grid: GridShape, work: Workload,
     two layers), the lm head alone. Each bucket is gathered once per forward pass (recompute
     included for a decoder layer's) and once in backward, where the last bucket comes first
     and has nothing to hide behind; its gradients are reduce-scattered together once.
-    Returns {(gathered elements, backward tag): (forward gathers, backward gathers, blocks)}."""
+    Returns {(gathered elements, backward tag): (forward gathers, backward gathers,
+    reduce-scatters, blocks)}."""
     vp = shapes.padded_vocab(grid.y)
     order = [(_block(lin, grid)[0], layer) for layer in range(shapes.layers)
              for lin in shapes.layer_linears]
@@ -149,11 +150,14 @@ def _z_buckets(shapes: ModelShapes, grid: GridShape, work: Workload,
         size += elements * work.param_bytes
     buckets.append(current)
     passes = 2 if work.activation_checkpointing else 1
+    kept = work.optimizations.prefetch_weights  # the last bucket's block, forward to backward
     out: dict = {}
     for i, bucket in enumerate(buckets):
-        key = (sum(e for e, _ in bucket), "" if i == len(buckets) - 1 else "backward")
-        f, b, n = out.get(key, (0, 0, len(bucket)))
-        out[key] = (f + (passes if bucket[0][1] >= 0 else 1), b + 1, n)
+        last = i == len(buckets) - 1
+        key = (sum(e for e, _ in bucket), "" if last else "backward")
+        f, b, r, n = out.get(key, (0, 0, 0, len(bucket)))
+        out[key] = (f + (passes if bucket[0][1] >= 0 else 1), b + (0 if last and kept else 1),
+                    r + 1, n)
     return out
 
 
@@ -185,14 +189,15 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
         gathered, _ = _block(lin, grid, rows)
         # Weight blocks are cast to the compute dtype before the Z all-gather (half the bytes
         # under bf16); their gradients are reduce-scattered in the parameter dtype. The
-        # prefetcher starts each layer's gather while the layer before it computes; the lm
-        # head's backward gather has nothing before it to hide behind.
+        # prefetcher starts each layer's gather while the layer before it computes; with it
+        # the lm head keeps its forward block for backward, else its backward gather has
+        # nothing before it to hide behind.
         prefetch = opts.prefetch_weights
         if not opts.gather_bucket_mb:
             add("all_gather", "z", gathered * cb, layers * steps * passes, f"{lin.name} weight",
                 "forward" if prefetch else "")
-            add("all_gather", "z", gathered * cb, layers * steps,
-                f"{lin.name} weight (backward)", "" if head or not prefetch else "backward")
+            add("all_gather", "z", gathered * cb, 0 if head and prefetch else layers * steps,
+                f"{lin.name} weight (backward)", "backward" if prefetch else "")
         if not (opts.gather_bucket_mb and opts.overlap_depth_grad):  # else per bucket
             add("reduce_scatter", "z", gathered * pb, layers * steps, f"{lin.name} weight grad",
                 "backward" if opts.overlap_depth_grad else "")
@@ -225,7 +230,7 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
                comm_rows=comm_rows, what=what or None)
     linear(shapes.lm_head, 1, 1, vp, head=True)
     if opts.gather_bucket_mb and grid.z > 1:
-        for (elements, backward_tag), (count_f, count_b, blocks) in \
+        for (elements, backward_tag), (count_f, count_b, count_r, blocks) in \
                 _z_buckets(shapes, grid, work, opts.gather_bucket_mb * 2**20).items():
             what = f"weight bucket of {blocks} block(s)"
             add("all_gather", "z", elements * cb, count_f * steps, what,
@@ -233,7 +238,7 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
             add("all_gather", "z", elements * cb, count_b * steps, what + " (backward)",
                 backward_tag if opts.prefetch_weights else "")
             if opts.overlap_depth_grad:  # blocking reduce-scatters go one matrix at a time
-                add("reduce_scatter", "z", elements * pb, count_b * steps, what + " grad",
+                add("reduce_scatter", "z", elements * pb, count_r * steps, what + " grad",
                     "backward")
     # Norm statistics: a [n, 1] fp32 sum over X in forward (each pass) and in backward.
     add("all_reduce", "x", n * 4, steps * (2 * L * fwd + 1), "norm sum of squares")
