@@ -14,9 +14,9 @@ class Optimizations:
     """Start the all-reduce of a linear layer's input gradient before computing its weight
     gradient, and wait for it after: the two are independent."""
     overlap_depth_grad: bool = True
-    """Reduce-scatter weight gradients over Z without waiting: the backward of earlier layers
-    runs meanwhile; at most ``max_in_flight`` are outstanding, the rest complete at the end of
-    backward."""
+    """Reduce-scatter weight gradients over Z without waiting, a bucket (``gather_bucket_mb``)
+    at a time: the backward of earlier layers runs meanwhile; at most ``max_in_flight`` are
+    outstanding, the rest complete at the end of backward."""
     prefetch_weights: bool = True
     """All-gather the next layer's Z-sharded weights while this layer computes, in forward, in
     activation-checkpoint recompute and in backward (where the order is reversed)."""
@@ -25,7 +25,9 @@ class Optimizations:
     all-gather, up to this many MiB of gathered blocks as stored: a layer in one round trip
     instead of one per matrix, as FSDP gathers a wrapped layer. Buckets never span two decoder
     layers (the memory of one layer, plus the next one prefetched); a bucket's blocks stay
-    gathered until each is used. 0: one all-gather per matrix."""
+    gathered until each is used. With ``overlap_depth_grad`` their gradients are
+    reduce-scattered in the same buckets. 0: one all-gather (and reduce-scatter) per
+    matrix."""
     bucket_data_grads: bool = True
     """All-reduce gradients over the data-parallel axes in buckets launched from backward
     hooks as soon as a bucket's gradients are complete, instead of all at once afterwards.
@@ -35,8 +37,10 @@ class Optimizations:
     (``use_reentrant=False``, what axolab's training loop uses)."""
     bucket_mb: float = 16.0
     """Bucket size for ``bucket_data_grads``, in MiB of gradients."""
-    max_in_flight: int = 2
-    """Depth reduce-scatters outstanding at once; each holds a full weight-block gradient."""
+    max_in_flight: int = 1
+    """Depth reduce-scatters outstanding at once; each holds the full gradients of its bucket
+    (a decoder layer's, see ``gather_bucket_mb``). Collectives of one group run in order, so
+    one outstanding already overlaps with the backward of the layer before, as in FSDP."""
     fuse_shared_inputs: bool = True
     """Compute sibling forward layers that read the same input (q/k/v, gate/up; the plan's
     ``shared_inputs``) as one stacked matmul: one all-reduce each way for the group instead

@@ -7,9 +7,9 @@ layer's seven matrices cost one reduce-scatter instead of seven, as FSDP reduce-
 wrapped layer. Once every member's gradient has arrived, each block is written into its
 columns of the bucket's ``[Z, chunks]`` buffer (rank z's chunks side by side in row z, what the
 reduce-scatter hands rank z) and the reduce-scatter starts; it runs while the backward of
-earlier layers computes. It completes a few buckets later (at most ``max_in_flight``
-outstanding, each holding its full gradients) or at the end of backward, when each member's
-slice is added to its ``param.grad``. A bucket whose members did not all arrive (a frozen
+earlier layers computes. It completes when a later bucket is sent (at most
+``max_in_flight`` outstanding, each holding its full gradients) or at the end of backward,
+when each member's slice is added to its ``param.grad``. A bucket whose members did not all arrive (a frozen
 weight, a layer used twice) is sent at the end of backward with zeros in the missing slots,
 and only the members that arrived receive a gradient.
 """
@@ -75,6 +75,10 @@ class DeferredDepthGrads:
     def _send(self, bucket: _Collecting) -> None:
         # The bucket's buffer is filled only now, as FSDP copies a layer's gradients in: the
         # full gradients of a layer are not held twice while its backward still computes.
+        # The oldest reduce-scatters complete first (collectives of one group run in order
+        # anyway): no more than max_in_flight buffers are ever held.
+        while len(self.pending) >= self.max_in_flight:
+            self._complete_oldest()
         chunks = [m.layout.chunk for m in bucket.members]
         offsets = [sum(chunks[:i]) for i in range(len(chunks))]
         first = bucket.parts[0][2]
@@ -96,8 +100,6 @@ class DeferredDepthGrads:
         weights = {i: weight for i, weight, _ in bucket.parts}
         slots = [(weights[i], offsets[i], chunks[i]) for i in sorted(weights)]
         self.pending.append((work, out, slots, buffer))
-        while len(self.pending) > self.max_in_flight:
-            self._complete_oldest()
 
     def _complete_oldest(self) -> None:
         work, out, slots, _ = self.pending.popleft()
