@@ -20,6 +20,11 @@ class Optimizations:
     prefetch_weights: bool = True
     """All-gather the next layer's Z-sharded weights while this layer computes, in forward, in
     activation-checkpoint recompute and in backward (where the order is reversed)."""
+    prefetch_late_in_backward: bool = False
+    """In backward, start the next bucket's gather when the current bucket's last block is
+    used (its gradient matmuls hide the gather) instead of when its first block is: one
+    decoder layer held gathered for most of backward instead of two, for less overlap (as
+    FSDP's ``BACKWARD_POST`` against its default ``BACKWARD_PRE``)."""
     gather_bucket_mb: float = 16.0
     """Gather the Z-sharded weight blocks of one decoder layer's linear layers in one
     all-gather, up to this many MiB of gathered blocks as stored: a layer in one round trip

@@ -46,8 +46,9 @@ def _settings():
     # Weight gathers in buckets: the whole tiny model in one, then a few blocks per bucket.
     out["only-gather-buckets"] = dataclasses.replace(none, gather_bucket_mb=16.0)
     out["all"] = Optimizations()
-    out["all+tune, small buckets"] = Optimizations(tune_matmul=True, bucket_mb=0.001,
-                                                   max_in_flight=1, gather_bucket_mb=0.02)
+    out["all+tune, small buckets, late prefetch"] = Optimizations(
+        tune_matmul=True, bucket_mb=0.001, max_in_flight=2, gather_bucket_mb=0.02,
+        prefetch_late_in_backward=True)
     return out
 
 

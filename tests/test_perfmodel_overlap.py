@@ -77,20 +77,23 @@ def test_unstacked_siblings_each_hide_behind_their_own_weight_gradient():
 def test_exposed_time_by_hand():
     compute = ComputeTime(0, 0, 0, 0, 0, windows=(
         ("forward", 10.0), ("backward", 20.0), ("last_backward", 5.0),
-        ("weight_grad:a", 2.0), ("weight_grad:b", 1.0)))
+        ("weight_grad:a", 2.0), ("weight_grad:b", 1.0),
+        ("block_backward:a", 3.0), ("block_backward:b", 2.0)))
     timed = [("forward", 4.0), ("forward", 8.0),  # 12 s of gathers behind 10 s: 10 hide
              ("weight_grad:a+b", 5.0),            # a stack behind a's and b's matmuls: 3 hide
-             ("backward", 10.0),                  # 20 - 3 s left in backward: all 10 hide
-             ("data", 8.0),                       # 7 s left in backward, 5/20 of it in the
-             ("", 3.0)]                           # last micro-step: 1.75 of 6 (last bucket 2)
+             ("block_backward:a+b", 4.0),         # both matmuls of a, b (5 s) less those 3: 2
+             ("backward", 10.0),                  # 20 - 5 s left in backward: all 10 hide
+             ("data", 8.0),                       # 5 s left in backward, 5/20 of it in the
+             ("", 3.0)]                           # last micro-step: 1.25 of 6 (last bucket 2)
     full = exposed_communication(timed, compute, efficiency=1.0, bucket_share=0.25)
-    assert full.total_s == 38.0
+    assert full.total_s == 42.0
     assert full.hidden_s == pytest.approx({"forward": 10.0, "weight_grad": 3.0,
-                                           "backward": 10.0, "data": 1.75})
-    assert full.exposed_s == pytest.approx(38.0 - 24.75)
+                                           "block_backward": 2.0, "backward": 10.0,
+                                           "data": 1.25})
+    assert full.exposed_s == pytest.approx(42.0 - 26.25)
     half = exposed_communication(timed, compute, efficiency=0.5, bucket_share=0.25)
-    assert half.exposed_s == pytest.approx(38.0 - 24.75 / 2)
-    assert exposed_communication(timed, compute, efficiency=0.0).exposed_s == 38.0
+    assert half.exposed_s == pytest.approx(42.0 - 26.25 / 2)
+    assert exposed_communication(timed, compute, efficiency=0.0).exposed_s == 42.0
     with pytest.raises(ValueError, match=r"overlap efficiency must be in \[0, 1\], got 1.5"):
         exposed_communication(timed, compute, efficiency=1.5)
 
@@ -140,3 +143,31 @@ def test_each_wait_on_the_critical_path_pays_the_machine_sync_cost():
     assert synced.exposed_comm_s - base.exposed_comm_s == pytest.approx(critical_calls * 1e-3)
     with pytest.raises(ValueError, match="sync_s must be >= 0, got -1"):
         dataclasses.replace(machine, sync_s=-1)
+
+
+def test_a_late_backward_prefetch_holds_one_layer_and_hides_behind_the_first_block():
+    from axolab.perfmodel import memory_per_rank, model_shapes
+
+    late = Optimizations(prefetch_late_in_backward=True)
+    tags = _tags(late)
+    backward = {k: v for k, v in tags.items()
+                if k[0] == "all_gather" and k[1].endswith("(backward)")}
+    # Decoder layers' buckets in backward: behind the stacked q/k/v block's two gradient
+    # matmuls (the first block of the layer after them), not the whole backward.
+    assert backward and set(backward.values()) == {"block_backward:q_proj+k_proj+v_proj"}
+    assert {v for k, v in _tags(Optimizations()).items()
+            if k[0] == "all_gather" and k[1].endswith("(backward)")} == {"backward"}
+    shapes, machine = model_shapes("llama-3.1-8b"), get_machine("frontier")
+    for grid in (GridShape(1, 8, 1, 1), GridShape(1, 4, 2, 1)):
+        early_work = Workload(16, 4096, micro_batch=1)
+        late_work = dataclasses.replace(early_work, optimizations=late)
+        early_p, late_p = (predict(shapes, grid, w, machine) for w in (early_work, late_work))
+        # Same collectives, less room to hide them; one prefetched layer less in memory.
+        assert late_p.comm.total == pytest.approx(early_p.comm.total)
+        assert late_p.exposed_comm_s >= early_p.exposed_comm_s - 1e-12
+    # A whole decoder layer per bucket (two-layers: q, k, v, o 8x8, gate, up, down 16x8 = 640
+    # elements, gathered whole at Z = 2, fp32): one layer less held.
+    work = Workload(8, 4, precision="fp32")
+    saved = [memory_per_rank(TWO_LAYERS, GridShape(1, 2, 1, 1), w).weight_buffers
+             for w in (work, dataclasses.replace(work, optimizations=late))]
+    assert saved[0] - saved[1] == 640 * 4

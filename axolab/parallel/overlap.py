@@ -58,7 +58,8 @@ class Runtime:
         self.grid, self.options, self.specs = grid, options, specs
         self.matmul = MatmulTuner() if options.tune_matmul else plain
         self.weights = WeightPrefetcher(options.prefetch_weights,
-                                        options.gather_bucket_mb * 2**20)
+                                        options.gather_bucket_mb * 2**20,
+                                        options.prefetch_late_in_backward)
         # Gradients are reduce-scattered in the buckets their weights are gathered in.
         self.depth_grads = DeferredDepthGrads(grid.z, options.max_in_flight, self._depth_done,
                                               self.weights.bucket_members)

@@ -61,8 +61,9 @@ class _Gather:
 
 
 class WeightPrefetcher:
-    def __init__(self, enabled: bool, bucket_bytes: float = 0.0):
+    def __init__(self, enabled: bool, bucket_bytes: float = 0.0, late_in_backward: bool = False):
         self.enabled, self.bucket_bytes = enabled, bucket_bytes
+        self.late_in_backward = late_in_backward
         self.order: list = []  # the linear layers in first-forward order
         self.index: dict[int, int] = {}
         self.sealed = False  # the order is complete and grouped into buckets
@@ -145,6 +146,8 @@ class WeightPrefetcher:
         step = -1 if backward else 1
         b = self.bucket_of.get(id(module))
         if b is not None:
+            if backward and self.late_in_backward and module is not self.buckets[b][0]:
+                return  # not yet the bucket's last block in backward order
             nxt = b + step
             members = self.buckets[nxt] if 0 <= nxt < len(self.buckets) else ()
         else:  # order not complete yet: the next layer alone

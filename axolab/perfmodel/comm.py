@@ -42,7 +42,9 @@ class Collective:
     """The computation it runs behind when the run's Optimizations let it (see
     :mod:`axolab.perfmodel.overlap`): "forward" (a decoder layer's forward), "backward" (a
     decoder layer's backward), "weight_grad:<name>" (that layer's weight-gradient matmul),
-    "data" (what is left of the last micro-step's backward); "" for the critical path."""
+    "block_backward:<name>" (both gradient matmuls of that layer, stacked names joined by
+    "+": where a late backward prefetch hides), "data" (what is left of the last
+    micro-step's backward); "" for the critical path."""
 
 
 def ring_bytes(op: str, full_bytes: float, group_size: int) -> float:
@@ -230,11 +232,17 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
                comm_rows=comm_rows, what=what or None)
     linear(shapes.lm_head, 1, 1, vp, head=True)
     if opts.gather_bucket_mb and grid.z > 1:
+        first = linears[0].name
+        first_block = stacked.get(first, (0, ""))[1] or first  # with its stacked siblings
         for (elements, backward_tag), (count_f, count_b, count_r, blocks) in \
                 _z_buckets(shapes, grid, work, opts.gather_bucket_mb * 2**20).items():
             what = f"weight bucket of {blocks} block(s)"
             add("all_gather", "z", elements * cb, count_f * steps, what,
                 "forward" if opts.prefetch_weights else "")
+            if backward_tag and opts.prefetch_late_in_backward:
+                # Started when the bucket before it (in backward) reaches its last block: the
+                # first block of a decoder layer, with its stacked siblings.
+                backward_tag = f"block_backward:{first_block}"
             add("all_gather", "z", elements * cb, count_b * steps, what + " (backward)",
                 backward_tag if opts.prefetch_weights else "")
             if opts.overlap_depth_grad:  # blocking reduce-scatters go one matrix at a time

@@ -49,7 +49,8 @@ class ComputeTime:
     :mod:`axolab.perfmodel.overlap`): "forward" (decoder layers' forward and recomputed
     passes), "backward" (their backward), "last_backward" (the decoder layers' backward of the
     last micro-step, where data-parallel buckets go), "weight_grad:<name>" (every weight-gradient
-    matmul of that linear layer, ``lm_head`` included)."""
+    matmul of that linear layer, ``lm_head`` included), "block_backward:<name>" (both gradient
+    matmuls of a decoder layer's linear layer)."""
 
     def window(self, key: str) -> float:
         return dict(self.windows).get(key, 0.0)
@@ -96,6 +97,7 @@ def step_compute(shapes: ModelShapes, grid: GridShape, work: Workload,
                                    machine, work)
         fwd_mm, bwd_mm = fwd_mm + f, bwd_mm + dx + dw
         weight_grad.append((f"weight_grad:{lin.name}", L * steps * dw))
+        weight_grad.append((f"block_backward:{lin.name}", L * steps * (dx + dw)))
     head_f, head_dx, head_dw = _block_matmuls(vp // Y, shapes.hidden // X, n, machine, work)
     weight_grad.append(("weight_grad:lm_head", steps * head_dw))
     head = head_f + head_dx + head_dw

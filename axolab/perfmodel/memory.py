@@ -146,7 +146,9 @@ def weight_buffer_bytes(shapes: ModelShapes, grid: GridShape, work: Workload) ->
     if grid.z > 1 and opts.gather_bucket_mb:
         # A decoder layer's bucket held gathered (up to the cap, at least one block), the next
         # one prefetched, and the block cut out of it for the matmul.
-        held = unit * cb * (2 if opts.prefetch_weights else 1) + block * cb
+        # (A late backward prefetch holds the next one only while the last block computes.)
+        two = opts.prefetch_weights and not opts.prefetch_late_in_backward
+        held = unit * cb * (2 if two else 1) + block * cb
         return block * copies + grads + held
     gathered = pb if grid.z > 1 else 0
     return block * (copies + gathered) + grads

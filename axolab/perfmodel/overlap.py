@@ -7,7 +7,10 @@ of each window. The rules follow axolab/parallel:
 
 - ``prefetch_weights``: a linear layer's Z all-gather starts while the layer before it
   computes, in forward, in recompute and (reversed) in backward: gathers hide behind the
-  decoder layers' forward or backward computation.
+  decoder layers' forward or backward computation. With ``prefetch_late_in_backward`` a
+  backward gather starts at the previous layer's first block (in forward order) and hides
+  behind that block's two gradient matmuls only. With the prefetcher the lm head keeps its
+  forward block for backward (no backward gather).
 - ``overlap_depth_grad``: Z reduce-scatters of weight gradients run while earlier layers'
   backward computes: they share the backward window with the backward gathers.
 - ``overlap_input_grad``: a layer's input-gradient all-reduce runs behind its own
@@ -45,7 +48,7 @@ class Exposure:
     exposed_s: float
     """What the step waits for: total minus what hides behind computation."""
     hidden_s: dict
-    """Seconds hidden, by window: forward, backward, weight_grad, data."""
+    """Seconds hidden, by window: forward, backward, weight_grad, block_backward, data."""
 
 
 def exposed_communication(timed: list[tuple[str, float]], compute: ComputeTime,
@@ -60,15 +63,26 @@ def exposed_communication(timed: list[tuple[str, float]], compute: ComputeTime,
         by_tag[tag] = by_tag.get(tag, 0.0) + seconds
     total = sum(by_tag.values())
 
-    # Input gradients behind their own layer's weight-gradient matmul (a stack: the members').
-    input_grads = 0.0
+    # Input gradients behind their own layer's weight-gradient matmul (a stack: the members'),
+    # and gathers started late in backward behind both gradient matmuls of a layer's first
+    # block, sharing the link with that block's input-gradient all-reduce.
+    input_grads = late = 0.0
     busy_in_backward = 0.0
+
+    def window(kind: str, names: str) -> float:
+        return sum(compute.window(f"{kind}:{name}") for name in names.split("+"))
+
     for tag, comm in by_tag.items():
         if tag.startswith("weight_grad:"):
-            window = sum(compute.window(f"weight_grad:{name}")
-                         for name in tag.split(":", 1)[1].split("+"))
-            used = min(comm, window)
+            used = min(comm, window("weight_grad", tag.split(":", 1)[1]))
             input_grads += used
+            busy_in_backward += used
+    for tag, comm in by_tag.items():
+        if tag.startswith("block_backward:"):
+            names = tag.split(":", 1)[1]
+            taken = min(by_tag.get(f"weight_grad:{names}", 0.0), window("weight_grad", names))
+            used = min(comm, max(0.0, window("block_backward", names) - taken))
+            late += used
             busy_in_backward += used
     forward = min(by_tag.get("forward", 0.0), compute.window("forward"))
     backward_free = max(0.0, compute.window("backward") - busy_in_backward)
@@ -82,6 +96,6 @@ def exposed_communication(timed: list[tuple[str, float]], compute: ComputeTime,
             compute.window("last_backward") / compute.window("backward")
         data = min(data_comm * (1.0 - bucket_share), free)
     hidden = {"forward": forward, "backward": backward, "weight_grad": input_grads,
-              "data": data}
+              "block_backward": late, "data": data}
     hidden = {k: efficiency * v for k, v in hidden.items()}
     return Exposure(total, total - sum(hidden.values()), hidden)
