@@ -150,6 +150,10 @@ class TrainConfig:
     """Overlap collectives with computation (axolab.parallel.Optimizations: the input-gradient
     all-reduce behind the weight-gradient matmul, deferred Z reduce-scatters, weight prefetch,
     data-parallel buckets reduced from backward hooks). Results are unchanged."""
+    late_backward_prefetch: bool = False
+    """With overlap_communication and Z > 1: start a decoder layer's backward weight gather at
+    the last block of the layer after it instead of its first (one layer held gathered in
+    backward instead of two: less memory, less of the gather hidden; results unchanged)."""
     tune_matmul: bool = False
     """Time the layouts of each matmul shape once and use the fastest (results unchanged)."""
     loss: Literal["standard", "goldfish"] = "standard"

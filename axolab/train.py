@@ -79,7 +79,9 @@ def build_model(cfg: TrainConfig, grid: Grid, vocab_needed: int):
     if vocab_needed > config.vocab_size:
         raise ValueError(f"the dataset's tokenizer has {vocab_needed} tokens but model "
                          f"{cfg.model!r} has vocab_size={config.vocab_size}")
-    opts = Optimizations(tune_matmul=cfg.tune_matmul) if cfg.overlap_communication else \
+    opts = Optimizations(tune_matmul=cfg.tune_matmul,
+                         prefetch_late_in_backward=cfg.late_backward_prefetch) \
+        if cfg.overlap_communication else \
         dataclasses.replace(Optimizations.none(), tune_matmul=cfg.tune_matmul)
     if weights is not None:
         return load_pretrained(weights, grid, dtype=torch.float32, optimizations=opts)
@@ -104,6 +106,7 @@ RESUMABLE_CHANGES = {"grid", "micro_batch", "stop_at_step", "resume", "progress"
                      "eval_interval", "eval_batches", "checkpoint_interval", "keep_checkpoints",
                      "collective_timeout_s", "peak_flops_per_device", "activation_checkpointing",
                      "run_dir", "overlap_communication", "tune_matmul",
+                     "late_backward_prefetch",
                      # probes measure the model; they do not change it
                      "memorization_interval", "memorization_at_epochs", "probe"}
 

@@ -343,6 +343,21 @@ def test_cli_ranks_grids_as_json(capsys):
     assert first["memory_gib"]["total"] <= 64 and first["fits"]
 
 
+def test_cli_plans_a_late_backward_prefetch(capsys):
+    argv = ["--model", "llama-3.1-8b", "--gpus", "8", "--machine", "frontier", "--json",
+            "--top", "50"]
+    rows = []
+    for extra in ([], ["--late-backward-prefetch"]):
+        assert _plan(argv + extra) == 0
+        rows.append({(r["data"], r["z"], r["y"], r["x"]): r
+                     for r in json.loads(capsys.readouterr().out)["rows"]})
+    depth = [g for g in rows[0] if g[1] > 1 and g in rows[1]]
+    assert depth  # Z-sharded grids hold one gathered layer less in backward
+    assert all(rows[1][g]["memory_gib"]["weight_buffers"]
+               < rows[0][g]["memory_gib"]["weight_buffers"]
+               for g in depth)
+
+
 def test_cli_table_and_hopeless_case(capsys):
     assert _plan(["--model", "tiny-llama", "--gpus", "4", "--machine", "alps",
                   "--global-batch", "8", "--seq-len", "512"]) == 0

@@ -41,6 +41,9 @@ def add_plan_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default="bf16")
     p.add_argument("--no-activation-checkpointing", action="store_true",
                    help="keep every layer's activations instead of recomputing them")
+    p.add_argument("--late-backward-prefetch", action="store_true",
+                   help="plan for a run with late_backward_prefetch=True (one layer held "
+                        "gathered in backward instead of two)")
     p.add_argument("--no-overlap-communication", action="store_true",
                    help="plan for a run with overlap_communication=False (every collective "
                         "blocking); by default collectives overlap as axolab's Optimizations do")
@@ -124,7 +127,8 @@ def _plan(args) -> int:
                    micro_batch=args.micro_batch, precision=args.precision,
                    activation_checkpointing=not args.no_activation_checkpointing,
                    optimizations=Optimizations.none() if args.no_overlap_communication
-                   else Optimizations(), memory_fraction=args.memory_fraction)
+                   else Optimizations(prefetch_late_in_backward=args.late_backward_prefetch),
+                   memory_fraction=args.memory_fraction)
     rows = search(model, args.gpus, machine, **options)
     fits = rows[0].fits
     need = None if fits else min_gpus_to_fit(model, args.gpus, machine, **options)

@@ -127,31 +127,32 @@ def checkpoint_staging_bytes(shapes: ModelShapes, grid: GridShape, work: Workloa
 
 
 def weight_buffer_bytes(shapes: ModelShapes, grid: GridShape, work: Workload) -> float:
-    """The largest block gathered over Z (a view when Z == 1) or, with Z buckets, a decoder
-    layer's blocks and the next layer's prefetched; its compute-dtype copy; in backward the
-    block-sized weight gradient (compute dtype, cast to fp32), and the full gradients waiting
-    for their Z reduce-scatter: the bucket being filled and ``max_in_flight`` sent ones (one
-    padded block each without buckets; one blocking copy when the reduce-scatters block)."""
+    """Weight blocks gathered over Z and held (a decoder layer's bucket, or one block, and the
+    next one prefetched; the lm head alone), the block cut out of a bucket for its matmul, the
+    compute-dtype copies under bf16, and in backward the weight gradients: with deferred Z
+    reduce-scatters, ``max_in_flight`` sent buckets plus one bucket's gradients and its
+    buffer; blocking, a block's gradient and its padded copy."""
     pb, cb = work.param_bytes, work.compute_bytes
-    block = _largest_block(shapes, grid)
+    head = block_elements(shapes.lm_head, grid, shapes.padded_vocab(grid.y))
+    layer_block = max(block_elements(lin, grid) for lin in shapes.layer_linears)
+    block = max(head, layer_block)
     copies = 2 * cb if work.precision == "bf16" else 0  # forward cast, bf16 weight gradient
     opts = work.optimizations
-    unit = block
+    bucket = layer_block
     if grid.z > 1 and opts.gather_bucket_mb:
         layer = sum(block_elements(lin, grid) for lin in shapes.layer_linears)
-        unit = max(block, min(layer, opts.gather_bucket_mb * 2**20 / pb))
-    waiting = (opts.max_in_flight + 1) * unit if grid.z > 1 and opts.overlap_depth_grad \
-        else block
-    grads = block * pb + waiting * pb
-    if grid.z > 1 and opts.gather_bucket_mb:
-        # A decoder layer's bucket held gathered (up to the cap, at least one block), the next
-        # one prefetched, and the block cut out of it for the matmul.
-        # (A late backward prefetch holds the next one only while the last block computes.)
-        two = opts.prefetch_weights and not opts.prefetch_late_in_backward
-        held = unit * cb * (2 if two else 1) + block * cb
-        return block * copies + grads + held
-    gathered = pb if grid.z > 1 else 0
-    return block * (copies + gathered) + grads
+        bucket = max(layer_block, min(layer, opts.gather_bucket_mb * 2**20 / pb))
+    held = cut = 0.0
+    if grid.z > 1:
+        # A late backward prefetch holds the next bucket only while the last block computes.
+        ahead = bucket if opts.prefetch_weights and not opts.prefetch_late_in_backward else 0
+        held = (max(bucket, head) + ahead) * cb
+        cut = block * cb if opts.gather_bucket_mb else 0.0
+    if grid.z > 1 and opts.overlap_depth_grad:
+        grads = (opts.max_in_flight * max(bucket, head) + 2 * bucket) * pb
+    else:
+        grads = 2 * block * pb
+    return block * copies + held + cut + grads
 
 
 def memory_per_rank(shapes: ModelShapes, grid: GridShape, work: Workload,
