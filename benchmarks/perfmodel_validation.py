@@ -121,7 +121,8 @@ def _build(dims, s: dict):
     grid = Grid.init(*dims)
     cfg = SimpleNamespace(model=s["model"], seed=0, global_batch=s["global_batch"],
                           loss="standard", precision=s["precision"],
-                          overlap_communication=s["overlap"], tune_matmul=False)
+                          overlap_communication=s["overlap"], tune_matmul=False,
+                          late_backward_prefetch=False)
     model = build_model(cfg, grid, 0)
     if s["checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

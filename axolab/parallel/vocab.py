@@ -76,7 +76,7 @@ def _cross_entropy(flat: torch.Tensor, targets: torch.Tensor, shard: VocabShard,
         # The whole vocabulary is on this rank: torch's own kernel, as the serial model runs
         # it. An out-of-range target (reported by the token checks) counts as ignored until
         # then, as in the sharded kernel, instead of failing inside the kernel.
-        bad = (targets != ignore_index) & ((targets < 0) | (targets >= shard.vocab_size))
+        bad = _bad_targets(targets, shard, ignore_index)
         return F.cross_entropy(flat, targets.masked_fill(bad, ignore_index),
                                ignore_index=ignore_index, reduction="none")
     return _VocabParallelCrossEntropy.apply(flat, targets, shard, ignore_index)

@@ -130,8 +130,8 @@ def weight_buffer_bytes(shapes: ModelShapes, grid: GridShape, work: Workload) ->
     """Weight blocks gathered over Z and held (a decoder layer's bucket, or one block, and the
     next one prefetched; the lm head alone), the block cut out of a bucket for its matmul, the
     compute-dtype copies under bf16, and in backward the weight gradients: with deferred Z
-    reduce-scatters, ``max_in_flight`` sent buckets plus one bucket's gradients and its
-    buffer; blocking, a block's gradient and its padded copy."""
+    reduce-scatters, ``max_in_flight`` sent buckets plus a block's gradient; blocking, a
+    block's gradient and its padded copy."""
     pb, cb = work.param_bytes, work.compute_bytes
     head = block_elements(shapes.lm_head, grid, shapes.padded_vocab(grid.y))
     layer_block = max(block_elements(lin, grid) for lin in shapes.layer_linears)
@@ -149,7 +149,10 @@ def weight_buffer_bytes(shapes: ModelShapes, grid: GridShape, work: Workload) ->
         held = (max(bucket, head) + ahead) * cb
         cut = block * cb if opts.gather_bucket_mb else 0.0
     if grid.z > 1 and opts.overlap_depth_grad:
-        grads = (opts.max_in_flight * max(bucket, head) + 2 * bucket) * pb
+        # At the peak, the start of a decoder layer's backward (its activations all alive):
+        # the buckets in flight and the layer's first block gradient. The layer's gradients
+        # and their bucket buffer are both held only at its end, its activations freed.
+        grads = (opts.max_in_flight * max(bucket, head) + block) * pb
     else:
         grads = 2 * block * pb
     return block * copies + held + cut + grads
