@@ -18,7 +18,7 @@ ON = Optimizations(gather_bucket_mb=0)  # one gather per matrix: each tag checke
 
 
 def _tags(opts: Optimizations, grid=ALL_AXES) -> dict:
-    work = Workload(8, 4, precision="fp32", optimizations=opts)
+    work = Workload(8, 4, precision="fp32", activation_checkpointing=False, optimizations=opts)
     return {(c.op, c.what): c.hides_behind for c in step_collectives(TWO_LAYERS, grid, work)}
 
 

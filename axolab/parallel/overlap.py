@@ -137,6 +137,7 @@ class Runtime:
         if self._in_backward:
             return
         self._in_backward = True
+        self.weights.in_backward = True
         self.data_grads.begin()
         torch.autograd.Variable._execution_engine.queue_callback(self.finish_backward)
 

@@ -6,9 +6,12 @@ it in reverse. Once the order is known, consecutive layers of one decoder layer 
 ``gather_unit`` parallelize gives them) are grouped into buckets of up to ``bucket_bytes`` of
 gathered blocks (``Optimizations.gather_bucket_mb``) and each bucket is gathered by one
 collective: a decoder layer's seven blocks cost one round trip instead of seven, and no more
-than one layer is held gathered beyond the one prefetched, as with FSDP's per-layer units. A gathered block is used only if its shard has not
-changed since the gather started (``Tensor._version``), so an optimizer step in between can
-never feed stale weights.
+than one layer is held gathered beyond the one prefetched, as with FSDP's per-layer units.
+The lm head (last in forward, first in backward) keeps its forward block for backward, and a
+layer recomputed by activation checkpointing keeps its recompute's blocks for its backward,
+which follows at once: each layer is gathered twice a step, with or without checkpointing.
+A gathered block is used only if its shard has not changed since the gather started
+(``Tensor._version``), so an optimizer step in between can never feed stale weights.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class WeightPrefetcher:
     def __init__(self, enabled: bool, bucket_bytes: float = 0.0, late_in_backward: bool = False):
         self.enabled, self.bucket_bytes = enabled, bucket_bytes
         self.late_in_backward = late_in_backward
+        self.in_backward = False  # a backward pass is running (forward calls are recompute)
         self.order: list = []  # the linear layers in first-forward order
         self.index: dict[int, int] = {}
         self.sealed = False  # the order is complete and grouped into buckets
@@ -128,6 +132,14 @@ class WeightPrefetcher:
             for other in gather.members:
                 if other is not module:
                     self.pending[id(other)] = gather
+        if self.in_backward and not backward:
+            # Activation-checkpoint recompute: this layer's backward comes next and needs the
+            # same blocks; keep them instead of gathering them a third time, and prefetch
+            # forward only within the layer (the layers after it are done).
+            self.pending[id(module)] = gather
+            if self.enabled:
+                self._prefetch_after(module, False, dtype, within_unit=True)
+            return block
         if self.enabled:
             if backward_needs and self.sealed and module is self.order[-1]:
                 # The last layer of the forward pass is the first of backward: its gathered
@@ -142,7 +154,8 @@ class WeightPrefetcher:
         b = self.bucket_of.get(id(module))
         return (module,) if b is None else self.buckets[b]
 
-    def _prefetch_after(self, module, backward: bool, dtype: torch.dtype) -> None:
+    def _prefetch_after(self, module, backward: bool, dtype: torch.dtype,
+                        within_unit: bool = False) -> None:
         step = -1 if backward else 1
         b = self.bucket_of.get(id(module))
         if b is not None:
@@ -154,6 +167,10 @@ class WeightPrefetcher:
             i = self.index[id(module)] + step
             members = (self.order[i],) if 0 <= i < len(self.order) and \
                 self.order[i].layout.depth.size > 1 else ()
+        if within_unit:
+            unit = getattr(module, "gather_unit", None)
+            if unit is None or any(getattr(m, "gather_unit", None) != unit for m in members):
+                return
         if members and not any(id(m) in self.pending for m in members):
             gather = self._start(members, dtype, async_op=True)
             for m in members:
@@ -177,6 +194,7 @@ class WeightPrefetcher:
 
     def drop(self) -> None:
         """Complete and forget every gather in flight (end of a backward pass)."""
+        self.in_backward = False
         for gather in {id(g): g for g in self.pending.values()}.values():
             if gather.work is not None:
                 gather.work.wait()

@@ -133,9 +133,11 @@ def _z_buckets(shapes: ModelShapes, grid: GridShape, work: Workload,
                bucket_bytes: float) -> dict:
     """The Z buckets of one micro-step as axolab's prefetcher groups them: each decoder
     layer's matrices up to ``bucket_bytes`` of gathered blocks as stored (a bucket never spans
-    two layers), the lm head alone. Each bucket is gathered once per forward pass (recompute
-    included for a decoder layer's) and once in backward, where the last bucket comes first
-    and has nothing to hide behind; its gradients are reduce-scattered together once.
+    two layers), the lm head alone. Each bucket is gathered once in forward and once in
+    backward (an activation-checkpoint recompute keeps its blocks for the layer's backward),
+    where the last bucket comes first: the lm head keeps its forward block with the
+    prefetcher on, and without it is gathered with nothing to hide behind. Its gradients are
+    reduce-scattered together once.
     Returns {(gathered elements, backward tag): (forward gathers, backward gathers,
     reduce-scatters, blocks)}."""
     vp = shapes.padded_vocab(grid.y)
@@ -151,15 +153,13 @@ def _z_buckets(shapes: ModelShapes, grid: GridShape, work: Workload,
         current.append((elements, layer))
         size += elements * work.param_bytes
     buckets.append(current)
-    passes = 2 if work.activation_checkpointing else 1
     kept = work.optimizations.prefetch_weights  # the last bucket's block, forward to backward
     out: dict = {}
     for i, bucket in enumerate(buckets):
         last = i == len(buckets) - 1
         key = (sum(e for e, _ in bucket), "" if last else "backward")
         f, b, r, n = out.get(key, (0, 0, 0, len(bucket)))
-        out[key] = (f + (passes if bucket[0][1] >= 0 else 1), b + (0 if last and kept else 1),
-                    r + 1, n)
+        out[key] = (f + 1, b + (0 if last and kept else 1), r + 1, n)
     return out
 
 
@@ -195,10 +195,12 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
         # the lm head keeps its forward block for backward, else its backward gather has
         # nothing before it to hide behind.
         prefetch = opts.prefetch_weights
+        # A recomputed layer keeps its blocks for its backward, which follows at once.
         if not opts.gather_bucket_mb:
             add("all_gather", "z", gathered * cb, layers * steps * passes, f"{lin.name} weight",
                 "forward" if prefetch else "")
-            add("all_gather", "z", gathered * cb, 0 if head and prefetch else layers * steps,
+            add("all_gather", "z", gathered * cb,
+                0 if (head and prefetch) or passes > 1 else layers * steps,
                 f"{lin.name} weight (backward)", "backward" if prefetch else "")
         if not (opts.gather_bucket_mb and opts.overlap_depth_grad):  # else per bucket
             add("reduce_scatter", "z", gathered * pb, layers * steps, f"{lin.name} weight grad",
