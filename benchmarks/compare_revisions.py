@@ -1,6 +1,7 @@
 """Training-step time of two revisions of axolab, side by side in one run.
 
     python benchmarks/compare_revisions.py BASE [--head REV] [--rounds 5] [--steps 3]
+        [--grids "1,1,1,1;1,4,1,1"] [--checkpointing] [--out FILE]
 
 BASE (and HEAD, default: this working tree) is checked out with ``git worktree`` into a
 temporary directory and imported from there (``PYTHONPATH``), while the timing code is this
@@ -55,10 +56,10 @@ def _rank_time(s: dict, dims: tuple, steps: int) -> dict:
     return {"step_s": elapsed, "loss": loss, "threads": torch.get_num_threads()}
 
 
-def _child(dims: tuple, steps: int) -> None:
+def _child(dims: tuple, steps: int, checkpointing: bool) -> None:
     import torch
 
-    s = dict(SETTINGS)
+    s = dict(SETTINGS, checkpointing=checkpointing)
     world = dims[0] * dims[1] * dims[2] * dims[3]
     if world == 1:
         torch.set_num_threads(1)
@@ -73,10 +74,11 @@ def _child(dims: tuple, steps: int) -> None:
                       "axolab": str(Path(axolab.__file__).parent)}))
 
 
-def _run_child(tree: Path, dims: tuple, steps: int) -> dict:
+def _run_child(tree: Path, dims: tuple, steps: int, checkpointing: bool) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child",
-                           ",".join(map(str, dims)), "--steps", str(steps)],
+                           ",".join(map(str, dims)), "--steps", str(steps),
+                           *(["--checkpointing"] if checkpointing else [])],
                           env=env, capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"grid {dims} on {tree} failed:\n{done.stderr[-3000:]}")
@@ -100,11 +102,13 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--grids", default=";".join(",".join(map(str, g)) for g in GRIDS),
                     help="grids as d,z,y,x separated by ';'")
+    ap.add_argument("--checkpointing", action="store_true",
+                    help="activation checkpointing (non-reentrant) in both revisions")
     ap.add_argument("--out", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        _child(tuple(int(v) for v in a.child.split(",")), a.steps)
+        _child(tuple(int(v) for v in a.child.split(",")), a.steps, a.checkpointing)
         return 0
     if not a.base or a.rounds < 1 or a.steps < 1:
         ap.error("need BASE, --rounds >= 1 and --steps >= 1")
@@ -118,7 +122,7 @@ def main(argv=None) -> int:
             losses: dict = {}
             for r in range(a.rounds):
                 for name, g in runs[r % len(runs):] + runs[:r % len(runs)]:
-                    out = _run_child(trees[name], g, a.steps)
+                    out = _run_child(trees[name], g, a.steps, a.checkpointing)
                     times[f"{name} {g}"].append(out["step_s"])
                     losses[f"{name} {g}"] = out["loss"]
                 print(f"round {r + 1}/{a.rounds} done", flush=True)
@@ -141,7 +145,8 @@ def main(argv=None) -> int:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         Path(a.out).write_text(json.dumps({
-            "base": a.base, "head": a.head or "working tree", "settings": SETTINGS,
+            "base": a.base, "head": a.head or "working tree",
+            "settings": dict(SETTINGS, checkpointing=a.checkpointing),
             "rounds": a.rounds, "steps": a.steps, "rows": rows, "times": times,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "date": now}},
             indent=1))

@@ -66,6 +66,9 @@ def axolab_step(s: dict, ids: torch.Tensor, dims: tuple, opts: str = "default"):
 
     grid = Grid.init(*dims)
     model = parallelize(build_hf(s), grid, optimizations=OPTIMIZATIONS[opts](Optimizations))
+    if s.get("checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
     opt = _adamw(model)
     x = grid.shard_batch(ids)
 
