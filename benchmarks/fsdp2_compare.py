@@ -224,6 +224,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{mem[n] / mem['FSDP2']:7.2f}x {abs(loss[n] - ref) / ref:9.1e}")
     print(f"best axolab grid: {best}, {fsdp / med[best]:.2f}x FSDP2's speed (target >= 1.2), "
           f"{mem[best] / mem['FSDP2']:.2f}x its memory per rank (target <= 1.0)")
+    small = [n for n in names if n.startswith("axolab") and mem[n] <= mem["FSDP2"]]
+    if small:
+        lean = min(small, key=med.get)
+        print(f"fastest axolab variant with no more memory than FSDP2: {lean}, "
+              f"{fsdp / med[lean]:.2f}x its speed, {mem[lean] / mem['FSDP2']:.2f}x its memory")
+    else:
+        print("no axolab variant used as little memory per rank as FSDP2")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(),

@@ -100,8 +100,10 @@ class WeightPrefetcher:
             nbytes = module.weight.numel() * module.layout.depth.size * \
                 module.weight.element_size()
             unit = getattr(module, "gather_unit", None)
+            # One dtype per bucket: its gradients share one reduce-scatter buffer.
             if current and (size + nbytes > self.bucket_bytes or unit is None
-                            or unit != getattr(current[-1], "gather_unit", None)):
+                            or unit != getattr(current[-1], "gather_unit", None)
+                            or module.weight.dtype != current[-1].weight.dtype):
                 self.buckets.append(tuple(current))
                 current, size = [], 0
             current.append(module)
