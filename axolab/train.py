@@ -153,8 +153,11 @@ def _train_step(cfg, model, grid, data, step, micro,
     with state.checks.deferred():
         for start in range(0, ids.shape[0], micro):
             with _autocast(cfg, grid):
+                # No KV cache: a training forward never decodes, and building one copies
+                # every layer's keys and values.
                 out = model(input_ids=ids[start:start + micro],
-                            labels=labels[start:start + micro], num_items_in_batch=kept)
+                            labels=labels[start:start + micro], num_items_in_batch=kept,
+                            use_cache=False)
             last = start + micro >= ids.shape[0]
             # Data-parallel gradients are reduced once, in the last micro-step's backward.
             with nullcontext() if last else no_data_sync(model):
@@ -187,7 +190,7 @@ def evaluate(cfg, model, grid, data: PackedDataset) -> float | None:
                           grid.batch_index)
         ids = data.read(rows).to(grid.device)
         with _autocast(cfg, grid):
-            total += model(input_ids=ids, labels=ids).loss.item()
+            total += model(input_ids=ids, labels=ids, use_cache=False).loss.item()
         batches += 1
     return total / batches
 

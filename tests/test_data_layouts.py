@@ -167,6 +167,8 @@ def test_training_on_padded_rows_never_targets_the_padding(tmp_path, loss):
     from axolab.config import TrainConfig, config_from_dict
     from axolab.goldfish import goldfish_mask
     from axolab.parallel import Grid
+    from transformers import DynamicCache
+
     from axolab.train import _goldfish_rule, _train_step, build_model
 
     _targets(tmp_path)
@@ -180,7 +182,20 @@ def test_training_on_padded_rows_never_targets_the_padding(tmp_path, loss):
                                              goldfish_h=3, progress=False))
     grid, data = Grid.init(), PackedDataset(data_dir)
     model = build_model(cfg, grid, 300)
-    step_loss, dropped_loss = _train_step(cfg, model, grid, data, 0, 6, _goldfish_rule(cfg, grid))
+    caches = []
+    original = DynamicCache.__init__
+
+    def counting(self, *args, **kwargs):
+        caches.append(self)
+        original(self, *args, **kwargs)
+
+    DynamicCache.__init__ = counting
+    try:
+        step_loss, dropped_loss = _train_step(cfg, model, grid, data, 0, 6,
+                                              _goldfish_rule(cfg, grid))
+    finally:
+        DynamicCache.__init__ = original
+    assert not caches, "a training step built a KV cache it never reads"
     rows = global_batch_rows(0, 6, data.rows, cfg.seed)
     ids, lengths = _columns(data_dir)
     ids, lengths = torch.from_numpy(ids[rows]), torch.from_numpy(lengths[rows])

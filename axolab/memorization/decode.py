@@ -22,7 +22,7 @@ def _argmax(model, logits: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def teacher_forced_argmax(model, input_ids: torch.Tensor) -> torch.Tensor:
     """argmax prediction for the token after each position ([B, S]): one forward pass."""
-    return _argmax(model, model(input_ids=input_ids).logits)
+    return _argmax(model, model(input_ids=input_ids, use_cache=False).logits)
 
 
 @torch.no_grad()

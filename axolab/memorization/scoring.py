@@ -40,7 +40,7 @@ def pad_sequences(sequences, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tenso
 
 
 def _local_scores(model, ids: torch.Tensor):
-    logits = model(input_ids=ids).logits[:, :-1]
+    logits = model(input_ids=ids, use_cache=False).logits[:, :-1]
     targets = ids[:, 1:]
     state = find_parallel_state(model)
     if state is not None:
