@@ -189,12 +189,10 @@ def test_training_on_padded_rows_never_targets_the_padding(tmp_path, loss):
         caches.append(self)
         original(self, *args, **kwargs)
 
-    DynamicCache.__init__ = counting
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DynamicCache, "__init__", counting)
         step_loss, dropped_loss = _train_step(cfg, model, grid, data, 0, 6,
                                               _goldfish_rule(cfg, grid))
-    finally:
-        DynamicCache.__init__ = original
     assert not caches, "a training step built a KV cache it never reads"
     rows = global_batch_rows(0, 6, data.rows, cfg.seed)
     ids, lengths = _columns(data_dir)

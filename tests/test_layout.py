@@ -58,26 +58,28 @@ def test_vector_layout_pads_and_trims():
     assert torch.equal(torch.cat(parts), torch.cat([full, torch.zeros(2)]))
 
 
-def test_a_bucket_buffer_holds_each_rank_s_chunks_side_by_side():
-    """The Z reduce-scatter bucket (axolab.parallel.depth_grads): row z of the [Z, chunks]
-    buffer must be rank z's chunk of every member, as the layout pads and cuts a block."""
-    from axolab.parallel.depth_grads import _write_block
+def test_chunk_pairs_put_each_rank_s_chunks_side_by_side_and_back():
+    """A Z bucket (axolab.parallel.prefetch, depth_grads) holds its members' chunks side by
+    side, rank z's in row z: written through chunk_pairs, row z must be rank z's chunk of
+    every member as the layout pads and cuts a block, and reading back must give the block."""
+    from axolab.parallel.layout import chunk_pairs
 
     g = torch.Generator().manual_seed(0)
     z = 3
     blocks = [torch.randn(4, 5, generator=g), torch.randn(2, 6, generator=g),
               torch.randn(3, 3, generator=g)]  # 20, 12, 9 elements: padded to 21, 12, 9
     chunks = [padded_size(b.numel(), z) // z for b in blocks]
-    buffer = torch.full((z, sum(chunks)), float("nan"))
-    start = 0
-    for block, chunk in zip(blocks, chunks):
-        _write_block(buffer[:, start:start + chunk], block, accumulate=False)
-        start += chunk
+    offsets = [sum(chunks[:i]) for i in range(len(chunks))]
+    buffer = torch.zeros(z, sum(chunks))
+    for block, start, chunk in zip(blocks, offsets, chunks):
+        for src, dst in chunk_pairs(block.reshape(-1), buffer[:, start:start + chunk]):
+            dst.copy_(src)
     for rank in range(z):
         expected = torch.cat([torch.nn.functional.pad(b.reshape(-1), (0, c * z - b.numel()))
                               [rank * c:(rank + 1) * c] for b, c in zip(blocks, chunks)])
         assert torch.equal(buffer[rank], expected)
-    # A member arriving twice (a layer used twice in a step) adds up.
-    _write_block(buffer[:, :chunks[0]], blocks[0], accumulate=True)
-    twice = torch.nn.functional.pad(2 * blocks[0].reshape(-1), (0, chunks[0] * z - 20))
-    assert torch.equal(buffer[:, :chunks[0]].reshape(-1), twice)
+    for block, start, chunk in zip(blocks, offsets, chunks):
+        back = torch.empty_like(block)
+        for dst, src in chunk_pairs(back.view(-1), buffer[:, start:start + chunk]):
+            dst.copy_(src)
+        assert torch.equal(back, block)

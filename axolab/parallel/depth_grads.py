@@ -24,30 +24,16 @@ import torch
 
 from . import comm
 from .grid import Axis
+from .layout import chunk_pairs
 
 
 @dataclass
 class _Collecting:
     members: tuple
     parts: list = field(default_factory=list)  # (member index, weight, full block gradient)
-    arrived: set = field(default_factory=set)
 
-
-def _write_block(dst: torch.Tensor, block: torch.Tensor, accumulate: bool) -> None:
-    """Write ``block`` flattened into ``dst`` ([Z, chunk], rows strided) as the layout cuts it:
-    chunk z in row z, zero-padded at the end."""
-    flat, chunk = block.reshape(-1), dst.shape[1]
-    full, rest = divmod(flat.numel(), chunk)
-    if accumulate:
-        dst[:full].add_(flat[:full * chunk].view(full, chunk))
-        if rest:
-            dst[full, :rest].add_(flat[full * chunk:])
-        return
-    dst[:full].copy_(flat[:full * chunk].view(full, chunk))
-    if full < dst.shape[0]:
-        dst[full, :rest].copy_(flat[full * chunk:])
-        dst[full, rest:].zero_()
-        dst[full + 1:].zero_()
+    def complete(self) -> bool:
+        return len({i for i, _, _ in self.parts}) == len(self.members)
 
 
 class DeferredDepthGrads:
@@ -68,8 +54,7 @@ class DeferredDepthGrads:
         bucket = self.collecting.setdefault(key, _Collecting(members))
         i = next(j for j, m in enumerate(members) if m is module)
         bucket.parts.append((i, module.weight, block_grad))
-        bucket.arrived.add(i)
-        if len(bucket.arrived) == len(members):
+        if bucket.complete():
             self._send(self.collecting.pop(key))
 
     def _send(self, bucket: _Collecting) -> None:
@@ -86,16 +71,12 @@ class DeferredDepthGrads:
                 first.numel() == chunks[0] * self.depth.size:
             buffer = first.reshape(-1)  # one unpadded block: sent as it is
         else:
-            buffer = first.new_empty(self.depth.size, sum(chunks))
-            for i, m in enumerate(bucket.members):
-                if i not in bucket.arrived:  # zero the slots nobody wrote
-                    buffer[:, offsets[i]:offsets[i] + chunks[i]] = 0
-            written = set()
-            for i, _, grad in bucket.parts:
-                _write_block(buffer[:, offsets[i]:offsets[i] + chunks[i]], grad,
-                             accumulate=i in written)
-                written.add(i)
-        bucket.parts = [(i, weight, None) for i, weight, _ in bucket.parts]  # free the blocks
+            # Zeros where the layout pads and where a member never arrived.
+            buffer = first.new_zeros(self.depth.size, sum(chunks))
+            for i, _, grad in bucket.parts:  # a member that arrived twice adds up
+                rows = buffer[:, offsets[i]:offsets[i] + chunks[i]]
+                for src, dst in chunk_pairs(grad.reshape(-1), rows):
+                    dst.add_(src)
         out, work = comm.reduce_scatter_flat(buffer, self.depth, async_op=True)
         weights = {i: weight for i, weight, _ in bucket.parts}
         slots = [(weights[i], offsets[i], chunks[i]) for i in sorted(weights)]

@@ -33,6 +33,19 @@ def section_permutation(sections: tuple[int, ...], parts: int) -> torch.Tensor:
     return torch.cat([t for part in out for t in part])
 
 
+def chunk_pairs(flat: torch.Tensor, rows: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Matching views of a flat block and of its chunks laid out as ``rows`` ([Z, chunk],
+    rank z's chunk in row z, as a Z bucket holds them): the full chunks, then the last
+    partial one. Copy one way to cut a gathered block out of a bucket, the other way to put
+    a gradient into one; what ``rows`` has beyond the block is the layout's padding."""
+    chunk = rows.shape[1]
+    full, rest = divmod(flat.numel(), chunk)
+    pairs = [(flat[:full * chunk].view(full, chunk), rows[:full])]
+    if rest:
+        pairs.append((flat[full * chunk:], rows[full, :rest]))
+    return pairs
+
+
 def _runs(indices: list[int]) -> list[tuple[int, int]]:
     """Consecutive ranges covering ``indices`` in order."""
     runs: list[tuple[int, int]] = []

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from . import comm
+from .layout import chunk_pairs
 
 
 @dataclass
@@ -55,11 +56,8 @@ class _Gather:
             out = self.flat.new_empty(layout.local_rows, layout.local_cols)
         start, chunk = self.offsets[i], module.weight.numel()
         rows = self.flat.view(-1, self.total)[:, start:start + chunk]
-        dst = out.view(-1)
-        full, rest = divmod(layout.block_numel, chunk)
-        dst[:full * chunk].view(full, chunk).copy_(rows[:full])
-        if rest:
-            dst[full * chunk:].copy_(rows[full, :rest])
+        for dst, src in chunk_pairs(out.view(-1), rows):
+            dst.copy_(src)
         return out
 
 
