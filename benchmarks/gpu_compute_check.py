@@ -167,7 +167,6 @@ def pieces(s: dict) -> dict:
             rates[part] = 2 * n * k * m / t
             flops, secs = flops + 2 * n * k * m, secs + t
         out["matmul"][name] = {p: r / PEAK_BF16 for p, r in rates.items()}
-        del x, w, g
     out["matmul_efficiency"] = flops / secs / PEAK_BF16
     b, hd, S = s["global_batch"], h // s["heads"], s["seq_len"]
     q, kk, v = (torch.randn(b, s["heads"], S, hd, device=dev, dtype=bf, requires_grad=True)
