@@ -194,6 +194,9 @@ def presets() -> dict[str, Machine]:
         # CSCS Alps GH200 node: 4x GH200 (96 GB HBM3, 4 TB/s), NVLink4 between all pairs
         # (~150 GB/s per direction, approximate: no measured table published with AxoNN's),
         # 4x Slingshot-11 at 25 GB/s (one per GPU). H100: 989 TFLOP/s bf16 dense, 67 fp32.
+        # Matmul efficiency 0.7: cuBLAS ran the 60B layer's matmul shapes (8192 tokens) at
+        # 0.70-0.72 of 989 TFLOP/s on an H200, the H100's tensor cores and clocks
+        # (benchmarks/gpu_compute_check.py, 2026-12-04).
         Machine("alps", 4, 96, 989e12, 67e12, 0.7, 4000, 150, 25,
                 source="CSCS Alps hardware docs; NVIDIA GH200 data sheet (approximate links)"),
         # A generic 8x H100 SXM 80 GB node: NVSwitch, NVLink4 450 GB/s per direction per GPU,
