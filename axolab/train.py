@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .activation_checkpointing import enable_activation_checkpointing
 from .checkpoint import load_checkpoint, load_pretrained, resume_checkpoint, save_checkpoint
 from .checkpoint.files import pretrained_weights
 from .checkpoint.load import materialize
@@ -253,7 +254,7 @@ def _train(cfg: TrainConfig, grid: Grid, lead: bool, stop: StopRequest) -> dict:
     vocab = len(AutoTokenizer.from_pretrained(str(Path(cfg.data) / "tokenizer")))
     model = build_model(cfg, grid, vocab)
     if cfg.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     model.train()
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                             betas=tuple(cfg.betas), eps=cfg.eps)

@@ -67,6 +67,7 @@ def build(s: dict, axolab: bool):
     """The HF model (or axolab's (1,1,1,1) conversion of it) built on the device, with AdamW
     and a bf16-autocast training step that returns the detached loss."""
     from axolab.parallel import Grid, parallelize, sync_gradients
+    from axolab.activation_checkpointing import enable_activation_checkpointing
 
     dev = device()
     torch.manual_seed(s["seed"])
@@ -75,7 +76,7 @@ def build(s: dict, axolab: bool):
     if axolab:
         model = parallelize(model, Grid.init(1, 1, 1, 1))
     if s.get("checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
         model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=sc.LR)
     ids = sc.global_batch(s).to(dev)

@@ -117,6 +117,7 @@ def _build(dims, s: dict):
     body without logging and checkpoints)."""
     from axolab.parallel import Grid, clip_grad_norm_, sync_gradients
     from axolab.train import _param_groups, _train_step, build_model
+    from axolab.activation_checkpointing import enable_activation_checkpointing
 
     grid = Grid.init(*dims)
     cfg = SimpleNamespace(model=s["model"], seed=0, global_batch=s["global_batch"],
@@ -125,7 +126,7 @@ def _build(dims, s: dict):
                           late_backward_prefetch=False)
     model = build_model(cfg, grid, 0)
     if s["checkpointing"]:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     model.train()
     opt = torch.optim.AdamW(_param_groups(model, 0.1), lr=1e-4)
     data = RandomTokens(256, s["seq_len"], model.config.vocab_size)

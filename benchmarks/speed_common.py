@@ -63,11 +63,12 @@ def axolab_step(s: dict, ids: torch.Tensor, dims: tuple, opts: str = "default"):
     """axolab on grid ``dims`` (data, z, y, x): the same step plus sync_gradients. Returns the
     step and the grid (to destroy its process groups at the end)."""
     from axolab.parallel import Grid, Optimizations, parallelize, sync_gradients
+    from axolab.activation_checkpointing import enable_activation_checkpointing
 
     grid = Grid.init(*dims)
     model = parallelize(build_hf(s), grid, optimizations=OPTIMIZATIONS[opts](Optimizations))
     if s.get("checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
         model.train()
     opt = _adamw(model)
     x = grid.shard_batch(ids)

@@ -83,3 +83,15 @@ def test_chunk_pairs_put_each_rank_s_chunks_side_by_side_and_back():
         for dst, src in chunk_pairs(back.view(-1), buffer[:, start:start + chunk]):
             dst.copy_(src)
         assert torch.equal(back, block)
+
+
+def test_unpermute_undoes_the_split_order_of_sections():
+    from axolab.parallel.layout import section_permutation, unpermute
+
+    stored = torch.arange(24.0).view(12, 2)  # three sections of 4 rows, split in two parts
+    perm = section_permutation((4, 4, 4), 2)
+    split = stored[perm]
+    # Part 0 holds the first half of each section, in section order.
+    assert split[:6, 0].tolist() == [0.0, 2.0, 8.0, 10.0, 16.0, 18.0]
+    assert torch.equal(unpermute(split, perm), stored)
+    assert unpermute(stored, None) is stored

@@ -64,8 +64,10 @@ def _batches(vocab: int, steps: int = 2, rows: int = 8, seq: int = 10):
 
 
 def _serial_run(model, batches, checkpointing: bool):
+    from axolab.activation_checkpointing import enable_activation_checkpointing
+
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     losses = []
@@ -80,12 +82,13 @@ def _serial_run(model, batches, checkpointing: bool):
 
 
 def _parallel_run(model, grid, batches, checkpointing: bool, micro: int = 2):
+    from axolab.activation_checkpointing import enable_activation_checkpointing
     from axolab.parallel import full_state_dict, no_data_sync, parallel_parameters, \
         sync_gradients
     from axolab.parallel import comm
 
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     losses = []

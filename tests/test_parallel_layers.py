@@ -414,6 +414,7 @@ def z_collectives_per_step(bucket_mb: float, freeze: str = "", checkpointing: bo
     step's loss and the gradients it leaves. ``freeze``: a parameter left without gradient."""
     import axolab.parallel.comm as pc
     from axolab.parallel import Optimizations, parallelize
+    from axolab.activation_checkpointing import enable_activation_checkpointing
 
     grid = _grid((1, 2, 2, 2))
     model = parallelize(tiny_model("llama", tied=False), grid,
@@ -421,7 +422,7 @@ def z_collectives_per_step(bucket_mb: float, freeze: str = "", checkpointing: bo
     if freeze:
         model.get_parameter(freeze).requires_grad_(False)
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
         model.train()
     ids = torch.randint(0, 99, (4, 6), generator=torch.Generator().manual_seed(0))
     ids = grid.shard_batch(ids)

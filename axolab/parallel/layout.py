@@ -33,6 +33,15 @@ def section_permutation(sections: tuple[int, ...], parts: int) -> torch.Tensor:
     return torch.cat([t for part in out for t in part])
 
 
+def unpermute(full: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
+    """Rows in split order (``full[i]`` is stored row ``perm[i]``) back to the stored order."""
+    if perm is None:
+        return full
+    out = torch.empty_like(full)
+    out[perm] = full
+    return out
+
+
 def chunk_pairs(flat: torch.Tensor, rows: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Matching views of a flat block and of its chunks laid out as ``rows`` ([Z, chunk],
     rank z's chunk in row z, as a Z bucket holds them): the full chunks, then the last
@@ -102,11 +111,7 @@ class BlockLayout:
 
     def to_stored(self, full: torch.Tensor) -> torch.Tensor:
         """A ``rows x cols`` matrix in the layout's row order, as the serial tensor is stored."""
-        perm = self.row_permutation()
-        if perm is not None:
-            out = torch.empty_like(full)
-            out[perm] = full
-            full = out
+        full = unpermute(full, self.row_permutation())
         return full.t().contiguous() if self.stored_transposed else full
 
     def _from_stored(self, full: torch.Tensor) -> torch.Tensor:
@@ -257,12 +262,8 @@ class VectorLayout:
         return section_permutation(self.sections, self.axis.size) if self.sections else None
 
     def to_stored(self, full: torch.Tensor) -> torch.Tensor:
-        perm = self.row_permutation()
-        if perm is None:
-            return full
-        out = torch.empty_like(full)
-        out[perm] = full
-        return out
+        """The whole vector in the layout's order, as the serial tensor is stored."""
+        return unpermute(full, self.row_permutation())
 
     @property
     def local_size(self) -> int:
