@@ -74,23 +74,34 @@ class Style:
 
 
 @dataclass(frozen=True, repr=False)
-class ColumnLinear(Style):
-    """A Linear with ``in`` split over X and ``out`` over Y (q/k/v, gate/up): its input is the
-    X-split residual stream, its output the Y-split heads or intermediate features."""
+class _GridLinear(Style):
+    """A Linear split over X on one side and Y on the other; ``transposed`` says which."""
 
-    name: ClassVar[str] = "forward"
+    transposed: ClassVar[bool]
+    """False: ``in`` over X, ``out`` over Y; True: ``in`` over Y, ``out`` over X."""
 
     def problems(self, name, module, grid, config=None):
         out: list[str] = []
         n_in, n_out = _in_out(module)
-        _divides(out, name, "in_features", n_in, "x", grid.x.size)
-        _divides(out, name, "out_features", n_out, "y", grid.y.size)
+        in_axis, out_axis = ("y", "x") if self.transposed else ("x", "y")
+        _divides(out, name, "in_features", n_in, in_axis, getattr(grid, in_axis).size)
+        _divides(out, name, "out_features", n_out, out_axis, getattr(grid, out_axis).size)
         return out
 
     def build(self, module, grid, device, config=None):
         n_in, n_out = _in_out(module)
-        return ParallelLinear(n_in, n_out, grid, bias=module.bias is not None,
-                              conv1d=_is_conv1d(module), device=device, dtype=_dtype(module))
+        return ParallelLinear(n_in, n_out, grid, transposed=self.transposed,
+                              bias=module.bias is not None, conv1d=_is_conv1d(module),
+                              device=device, dtype=_dtype(module))
+
+
+@dataclass(frozen=True, repr=False)
+class ColumnLinear(_GridLinear):
+    """A Linear with ``in`` split over X and ``out`` over Y (q/k/v, gate/up): its input is the
+    X-split residual stream, its output the Y-split heads or intermediate features."""
+
+    name: ClassVar[str] = "forward"
+    transposed: ClassVar[bool] = False
 
 
 @dataclass(frozen=True, repr=False)
@@ -154,23 +165,12 @@ class LocalHeads(Style):
 
 
 @dataclass(frozen=True, repr=False)
-class RowLinear(Style):
+class RowLinear(_GridLinear):
     """A Linear with ``in`` split over Y and ``out`` over X (o_proj, down_proj): it brings the
     Y-split features back to the X-split residual stream."""
 
     name: ClassVar[str] = "transposed"
-
-    def problems(self, name, module, grid, config=None):
-        out: list[str] = []
-        n_in, n_out = _in_out(module)
-        _divides(out, name, "in_features", n_in, "y", grid.y.size)
-        _divides(out, name, "out_features", n_out, "x", grid.x.size)
-        return out
-
-    def build(self, module, grid, device, config=None):
-        n_in, n_out = _in_out(module)
-        return ParallelLinear(n_in, n_out, grid, transposed=True, bias=module.bias is not None,
-                              conv1d=_is_conv1d(module), device=device, dtype=_dtype(module))
+    transposed: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, repr=False)
