@@ -204,6 +204,8 @@ def case_overhead(s: dict) -> dict:
 
 
 def case_layers(s: dict) -> dict:
+    if torch.cuda.is_available():  # the peak of this case alone, not of one run before it
+        torch.cuda.reset_peak_memory_stats()
     model, step = build(s, axolab=True)
     t = statistics.median(sc.time_rounds({"axolab": step}, s, barrier=sync)["times"]["axolab"])
     kinds = kernel_kinds(step)
