@@ -448,3 +448,17 @@ def test_the_model_sends_what_the_code_sends_under_bf16_and_stacking():
     # A grid where nothing communicates within a layer stacks nothing.
     assert "q_proj+k_proj+v_proj output" not in {
         c.what for c in step_collectives(TINY, GridShape(2, 1, 1, 1), fp32)}
+
+
+def test_adamw_time_by_hand():
+    from axolab.perfmodel import step_compute
+    from axolab.perfmodel.comm import local_parameters
+
+    shapes, work = model_shapes("small-llama"), Workload(global_batch=4, seq_len=64)
+    machine = get_machine("alps")
+    for grid, copies in ((GridShape(1, 2, 1, 2), 0), (GridShape(2, 1, 2, 1), 3)):
+        local_bytes = local_parameters(shapes, grid) * 4
+        # 18 passes over fp32 parameter-sized tensors (param, grad, two moments, temporaries),
+        # and with D > 1 sync_gradients' concatenation, reduction and copy back.
+        assert step_compute(shapes, grid, work, machine).optimizer_s == \
+            pytest.approx(local_bytes * (18 + copies) / 4000e9), grid
