@@ -1,0 +1,133 @@
+"""Depth (Z) sharding on 8 gloo ranks: what autograd keeps of a sharded weight between the
+passes, and the Z collectives of a training step (bucketed gathers and reduce-scatters, a
+frozen bucket member, activation checkpointing) against one collective per matrix."""
+
+import torch
+from models import rel_err, tiny_model
+
+
+def _grid(shape):
+    from axolab.parallel import Grid
+
+    n = shape[0] * shape[1] * shape[2] * shape[3]
+    return Grid.init(*shape, ranks=range(n))
+
+
+def saved_between_passes(z):
+    """Bytes autograd keeps from forward to backward for one layer: depth-sharding must cut the
+    weight's share by Z (the gathered block is rebuilt in backward, not kept)."""
+    from axolab.parallel.linear import ParallelLinear
+
+    grid = _grid((1, z, 1, 1))
+    if grid is None:
+        return None
+    layer = ParallelLinear(512, 512, grid)
+    torch.nn.init.normal_(layer.weight)
+    x = torch.randn(2, 512, requires_grad=True)
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(x)
+    y.sum().backward()
+    return sum(seen.values())
+
+
+def test_depth_sharding_frees_weight_memory_between_passes(pool8):
+    one = pool8.run(saved_between_passes, 1)[0]
+    two = pool8.run(saved_between_passes, 2)[0]
+    weight = 512 * 512 * 4
+    assert one >= weight, one
+    assert one - two >= 0.45 * weight, f"z=1 keeps {one} bytes, z=2 keeps {two}"
+
+
+def z_collectives_per_step(bucket_mb: float, freeze: str = "", checkpointing: bool = False):
+    """All-gathers and reduce-scatters over Z in the second training step of a 2-layer Llama
+    (the first learns the layer order), with Z buckets or one collective per matrix; the
+    step's loss and the gradients it leaves. ``freeze``: a parameter left without gradient."""
+    import axolab.parallel.comm as pc
+    from axolab.parallel import Optimizations, parallelize
+    from axolab.activation_checkpointing import enable_activation_checkpointing
+
+    grid = _grid((1, 2, 2, 2))
+    model = parallelize(tiny_model("llama", tied=False), grid,
+                        optimizations=Optimizations(gather_bucket_mb=bucket_mb))
+    if freeze:
+        model.get_parameter(freeze).requires_grad_(False)
+    if checkpointing:
+        enable_activation_checkpointing(model)
+        model.train()
+    ids = torch.randint(0, 99, (4, 6), generator=torch.Generator().manual_seed(0))
+    ids = grid.shard_batch(ids)
+    real_gather, real_scatter = pc._ALL_GATHER, pc._REDUCE_SCATTER
+    gathers, scatters = [], []
+
+    def counting(real, calls):
+        def call(out, inp, *args, group=None, **kwargs):
+            if group is grid.z.group:
+                calls.append(inp.numel())
+            return real(out, inp, *args, group=group, **kwargs)
+        return call
+
+    losses = []
+    for step in range(2):
+        model.zero_grad()
+        gathers.clear()
+        scatters.clear()
+        pc._ALL_GATHER = counting(real_gather, gathers)
+        pc._REDUCE_SCATTER = counting(real_scatter, scatters)
+        try:
+            out = model(input_ids=ids, labels=ids)
+            out.loss.backward()
+        finally:
+            pc._ALL_GATHER, pc._REDUCE_SCATTER = real_gather, real_scatter
+        losses.append(out.loss.detach())
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return len(gathers), sum(gathers), len(scatters), sum(scatters), losses, grads
+
+
+def test_weight_gathers_and_gradients_go_in_buckets(pool8):
+    apart = pool8.run(z_collectives_per_step, 0.0, timeout=120)
+    bucketed = pool8.run(z_collectives_per_step, 16.0, timeout=120)
+    linears = 2 * 7 + 1  # decoder layers' matrices and the lm head
+    buckets = 2 + 1  # one per decoder layer (never across two), the lm head alone
+    for a, b in zip(apart, bucketed):
+        (n_a, bytes_a, rs_a, rs_bytes_a, loss_a, grads_a) = a
+        (n_b, bytes_b, rs_b, rs_bytes_b, loss_b, grads_b) = b
+        # Forward and backward: one gather per matrix against one per bucket. The lm head's
+        # block is kept from forward for backward; the embedding is gathered once.
+        assert n_a - n_b == 2 * (linears - buckets), (n_a, n_b)
+        assert n_b == 2 * buckets - 1 + 1, n_b
+        assert bytes_a == bytes_b  # the same blocks move, in fewer calls
+        # One gradient reduce-scatter per bucket (the embedding's stays its own).
+        assert rs_a - rs_b == linears - buckets, (rs_a, rs_b)
+        assert rs_bytes_a == rs_bytes_b
+        assert all(torch.equal(a, b) for a, b in zip(loss_a, loss_b))
+        assert grads_a.keys() == grads_b.keys()
+        assert all(rel_err(grads_a[k], grads_b[k]) < 1e-6 for k in grads_a)
+
+
+def test_a_bucket_with_a_frozen_member_still_reduces_the_others(pool8):
+    frozen = "model.layers.0.self_attn.k_proj.weight"
+    apart = pool8.run(z_collectives_per_step, 0.0, frozen, timeout=120)
+    bucketed = pool8.run(z_collectives_per_step, 16.0, frozen, timeout=120)
+    for a, b in zip(apart, bucketed):
+        grads_a, grads_b = a[-1], b[-1]
+        assert frozen not in grads_b and grads_a.keys() == grads_b.keys()
+        assert "model.layers.0.self_attn.q_proj.weight" in grads_b
+        assert all(rel_err(grads_a[k], grads_b[k]) < 1e-6 for k in grads_a)
+
+
+def test_a_recomputed_layer_keeps_its_blocks_for_its_backward(pool8):
+    plain = pool8.run(z_collectives_per_step, 16.0, "", False, timeout=120)
+    recomputed = pool8.run(z_collectives_per_step, 16.0, "", True, timeout=120)
+    for a, b in zip(plain, recomputed):
+        # Forward, then each layer's recompute and backward from one gather: as many gathers
+        # as without checkpointing (it was one more per layer, and a wasted forward prefetch).
+        assert b[0] == a[0] and b[1] == a[1], (a[:2], b[:2])
+        assert all(torch.equal(x, y) for x, y in zip(a[4], b[4]))
+        assert a[5].keys() == b[5].keys()
+        assert all(rel_err(a[5][k], b[5][k]) < 1e-5 for k in a[5])
