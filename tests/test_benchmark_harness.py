@@ -1,0 +1,62 @@
+"""The benchmarks' shared harness: the interleaved timing loop of speed_common (rotation,
+warm-up rounds left out, losses recorded at the first and last step) and fsdp2_compare's grid
+settings (Optimizations changes parsed by field type, bad input named)."""
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import fsdp2_compare as fc  # noqa: E402
+import speed_common as sc  # noqa: E402
+
+
+def test_time_rounds_rotates_the_variants_and_skips_the_warm_up(monkeypatch):
+    monkeypatch.setattr(sc, "sustained_peak", lambda: 1.0)  # the loop's own CPU measurements
+    monkeypatch.setattr("axolab.metrics.measured_cpu_peak", lambda: 1.0)
+    calls = []
+
+    def variant(name):
+        count = iter(range(100))
+
+        def step():
+            calls.append(name)
+            return torch.tensor(float(next(count)))  # the "loss" counts the variant's steps
+        return step
+
+    names = ["a", "b", "c"]
+    out = sc.time_rounds({n: variant(n) for n in names},
+                         {"warmup": 1, "repeats": 3, "steps": 2})
+    # Round r starts with variant r mod 3, each runs its 2 steps in a row.
+    expected = [n for r in range(4) for n in (names[r % 3:] + names[:r % 3]) for _ in range(2)]
+    assert calls == expected
+    assert all(len(t) == 3 and all(x >= 0 for x in t) for t in out["times"].values())
+    assert out["first_loss"] == {n: 0.0 for n in names}
+    assert out["last_loss"] == {n: 7.0 for n in names}  # 4 rounds x 2 steps
+    assert out["peak"] == out["sustained"] == [1.0] * 3
+
+
+def test_fsdp2_grid_settings_parse_by_field_type():
+    ap = argparse.ArgumentParser()
+    assert fc._grid_setting("1,4,1,1", ap) == ((1, 4, 1, 1), {})
+    dims, changes = fc._grid_setting("1,2,2,1:prefetch_late_in_backward=1/gather_bucket_mb=8",
+                                     ap)
+    assert dims == (1, 2, 2, 1)
+    assert changes == {"prefetch_late_in_backward": True, "gather_bucket_mb": 8.0}
+    assert fc._grid_setting("4,1,1,1:prefetch_weights=false", ap)[1] == \
+        {"prefetch_weights": False}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("1,4,1", "is not d,z,y,x with 4 ranks"),
+    ("2,2,2,1", "is not d,z,y,x with 4 ranks"),
+    ("1,x,1,1", "is not four integers"),
+    ("1,4,1,1:no_such_switch=1", "'no_such_switch' is not a field of Optimizations"),
+])
+def test_fsdp2_bad_grid_settings_are_named(text, message, capsys):
+    with pytest.raises(SystemExit):
+        fc._grid_setting(text, argparse.ArgumentParser(prog="fsdp2_compare"))
+    assert message in capsys.readouterr().err
