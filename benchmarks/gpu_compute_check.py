@@ -138,7 +138,8 @@ def planner(s: dict, model) -> dict:
 
 
 def timed(fn, repeats: int = 10) -> float:
-    """Median seconds of one call of ``fn`` over ``repeats`` (CUDA events on a GPU)."""
+    """Median seconds of one call of ``fn`` over ``repeats``, the device synchronized around
+    each call."""
     fn()
     sync()
     out = []
@@ -252,7 +253,8 @@ def main(argv=None) -> int:
                              checkpointing=True)}
     dev = device()
     result = {"date": datetime.date.today().isoformat(), "torch": torch.__version__,
-              "device": torch.cuda.get_device_name(0) if dev.type == "cuda" else platform.processor(),
+              "device": (torch.cuda.get_device_name(0) if dev.type == "cuda"
+                         else platform.processor()),
               "host": platform.node()}
     print(f"device {result['device']}, torch {torch.__version__}", flush=True)
     out = Path(a.out)

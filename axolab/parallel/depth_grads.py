@@ -7,9 +7,9 @@ layer's seven matrices cost one reduce-scatter instead of seven, as FSDP reduce-
 wrapped layer. Once every member's gradient has arrived, each block is written into its
 columns of the bucket's ``[Z, chunks]`` buffer (rank z's chunks side by side in row z, what the
 reduce-scatter hands rank z) and the reduce-scatter starts; it runs while the backward of
-earlier layers computes. It completes when a later bucket is sent (at most
-``max_in_flight`` outstanding, each holding its full gradients) or at the end of backward,
-when each member's slice is added to its ``param.grad``. A bucket whose members did not all arrive (a frozen
+earlier layers computes. It completes when a later bucket is sent (at most ``max_in_flight``
+outstanding, each holding its full gradients) or at the end of backward, when each member's
+slice is added to its ``param.grad``. A bucket whose members did not all arrive (a frozen
 weight, a layer used twice) is sent at the end of backward with zeros in the missing slots,
 and only the members that arrived receive a gradient.
 """
