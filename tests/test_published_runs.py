@@ -1,6 +1,7 @@
 """benchmarks/published_runs.py: the AxoNN papers' models and flop counting, restated
 independently (Megatron's formula, the models' names), and one planner row per run."""
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -33,3 +34,35 @@ def test_every_run_gets_a_fitting_grid_and_both_predictions():
         # Overlap can only help; blocking charges every collective in full.
         assert row["overlap"]["flops_per_s"] >= row["blocking"]["flops_per_s"]
         assert row["blocking"]["exposed_s"] == pytest.approx(row["blocking"]["comm_s"])
+
+
+def test_the_sc24_runs_hold_the_same_parameters_per_gpu():
+    # The premise of sharing one global batch: a weak-scaling series keeps the model's
+    # parameters per GPU fixed (40B / 4,096 = 60B / 6,144 = 320B / 32,768 to within a few %).
+    sc24 = [r for r in pr.RUNS if "SC'24" in r.source]
+    assert len(sc24) == 3
+    per_gpu = [r.model.params / r.gpus for r in sc24]
+    assert max(per_gpu) / min(per_gpu) < 1.03, per_gpu
+    assert {r.global_batch for r in pr.RUNS} == {pr.GLOBAL_BATCH}
+
+
+def test_the_sweep_restates_evaluate_at_each_batch():
+    runs = pr.RUNS[:2]
+    table = pr.sweep(runs, (pr.GLOBAL_BATCH // 2, pr.GLOBAL_BATCH))
+    assert [t["global_batch"] for t in table] == [pr.GLOBAL_BATCH // 2, pr.GLOBAL_BATCH]
+    for t in table:
+        assert t["tokens"] == t["global_batch"] * pr.SEQ
+        for run in runs:
+            row = pr.evaluate(dataclasses.replace(run, global_batch=t["global_batch"]))
+            assert t["errors"][run.name]["overlap"] == row["overlap"]["error"]
+            assert t["errors"][run.name]["blocking"] == row["blocking"]["error"]
+        assert t["max_abs_error"] == max(abs(e["overlap"]) for e in t["errors"].values())
+
+
+@pytest.mark.parametrize("argv", (["--global-batch", "0"], ["--batch-per-gpu", "-1"],
+                                  ["--global-batch", "8", "--batch-per-gpu", "2"]))
+def test_bad_batches_are_refused_before_any_prediction(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        pr.main(argv)
+    assert e.value.code == 2
+    assert "global batch:" not in capsys.readouterr().out
