@@ -88,6 +88,29 @@ def _run_child(tree: Path, dims: tuple, steps: int, checkpointing: bool) -> dict
     return out
 
 
+def parse_grids(text: str) -> list[tuple[int, int, int, int]]:
+    """``"d,z,y,x;d,z,y,x"`` as tuples, or a ValueError naming the bad entry."""
+    grids = []
+    for entry in text.split(";"):
+        try:
+            dims = tuple(int(v) for v in entry.split(","))
+        except ValueError:
+            dims = ()
+        if len(dims) != 4 or min(dims) < 1:
+            raise ValueError(f"grid {entry!r}: expected four positive integers d,z,y,x")
+        grids.append(dims)
+    return grids
+
+
+def _resolve(rev: str) -> str:
+    """The commit ``rev`` names, or a ValueError before anything is checked out."""
+    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet",
+                           f"{rev}^{{commit}}"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ValueError(f"git revision {rev!r} does not name a commit in {ROOT}")
+    return done.stdout.strip()
+
+
 def _checkout(rev: str, where: Path) -> Path:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(where),
                     rev], check=True)
@@ -111,8 +134,15 @@ def main(argv=None) -> int:
         _child(tuple(int(v) for v in a.child.split(",")), a.steps, a.checkpointing)
         return 0
     if not a.base or a.rounds < 1 or a.steps < 1:
-        ap.error("need BASE, --rounds >= 1 and --steps >= 1")
-    grids = [tuple(int(v) for v in g.split(",")) for g in a.grids.split(";")]
+        ap.error(f"need BASE, --rounds >= 1 and --steps >= 1 (got BASE={a.base!r}, "
+                 f"--rounds {a.rounds}, --steps {a.steps})")
+    try:
+        grids = parse_grids(a.grids)
+        for rev in (a.base, a.head):
+            if rev:
+                _resolve(rev)
+    except ValueError as e:
+        ap.error(str(e))
     with tempfile.TemporaryDirectory(prefix="axolab-revs-") as tmp:
         trees = {"base": _checkout(a.base, Path(tmp) / "base")}
         trees["head"] = _checkout(a.head, Path(tmp) / "head") if a.head else ROOT
@@ -142,9 +172,12 @@ def main(argv=None) -> int:
                      "loss_equal": same})
         print(f"{str(g):<14}{b:>10.4f}{h:>10.4f}{h / b:>11.3f}{str(same):>12}")
     if a.out:
+        # Imported here, not at the top: the children import the revision under test.
+        from axolab.files import write_text_atomic
+
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-        Path(a.out).write_text(json.dumps({
+        write_text_atomic(Path(a.out), json.dumps({
             "base": a.base, "head": a.head or "working tree",
             "settings": dict(SETTINGS, checkpointing=a.checkpointing),
             "rounds": a.rounds, "steps": a.steps, "rows": rows, "times": times,
