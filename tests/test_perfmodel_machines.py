@@ -85,6 +85,9 @@ def test_calibrate_measures_the_same_table_on_real_ranks(tmp_path):
         (c.group_size, c.stride): c.bandwidth_gb_s for c in machine.collectives
         if c.op == "all_reduce"}
     assert 0.0 <= machine.overlap_efficiency <= 1.0 and machine.sync_s >= 0.0
+    # A sync cost per group size of neighbours, the whole world's being sync_s.
+    assert [g for g, _ in machine.sync_by_group] == [2, 4]
+    assert dict(machine.sync_by_group)[4] == machine.sync_s
     assert load_machine(save_machine(machine, tmp_path / "ci.json")) == machine
     # The planner runs on what was measured.
     from axolab.perfmodel import Workload, model_shapes, predict

@@ -145,6 +145,27 @@ def test_each_wait_on_the_critical_path_pays_the_machine_sync_cost():
         dataclasses.replace(machine, sync_s=-1)
 
 
+def test_a_wait_pays_the_sync_cost_of_its_own_group_size():
+    # Grid (1, 4, 2, 1): z groups of 4, y groups of 2; the world's (8) cost is never used.
+    shapes, grid = model_shapes("llama-3.1-8b"), GridShape(1, 4, 2, 1)
+    work = Workload(16, 4096, micro_batch=1)
+    machine = get_machine("frontier")
+    by_size = {2: 1e-3, 4: 3e-3, 8: 100.0}
+    synced = dataclasses.replace(machine, sync_s=100.0,
+                                 sync_by_group=tuple(sorted(by_size.items())))
+    base, slow = (predict(shapes, grid, work, m) for m in (machine, synced))
+    want = sum(c.count * by_size[grid.size(c.axis)]
+               for c in step_collectives(shapes, grid, work) if not c.hides_behind)
+    assert want > 0
+    assert slow.comm.total - base.comm.total == pytest.approx(want)
+    # Nearest listed size, ties to the smaller; no table: the single sync_s.
+    assert synced.sync_for(3) == 1e-3 and synced.sync_for(5) == 3e-3
+    assert synced.sync_for(16) == 100.0
+    assert dataclasses.replace(synced, sync_by_group=()).sync_for(2) == 100.0
+    with pytest.raises(ValueError, match=r"sync_by_group entry \(1, 0.1\)"):
+        dataclasses.replace(machine, sync_by_group=((1, 0.1),))
+
+
 def test_a_late_backward_prefetch_holds_one_layer_and_hides_behind_the_first_block():
     from axolab.perfmodel import memory_per_rank, model_shapes
 

@@ -173,12 +173,12 @@ def _overlap_efficiency(cfg: CalibrationConfig) -> float:
     return min(1.0, max(0.0, hidden / min(t_matmuls, t_reduce)))
 
 
-def _sync_cost(cfg: CalibrationConfig) -> float:
+def _sync_cost(cfg: CalibrationConfig, group=None) -> float:
     """Seconds a blocking collective costs beyond its own time when ranks compute between
     collectives, as a training step does: ``(t_interleaved - t_matmuls - t_reduces) / calls``
-    for matmuls of a few milliseconds, each followed by a tiny all-reduce over every rank. Near 0 on GPUs; on
-    a CPU with more ranks than cores, each such wait lasts until the slowest rank is scheduled
-    again."""
+    for matmuls of a few milliseconds, each followed by a tiny all-reduce over ``group``
+    (default: every rank), all groups of the world at once. Near 0 on GPUs; on a CPU with more
+    ranks than cores, each such wait lasts until the group's slowest rank is scheduled again."""
     import torch
     import torch.distributed as dist
 
@@ -195,12 +195,12 @@ def _sync_cost(cfg: CalibrationConfig) -> float:
 
     def reduces():
         for _ in range(calls):
-            dist.all_reduce(tiny)
+            dist.all_reduce(tiny, group=group)
 
     def interleaved():
         for _ in range(calls):
             a @ b
-            dist.all_reduce(tiny)
+            dist.all_reduce(tiny, group=group)
 
     t_matmuls, t_reduces, t_both = timed(matmuls), timed(reduces), timed(interleaved)
     return max(0.0, (t_both - t_matmuls - t_reduces) / calls)
@@ -227,11 +227,13 @@ def measure_rank(cfg: CalibrationConfig) -> dict:
             for nbytes in cfg.sizes_bytes:
                 timings.append((op, size, stride, nbytes,
                                 _time_collective(op, nbytes, mine, size, cfg)))
+        if stride == 1 and size < world:
+            rates[f"sync_g{size}"] = _sync_cost(cfg, mine)
         for g in groups:
             dist.destroy_process_group(g)
     if world > 1:
         rates["overlap_efficiency"] = _overlap_efficiency(cfg)
-        rates["sync"] = _sync_cost(cfg)
+        rates["sync"] = rates[f"sync_g{world}"] = _sync_cost(cfg)
     return {"rates": rates, "timings": timings}
 
 
@@ -297,6 +299,8 @@ def machine_from_measurements(rounds: list[list[dict]], cfg: CalibrationConfig) 
         attention_efficiency=min(1.0, rates["attention_flops"] / rates["flops_fp32"]),
         attention_call_s=rates["attention_call"],
         overlap_efficiency=rates.get("overlap_efficiency", 1.0), sync_s=rates.get("sync", 0.0),
+        sync_by_group=tuple(sorted((int(k[len("sync_g"):]), v) for k, v in rates.items()
+                                   if k.startswith("sync_g"))),
         collectives=tuple(measured),
         foreach_optimizer=False,
         source=f"measured by axolab plan calibrate on {socket.gethostname()} "

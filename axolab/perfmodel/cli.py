@@ -82,7 +82,9 @@ def _calibrate(args) -> int:
     print(f"{path}: {machine.peak_flops_fp32 / 1e9:.1f} GFLOP/s fp32 per rank, "
           f"{machine.memory_bandwidth_gb_s:.1f} GB/s memory, "
           f"{machine.op_overhead_s * 1e6:.1f} us per op, overlap efficiency "
-          f"{machine.overlap_efficiency:.2f}, {machine.sync_s * 1e3:.2f} ms per wait")
+          f"{machine.overlap_efficiency:.2f}, ms per wait by group size: "
+          + (", ".join(f"{g}: {t * 1e3:.2f}" for g, t in machine.sync_by_group)
+             or f"{machine.sync_s * 1e3:.2f}"))
     print(f"{'op':>15} {'ranks':>6} {'stride':>6} {'latency us':>11} {'GB/s':>8}")
     for m in machine.collectives:
         print(f"{m.op:>15} {m.group_size:>6} {m.stride:>6} {m.latency_s * 1e6:11.0f} "

@@ -305,7 +305,7 @@ def comm_time(shapes: ModelShapes, grid: GridShape, work: Workload, machine: Mac
         g, s = grid.size(c.axis), grid.stride(c.axis)
         t = c.count * collective_time(machine, c.op, c.full_bytes, g, s, grid.world)
         if not c.hides_behind:  # a wait on the critical path: the slowest rank's delay too
-            t += c.count * machine.sync_s
+            t += c.count * machine.sync_for(g)
         by_axis[c.axis] = by_axis.get(c.axis, 0.0) + t
         sent[c.axis] = sent.get(c.axis, 0.0) + c.count * ring_bytes(c.op, c.full_bytes, g)
         timed.append((c.hides_behind, t))

@@ -99,6 +99,11 @@ class Machine:
     collectives (waiting for the slowest rank beyond the collective's own time): ~0 on GPU
     nodes (not modelled in the presets); large on a CPU with more ranks than cores, where
     ``axolab plan calibrate`` measures it."""
+    sync_by_group: tuple[tuple[int, float], ...] = ()
+    """(group size, seconds): ``sync_s`` measured for collectives over groups of that size
+    (``axolab plan calibrate``). With more ranks than cores a wait lasts until the slowest
+    member of the group is scheduled again, so a pair waits less than the whole world; a size
+    not listed uses the nearest one listed, then ``sync_s``."""
     collectives: tuple[MeasuredCollective, ...] = ()
     """Measured collective costs by op and group size (calibrated machines); when present
     they replace the bandwidth/latency formula for groups inside a node."""
@@ -122,6 +127,10 @@ class Machine:
                                  f"gpus_per_node={self.gpus_per_node} and bandwidth > 0")
         if self.sync_s < 0:
             raise ValueError(f"machine {self.name}: sync_s must be >= 0, got {self.sync_s}")
+        for g, t in self.sync_by_group:
+            if g < 2 or t < 0:
+                raise ValueError(f"machine {self.name}: sync_by_group entry ({g}, {t}) needs "
+                                 f"group size >= 2 and seconds >= 0")
         if not 0 <= self.overlap_efficiency <= 1:
             raise ValueError(f"machine {self.name}: overlap_efficiency must be in [0, 1], got "
                              f"{self.overlap_efficiency}")
@@ -138,6 +147,13 @@ class Machine:
                 return bw
         same_span = [bw for g, s, bw in self.intra_node_links if g * s == group_size * stride]
         return min(same_span) if same_span else self.intra_node_gb_s
+
+    def sync_for(self, group_size: int) -> float:
+        """Seconds a critical-path collective over ``group_size`` ranks waits beyond its own
+        time (see ``sync_by_group``)."""
+        if not self.sync_by_group:
+            return self.sync_s
+        return min(self.sync_by_group, key=lambda e: (abs(e[0] - group_size), e[0]))[1]
 
     def peak_flops(self, precision: str) -> float:
         return self.peak_flops_bf16 if precision == "bf16" else self.peak_flops_fp32
@@ -235,6 +251,7 @@ def machine_from_dict(data: dict) -> Machine:
     values["collectives"] = tuple(MeasuredCollective(**c) for c in data.get("collectives", ()))
     values["intra_node_links"] = tuple((int(g), int(s), float(bw))
                                        for g, s, bw in data.get("intra_node_links", ()))
+    values["sync_by_group"] = tuple((int(g), float(t)) for g, t in data.get("sync_by_group", ()))
     return Machine(**values)
 
 
