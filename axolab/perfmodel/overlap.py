@@ -27,9 +27,9 @@ the backward gathers and reduce-scatters. Hiding is imperfect where collectives 
 computation compete for the same resources (gloo's threads take cores from the matmuls on a
 CPU; NCCL's kernels take a few SMs on a GPU): ``Machine.overlap_efficiency`` is the fraction
 of the ideal hiding ``min(communication, window)`` a machine achieves, measured by ``axolab
-plan calibrate``. A collective on the critical path also costs the machine's ``sync_s``
-(waiting for the slowest rank; measured on CPUs, 0 in the GPU presets), added in
-:func:`axolab.perfmodel.comm.comm_time`.
+plan calibrate``. A collective on the critical path also costs the machine's sync cost for
+its group size (``Machine.sync_for``: waiting for the group's slowest rank; measured on CPUs, 0
+in the GPU presets), added in :func:`axolab.perfmodel.comm.comm_time`.
 """
 
 from __future__ import annotations
