@@ -6,9 +6,10 @@ Two measurements on one CUDA device, bf16 autocast with fp32 master weights, Ada
    interleaved rounds (``speed_common.time_rounds`` with a device synchronize as the barrier);
    median step times and their ratio (target <= 1.03).
 2. ``layers``: decoder layers of the published Alps run's shape (hidden 9216, 72 heads, 2048
-   tokens per sequence, 4 sequences per GPU: what each GPU computes on the planner's best Alps
-   grid, where the Z axis gathers whole layers) with a gated MLP of the same matmul FLOPs
-   (8 h^2 per token), activation checkpointing on, trained by axolab at (1,1,1,1). Its step is
+   tokens per sequence, 4 sequences per GPU: one GPU's work in a grid whose Z axis gathers
+   whole layers, as in the best Alps grid at 4 sequences per GPU) with a gated MLP of the same
+   matmul FLOPs (8 h^2 per token), activation checkpointing on, trained by axolab at
+   (1,1,1,1). Its step is
    timed, then profiled (CUDA kernels summed by kind: matmul, attention, optimizer, the rest),
    and set beside ``axolab.perfmodel.predict`` for the same model and batch on the "alps" preset
    with this GPU's memory (the H200 has the H100's tensor cores and clocks; its HBM is
