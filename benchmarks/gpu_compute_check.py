@@ -10,9 +10,10 @@ Two measurements on one CUDA device, bf16 autocast with fp32 master weights, Ada
    whole layers, as in the best Alps grid at 4 sequences per GPU) with a gated MLP of the same
    matmul FLOPs (8 h^2 per token), activation checkpointing on, trained by axolab at
    (1,1,1,1). Its step is timed, then profiled (CUDA kernels summed by kind: matmul,
-   attention, optimizer, the rest), and set beside ``axolab.perfmodel.predict`` for the same model and batch on the "alps" preset
-   with this GPU's memory (the H200 has the H100's tensor cores and clocks; its HBM is
-   faster, so the measured elementwise time is, if anything, below an H100's).
+   attention, optimizer, the rest), and set beside ``axolab.perfmodel.predict`` for the same
+   model and batch on the "alps" preset with this GPU's memory (the H200 has the H100's tensor
+   cores and clocks; its HBM is faster, so the measured elementwise time is, if anything,
+   below an H100's).
    Then micro-benchmarks of the same layer's pieces give the figures a preset is made of:
    bf16 matmul rate on the layer's matmul shapes (forward and both gradient products) as a
    fraction of the data-sheet peak, fused causal attention forward + backward as a fraction
