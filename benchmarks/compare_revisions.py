@@ -102,13 +102,12 @@ def parse_grids(text: str) -> list[tuple[int, int, int, int]]:
     return grids
 
 
-def _resolve(rev: str) -> str:
-    """The commit ``rev`` names, or a ValueError before anything is checked out."""
+def _check_revision(rev: str) -> None:
+    """A ValueError, before anything is checked out, unless ``rev`` names a commit."""
     done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet",
                            f"{rev}^{{commit}}"], capture_output=True, text=True)
     if done.returncode != 0:
         raise ValueError(f"git revision {rev!r} does not name a commit in {ROOT}")
-    return done.stdout.strip()
 
 
 def _checkout(rev: str, where: Path) -> Path:
@@ -140,7 +139,7 @@ def main(argv=None) -> int:
         grids = parse_grids(a.grids)
         for rev in (a.base, a.head):
             if rev:
-                _resolve(rev)
+                _check_revision(rev)
     except ValueError as e:
         ap.error(str(e))
     with tempfile.TemporaryDirectory(prefix="axolab-revs-") as tmp:
