@@ -1,0 +1,1 @@
+"""Cell sources of the shipped notebooks, one module per notebook (``CELLS``)."""
