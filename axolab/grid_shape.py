@@ -58,10 +58,14 @@ class GridShape:
 
     @classmethod
     def parse(cls, text: str) -> "GridShape":
-        """From ``"data,z,y,x"`` (a command-line option or a text box)."""
-        parts = [p.strip() for p in str(text).split(",")]
+        """From ``"data,z,y,x"`` (a command-line option or a text box) or ``"DxZxYxX"`` (how
+        the planner and the benchmarks print a grid)."""
+        text = str(text).strip()
+        sep = "," if "," in text else "x"
+        parts = [p.strip() for p in text.lower().split(sep)]
         if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
-            raise ValueError(f"grid {text!r}: expected four positive integers data,z,y,x")
+            raise ValueError(f"grid {text!r}: expected four positive integers data,z,y,x "
+                             f"(or DxZxYxX)")
         return cls(*map(int, parts))
 
     @property
@@ -145,3 +149,14 @@ def all_grids(ranks: int) -> list[GridShape]:
     if not isinstance(ranks, int) or isinstance(ranks, bool) or ranks < 1:
         raise ValueError(f"the number of ranks must be a positive integer, got {ranks!r}")
     return [GridShape(*dims) for dims in factorizations(ranks)]
+
+
+def parse_grids(text: str) -> list[GridShape]:
+    """Several grids in one option: ``"d,z,y,x;d,z,y,x"``, or ``"DxZxYxX,DxZxYxX"``; a
+    ValueError names the first bad entry."""
+    text = str(text).strip()
+    entries = text.split(";") if (";" in text or "x" not in text.lower()) else text.split(",")
+    if not text or not all(e.strip() for e in entries):
+        raise ValueError(f"grids {text!r}: expected d,z,y,x entries separated by ';' "
+                         f"(or DxZxYxX entries separated by ',')")
+    return [GridShape.parse(e) for e in entries]

@@ -321,10 +321,12 @@ def session(s: dict) -> dict:
 
 
 def _grid(text: str) -> tuple[int, int, int, int]:
-    dims = tuple(int(v) for v in text.lower().split("x"))
-    if len(dims) != 4 or min(dims) < 1:
-        raise argparse.ArgumentTypeError(f"--grid wants DATAxZxYxX, e.g. 1x1x2x2, got {text!r}")
-    return dims
+    from axolab.grid_shape import GridShape
+
+    try:
+        return GridShape.parse(text).dims
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--grid: {e}") from None
 
 
 def main(argv=None) -> int:

@@ -90,16 +90,10 @@ def _run_child(tree: Path, dims: tuple, steps: int, checkpointing: bool) -> dict
 
 def parse_grids(text: str) -> list[tuple[int, int, int, int]]:
     """``"d,z,y,x;d,z,y,x"`` as tuples, or a ValueError naming the bad entry."""
-    grids = []
-    for entry in text.split(";"):
-        try:
-            dims = tuple(int(v) for v in entry.split(","))
-        except ValueError:
-            dims = ()
-        if len(dims) != 4 or min(dims) < 1:
-            raise ValueError(f"grid {entry!r}: expected four positive integers d,z,y,x")
-        grids.append(dims)
-    return grids
+    # Imported here, not at the top: a child run imports axolab from its own worktree.
+    from axolab.grid_shape import parse_grids as parse
+
+    return [g.dims for g in parse(text)]
 
 
 def _check_revision(rev: str) -> None:

@@ -171,13 +171,16 @@ def _grid_setting(text: str, ap: argparse.ArgumentParser) -> tuple:
     their defaults) -> (dims, changes)."""
     from axolab.optimizations import Optimizations
 
+    from axolab.grid_shape import GridShape
+
     grid, _, fields = text.partition(":")
     try:
-        dims = tuple(int(v) for v in grid.split(","))
-    except ValueError:
-        ap.error(f"grid {grid!r} is not four integers d,z,y,x")
-    if len(dims) != 4 or dims[0] * dims[1] * dims[2] * dims[3] != WORLD:
-        ap.error(f"grid {grid!r} is not d,z,y,x with {WORLD} ranks")
+        shape = GridShape.parse(grid)
+    except ValueError as e:
+        ap.error(str(e))
+    if shape.world != WORLD:
+        ap.error(f"grid {grid!r} has {shape.world} ranks, not {WORLD}")
+    dims = shape.dims
     defaults, changes = Optimizations(), {}
     for item in filter(None, fields.split("/")):
         key, _, value = item.partition("=")

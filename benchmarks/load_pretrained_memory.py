@@ -238,10 +238,12 @@ def report(rows: list[dict], checkpoint_bytes: int, n_params: int, repeats: int)
 
 
 def _grid_arg(text: str) -> tuple[int, int, int, int]:
-    dims = tuple(int(v) for v in text.split(","))
-    if len(dims) != 4 or min(dims) < 1:
-        raise argparse.ArgumentTypeError("--grid takes four positive integers: data,z,y,x")
-    return dims
+    from axolab.grid_shape import GridShape
+
+    try:
+        return GridShape.parse(text).dims
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--grid: {e}") from None
 
 
 def main() -> None:

@@ -271,6 +271,8 @@ def compare(world: int, rows: list, machine, s: dict) -> dict:
 
 
 def main(argv=None) -> int:
+    from axolab.grid_shape import GridShape, parse_grids
+    from axolab.perfmodel.grid import grid_problems
     from axolab.perfmodel import enumerate_grids, load_machine, model_shapes, save_machine
     from axolab.perfmodel.calibrate import CalibrationConfig, machine_from_measurements
     from axolab.perfmodel.ranks import run_on_ranks
@@ -287,23 +289,33 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
     ap.add_argument("--no-overlap", action="store_true",
                     help="train with overlap_communication=False (Optimizations.none())")
-    ap.add_argument("--grids", help="only these grids, e.g. 1x1x2x2,2x1x1x2")
+    ap.add_argument("--grids", help="only these grids: 1x1x2x2,2x1x1x2 (or 1,1,2,2;2,1,1,2)")
     ap.add_argument("--out", default="results/perfmodel_validation")
     a = ap.parse_args(argv)
     s = dict(model=a.model, seq_len=a.seq_len, global_batch=a.global_batch,
              micro_batch=a.micro_batch, precision=a.precision, checkpointing=a.checkpointing,
              steps=a.steps, warmup=a.warmup, overlap=not a.no_overlap)
+    try:
+        worlds = [int(w) for w in a.ranks.split(",")]
+        wanted = {g.dims for g in parse_grids(a.grids)} if a.grids else None
+    except ValueError as e:
+        ap.error(str(e))
+    candidates = {w: [(g.data, g.z, g.y, g.x) for g in
+                      enumerate_grids(w, model_shapes(a.model), a.global_batch)] for w in worlds}
+    for dims in sorted(wanted or ()):  # every grid asked for is measured, or nothing starts
+        world = dims[0] * dims[1] * dims[2] * dims[3]
+        if dims not in candidates.get(world, ()):
+            ap.error(f"grid {'x'.join(map(str, dims))}: " + (
+                f"{world} ranks is not among --ranks {a.ranks}" if world not in candidates else
+                "; ".join(grid_problems(model_shapes(a.model), GridShape(*dims),
+                                        a.global_batch))))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = (f"{a.model}-b{a.global_batch}-s{a.seq_len}-m{a.micro_batch or 0}-{a.precision}"
            f"{'-ckpt' if a.checkpointing else ''}{'-blocking' if a.no_overlap else ''}")
     summaries = []
-    for world in [int(w) for w in a.ranks.split(",")]:
-        grids = [(g.data, g.z, g.y, g.x) for g in
-                 enumerate_grids(world, model_shapes(a.model), a.global_batch)]
-        if a.grids:
-            wanted = {tuple(int(v) for v in g.split("x")) for g in a.grids.split(",")}
-            grids = [g for g in grids if g in wanted]
+    for world in worlds:
+        grids = [g for g in candidates[world] if wanted is None or g in wanted]
         measured_file = out / f"measured-{world}-{tag}.json"
         if measured_file.exists():  # resumable: a world size already measured is reused
             saved = json.loads(measured_file.read_text())

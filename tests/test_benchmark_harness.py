@@ -1,6 +1,7 @@
 """The benchmarks' shared harness: the interleaved timing loop of speed_common (rotation,
 warm-up rounds left out, losses recorded at the first and last step) and fsdp2_compare's grid
-settings (Optimizations changes parsed by field type, bad input named)."""
+settings (Optimizations changes parsed by field type, bad input named), and the grids
+perfmodel_validation is asked for (refused before anything is measured or written)."""
 
 import argparse
 import sys
@@ -11,6 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import fsdp2_compare as fc  # noqa: E402
+import perfmodel_validation as pv  # noqa: E402
 import speed_common as sc  # noqa: E402
 
 
@@ -42,6 +44,7 @@ def test_time_rounds_rotates_the_variants_and_skips_the_warm_up(monkeypatch):
 def test_fsdp2_grid_settings_parse_by_field_type():
     ap = argparse.ArgumentParser()
     assert fc._grid_setting("1,4,1,1", ap) == ((1, 4, 1, 1), {})
+    assert fc._grid_setting("1x4x1x1", ap) == ((1, 4, 1, 1), {})  # as the tables print it
     dims, changes = fc._grid_setting("1,2,2,1:prefetch_late_in_backward=1/gather_bucket_mb=8",
                                      ap)
     assert dims == (1, 2, 2, 1)
@@ -51,12 +54,26 @@ def test_fsdp2_grid_settings_parse_by_field_type():
 
 
 @pytest.mark.parametrize("text,message", [
-    ("1,4,1", "is not d,z,y,x with 4 ranks"),
-    ("2,2,2,1", "is not d,z,y,x with 4 ranks"),
-    ("1,x,1,1", "is not four integers"),
+    ("1,4,1", "expected four positive integers"),
+    ("2,2,2,1", "has 8 ranks, not 4"),
+    ("1,x,1,1", "expected four positive integers"),
     ("1,4,1,1:no_such_switch=1", "'no_such_switch' is not a field of Optimizations"),
 ])
 def test_fsdp2_bad_grid_settings_are_named(text, message, capsys):
     with pytest.raises(SystemExit):
         fc._grid_setting(text, argparse.ArgumentParser(prog="fsdp2_compare"))
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("grids,message", [
+    ("1x1x2x3", "grid 1x1x2x3: 6 ranks is not among --ranks 4,8"),
+    ("1x1x8x1", "grid 1x1x8x1: 4 key/value heads do not divide by y=8"),
+    ("8x1x1x1", "global batch 4 does not divide by data*z = 8"),
+    ("1x1x2x2,1x2", "grid '1x2': expected four positive integers"),
+])
+def test_validation_refuses_grids_it_cannot_measure(grids, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        pv.main(["--ranks", "4,8", "--global-batch", "4", "--grids", grids, "--out", str(out)])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not out.exists()

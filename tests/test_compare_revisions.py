@@ -21,9 +21,11 @@ def _worktrees() -> list[str]:
 
 def test_grids_are_parsed_and_bad_ones_named():
     assert cr.parse_grids("1,1,1,1;2,1,2,1") == [(1, 1, 1, 1), (2, 1, 2, 1)]
-    for bad in ("1,1,1", "1,1,1,0", "1,a,1,1", "1,1,1,1;"):
+    for bad in ("1,1,1", "1,1,1,0", "1,a,1,1"):
         with pytest.raises(ValueError, match="expected four positive integers"):
             cr.parse_grids(bad)
+    with pytest.raises(ValueError, match="expected d,z,y,x entries separated by ';'"):
+        cr.parse_grids("1,1,1,1;")
 
 
 @pytest.mark.parametrize("argv", (["HEAD", "--grids", "1,2,1"],

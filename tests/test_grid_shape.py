@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from axolab.grid_shape import GROUPS, GridShape, all_grids
+from axolab.grid_shape import GROUPS, GridShape, all_grids, parse_grids
 
 # Which coordinates vary inside one group of each axis: (d, z, y, x) indices.
 VARYING = {"x": (3,), "y": (2,), "z": (1,), "data": (0,), "batch": (0, 1),
@@ -57,3 +57,18 @@ def test_all_grids_and_refusals():
         GridShape(1, 1, 1, 1).groups("w")
     with pytest.raises(ValueError, match="positive integer, got 0"):
         all_grids(0)
+
+
+def test_grids_parse_in_both_spellings():
+    # "d,z,y,x" (config lists, command lines) and "DxZxYxX" (how tables print a grid).
+    assert GridShape.parse(" 2, 1,3 ,4") == GridShape(2, 1, 3, 4) == GridShape.parse("2X1x3x4")
+    assert GridShape.parse(str(GridShape(8, 16, 4, 2))) == GridShape(8, 16, 4, 2)
+    assert parse_grids("1,1,2,2;2,1,1,2") == parse_grids("1x1x2x2,2x1x1x2") == \
+        [GridShape(1, 1, 2, 2), GridShape(2, 1, 1, 2)]
+    assert parse_grids("1,4,1,1") == [GridShape(1, 4, 1, 1)]
+    for bad in ("1,2,3", "1x2x3", "0,1,1,1", "1,1,1,1,1", "ax1x1x1", "1.5,1,1,1"):
+        with pytest.raises(ValueError, match="expected four positive integers"):
+            GridShape.parse(bad)
+    for bad in ("", "1,1,1,1;", ";1,1,1,1", "1x1x1x1,,1x1x1x2"):
+        with pytest.raises(ValueError, match="expected d,z,y,x entries"):
+            parse_grids(bad)
