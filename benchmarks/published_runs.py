@@ -145,14 +145,17 @@ def evaluate(run: PublishedRun) -> dict:
     return out
 
 
-def sweep(runs, batches) -> list[dict]:
+def sweep(runs, batches, known: list[dict] = ()) -> list[dict]:
     """Each run's errors (overlapped, blocking) at each shared global batch: how much the
-    comparison depends on the one number the papers leave out."""
+    comparison depends on the one number the papers leave out. ``known``: rows of
+    :func:`evaluate` already computed (reused where run and batch match)."""
+    done = {(r["name"], r["global_batch"]): r for r in known}
     table = []
     for batch in batches:
         errors = {}
         for run in runs:
-            row = evaluate(dataclasses.replace(run, global_batch=batch))
+            row = done.get((run.name, batch)) or \
+                evaluate(dataclasses.replace(run, global_batch=batch))
             errors[run.name] = {"overlap": row["overlap"]["error"],
                                 "blocking": row["blocking"]["error"],
                                 "grid": row["overlap"]["grid"]}
@@ -211,7 +214,7 @@ def main(argv=None) -> int:
     print(f"global batch: {assumption}; flop/s counted as the papers do (with "
           f"recomputation); target within {TOLERANCE:.0%}")
     _print_rows(rows)
-    table = sweep(RUNS, SWEEP)
+    table = sweep(RUNS, SWEEP, known=rows)
     _print_sweep(table)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,16 @@ def test_the_sweep_restates_evaluate_at_each_batch():
         assert t["max_abs_error"] == max(abs(e["overlap"]) for e in t["errors"].values())
 
 
+def test_the_sweep_reuses_rows_it_is_given():
+    # The default batch's rows are printed first; the sweep takes them instead of
+    # predicting them again (a stand-in row shows which one it used).
+    run = pr.RUNS[0]
+    given = {"name": run.name, "global_batch": 16, "overlap": {"error": 0.125, "grid": "g"},
+             "blocking": {"error": -0.5}}
+    table = pr.sweep([run], (16,), known=[given])
+    assert table[0]["errors"][run.name] == {"overlap": 0.125, "blocking": -0.5, "grid": "g"}
+
+
 @pytest.mark.parametrize("argv", (["--global-batch", "0"], ["--batch-per-gpu", "-1"],
                                   ["--global-batch", "8", "--batch-per-gpu", "2"]))
 def test_bad_batches_are_refused_before_any_prediction(argv, capsys):
