@@ -62,21 +62,20 @@ def test_rank_output_is_echoed(targets, tmp_path, capsys):
 
 
 def test_a_raising_rank_surfaces_its_error(targets, tmp_path):
-    t0 = time.monotonic()
+    # The peers sleep 300 s: unless the launcher stops them when rank 2 fails, the job ends
+    # by its timeout instead, with the timeout's error.
     with pytest.raises(LaunchError) as info:
-        spmd("launch_targets", ["raise", "2"], 4, tmp_path / "logs", echo=False)
-    assert time.monotonic() - t0 < 60, "the ranks waiting on the failed one were not stopped"
+        spmd("launch_targets", ["raise", "2"], 4, tmp_path / "logs", echo=False, timeout_s=120)
     err = info.value
-    assert err.rank == 2
+    assert err.rank == 2 and "timeout_s" not in str(err)
     assert "ValueError: boom from rank 2" in str(err) and "launch_targets.py" in str(err)
 
 
 def test_a_killed_rank_ends_the_job(targets, tmp_path):
-    t0 = time.monotonic()
     with pytest.raises(LaunchError) as info:
-        spmd("launch_targets", ["kill", "1"], 3, tmp_path / "logs", echo=False)
-    assert time.monotonic() - t0 < 60
+        spmd("launch_targets", ["kill", "1"], 3, tmp_path / "logs", echo=False, timeout_s=120)
     assert info.value.rank == 1 and "rank 1 was killed" in str(info.value)
+    assert "timeout_s" not in str(info.value)
     assert "SIGKILL" in str(info.value) or "-9" in str(info.value)
 
 

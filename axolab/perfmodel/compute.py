@@ -25,7 +25,8 @@ RESIDUAL_PASSES = (14, 26)   # 2 RMSNorms (fp32 statistics) + 2 residual adds, o
 HEAD_PASSES = (8, 16)        # rotary, transposes, attention in/out, on [n, (q+2kv)/Y]
 MLP_PASSES = (5, 11)         # SiLU(gate) * up, on [n, I/Y]
 LOSS_PASSES = 14             # fp32 cast, max, exp, sum, softmax, gather; backward, on logits
-ADAMW_PASSES = 18            # param, grad, 2 moments read/written, temporaries
+ADAMW_PASSES = 20            # torch's AdamW: decay, 2 moment updates, sqrt, div, add eps,
+                             # update; each op's reads + writes (both code paths)
 OPS_PER_LAYER = (45, 70)     # kernels per decoder layer, forward / backward
 CAUSAL_FRACTION = 0.5        # causal attention kernels skip the masked half
 
