@@ -35,3 +35,13 @@ def test_tiny_dry_run_writes_both_cases(tmp_path):
     pieces = r["layers"]["pieces"]
     assert set(pieces["matmul"]) == {"qkv", "o", "gate_up", "down"}
     assert 0 < pieces["matmul_efficiency"] < 1  # no CPU reaches a GPU's bf16 peak
+    # The layer's efficiency is its matmuls' FLOPs over their summed times: the per-product
+    # efficiencies weighted harmonically by FLOPs (each product [n, k] x [k, m], three per
+    # layer: forward, input gradient, weight gradient, the same FLOPs each).
+    n, h, i = s["global_batch"] * s["seq_len"], s["hidden"], s["intermediate"]
+    qkv = (s["heads"] + 2 * s["kv_heads"]) * (h // s["heads"])
+    sizes = {"qkv": h * qkv, "o": h * h, "gate_up": h * 2 * i, "down": i * h}
+    flops = {name: 2 * n * km for name, km in sizes.items()}
+    seconds_at_peak = sum(flops[name] / e for name, parts in pieces["matmul"].items()
+                          for e in parts.values())
+    assert pieces["matmul_efficiency"] == pytest.approx(3 * sum(flops.values()) / seconds_at_peak)

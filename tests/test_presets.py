@@ -38,6 +38,13 @@ PUBLISHED_OTHERS = {"gpt2": 124_439_808, "gpt2-medium": 354_823_168,
                     "gemma-3-1b": 999_885_952}
 
 
+# Published only rounded: Qwen3-0.6B's model card gives 0.6B parameters, 0.44B of them outside
+# the embedding; the OLMo-2 model cards give (layers, hidden size, heads, context length).
+QWEN3_CARD = {"qwen3-0.6b": (0.6, 0.44)}
+OLMO2_CARD = {"olmo-2-1b": (16, 2048, 16, 4096), "olmo-2-7b": (32, 4096, 32, 4096),
+              "olmo-2-13b": (40, 5120, 40, 4096)}
+
+
 def test_other_architecture_presets_build_and_plan():
     """Each preset builds its transformers class on meta with the published size, and the
     performance model's shapes count the same parameters as transformers."""
@@ -49,8 +56,17 @@ def test_other_architecture_presets_build_and_plan():
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(model_config(name))
         count = sum(p.numel() for p in model.parameters())
+        config = model.config
+        assert name in published or name in QWEN3_CARD or name in OLMO2_CARD, \
+            f"{name}: no published figure to check it against"
         if name in published:
             assert count == published[name], name
+        if name in QWEN3_CARD:
+            outside = count - model.get_input_embeddings().weight.numel()
+            assert (round(count / 1e9, 1), round(outside / 1e9, 2)) == QWEN3_CARD[name], name
+        if name in OLMO2_CARD:
+            assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
+                    config.max_position_embeddings) == OLMO2_CARD[name], name
         assert model_shapes(name).params == count, name
         parallelize(model, Grid.init())
         assert all(p.is_meta for p in model.parameters())
