@@ -41,7 +41,10 @@ def test_load_pretrained_from_several_shards(pool8, tmp_path, kind, tied):
     directory = tmp_path / "hf"
     tiny_model(kind, tied).save_pretrained(str(directory), max_shard_size="20KB")
     assert len(list(directory.glob("*.safetensors"))) > 3
-    for r in pool8.run(pretrained_logits, (1, 2, 2, 1), str(directory), kind, tied):
+    results = pool8.run(pretrained_logits, (1, 2, 2, 1), str(directory), kind, tied)
+    # None: a pool rank outside the grid; every one of the grid's 4 ranks must answer
+    assert [r is None for r in results] == [False] * 4 + [True] * 4, results
+    for r in results:
         if r is None:
             continue
         assert r["logits"] < 2e-5 and r["loss"] < 2e-5, r
@@ -119,6 +122,9 @@ def save_then_resume(save_shape, load_shape, directory):
 def test_resume_on_another_grid(pool8, tmp_path, save_shape, load_shape):
     results = pool8.run(save_then_resume, save_shape, load_shape, str(tmp_path / "ckpt"))
     assert results[0], "rank 0 is part of every grid"
+    # {}: a pool rank outside the loading grid; every rank of that grid must answer
+    n_load = load_shape[0] * load_shape[1] * load_shape[2] * load_shape[3]
+    assert sum(1 for r in results if r) == n_load, results
     for r in results:
         if r:
             assert r["keys"] and r["exact"] == [], f"not restored bit for bit: {r['exact'][:5]}"
@@ -129,6 +135,16 @@ def test_resume_on_another_grid(pool8, tmp_path, save_shape, load_shape):
     exported = AutoModelForCausalLM.from_pretrained(str(tmp_path / "ckpt" / "step-00000001"))
     assert exported.lm_head.weight is exported.model.embed_tokens.weight or \
         torch.equal(exported.lm_head.weight, exported.model.embed_tokens.weight)
+    # every exported tensor is bit for bit the weight gathered on the saving grid
+    saved = torch.load(tmp_path / "ckpt" / "expected.pt", weights_only=True)
+    weights = {k: v for k, v in saved.items() if "/" not in k}  # not the AdamW moments
+    exported_state = exported.state_dict()
+    assert set(exported_state) - {"lm_head.weight"} == set(weights), \
+        sorted(set(exported_state) ^ set(weights))
+    assert len(weights) > 5
+    for key, tensor in exported_state.items():
+        want = weights["model.embed_tokens.weight" if key == "lm_head.weight" else key]
+        assert tensor.dtype == want.dtype and torch.equal(tensor, want), key
     assert not any(p.name.startswith(".") for p in (tmp_path / "ckpt").iterdir())
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("step-*")) == ["step-00000001"]
 
@@ -235,6 +251,7 @@ def test_streamed_save_is_exact_and_stays_within_one_chunk(pool8, tmp_path, kind
 
     chunk = 2048  # 64 fp32 elements per rank per round: every tensor spans many rounds
     results = [r for r in pool8.run(streamed_save, shape, str(tmp_path), kind, tied, chunk) if r]
+    assert len(results) == shape[0] * shape[1] * shape[2] * shape[3]  # None: outside the grid
     ckpt = tmp_path / "step-00000007"
     files = {}
     for path in ckpt.glob("*.safetensors"):

@@ -22,29 +22,58 @@ def test_reading_rows_equals_cutting_the_full_matrix():
         if cols % cx:
             continue
         full = torch.randn(rows, cols, generator=g)
-        read_rows = []
+        # By hand: rank (y, x) owns rows [y*lr, (y+1)*lr) of the zero-padded matrix and
+        # columns [x*lc, (x+1)*lc); its flattened block is cut into z chunks of `chunk`.
+        lr, lc = -(-rows // ry), cols // cx
+        numel = lr * lc
+        chunk = -(-numel // z)
+        reads = []
 
         def read(r0, r1, c0, c1):
-            read_rows.append(r1 - r0)
+            reads.append((r0, r1, c0, c1))
             return full[r0:r1, c0:c1]
 
         pieces = {}
         for yi, xi, zi in itertools.product(range(ry), range(cx), range(z)):
             lay = BlockLayout(rows, cols, padded_size(rows, ry), _axis("y", ry, yi),
                               _axis("x", cx, xi), _axis("z", z, zi))
+            where = (rows, cols, ry, cx, z, yi, xi, zi)
             want = lay.shard_from_full(full)
+            assert want.shape == (chunk,), where
+            # The rows this chunk spans: from the row holding its first element to the row
+            # holding its last one, less the padding rows, which are never read.
+            f0, f1 = zi * chunk, min((zi + 1) * chunk, numel)
+            first = yi * lr + f0 // lc
+            stop = min(yi * lr + -(-f1 // lc), rows) if f1 > f0 else first
+            spanned = max(0, stop - first)
+            assert spanned <= -(-chunk // lc) + 1, where  # never more than the chunk + one row
+
+            def check_reads(made, most_rows):
+                for r0, r1, c0, c1 in made:
+                    assert first <= r0 < r1 <= stop, (where, made, first, stop)
+                    assert (c0, c1) == (xi * lc, (xi + 1) * lc), (where, made)
+                    assert r1 - r0 <= most_rows, (where, made)
+                assert sum(r1 - r0 for r0, r1, _, _ in made) <= spanned, (where, made, spanned)
+
+            reads.clear()
             got = lay.shard_from_reader(read, full.dtype)
-            assert torch.equal(got, want), (rows, cols, ry, cx, z, yi, xi, zi)
+            check_reads(list(reads), rows)
+            assert torch.equal(got, want), where
             blocked = torch.full_like(want, float("nan"))  # every element must be written
+            reads.clear()
             lay.fill_from_reader(blocked, read, block_rows=2)
-            assert torch.equal(blocked, want), ("blocked", rows, cols, ry, cx, z, yi, xi, zi)
-            # never more than the chunk's rows plus one partial row at each end
-            assert read_rows[-1] * lay.local_cols <= lay.chunk + 2 * lay.local_cols if read_rows \
-                else True
-            pieces[(yi, xi, zi)] = want
-        # the chunks tile the (padded) matrix exactly once
-        total = sum(p.numel() for p in pieces.values())
-        assert total >= rows * cols and total - padded_size(rows, ry) * cols < z * ry * cx
+            check_reads(list(reads), 2)  # bounded blocks of rows
+            assert torch.equal(blocked, want), ("blocked",) + where
+            pieces[(yi, xi, zi)] = got
+        # The chunks tile the zero-padded matrix exactly once: glue each block's z chunks,
+        # drop the chunk padding (which must be zero) and put the block at its place.
+        padded = torch.cat([full, torch.zeros(ry * lr - rows, cols)])
+        rebuilt = torch.full((ry * lr, cols), float("nan"))
+        for yi, xi in itertools.product(range(ry), range(cx)):
+            flat = torch.cat([pieces[(yi, xi, zi)] for zi in range(z)])
+            assert flat.numel() == z * chunk and not flat[numel:].any(), (rows, cols, ry, cx, z)
+            rebuilt[yi * lr:(yi + 1) * lr, xi * lc:(xi + 1) * lc] = flat[:numel].view(lr, lc)
+        assert torch.equal(rebuilt, padded), (rows, cols, ry, cx, z)
 
 
 def test_vector_layout_pads_and_trims():

@@ -60,10 +60,13 @@ def test_loss_curve_is_the_same_on_every_grid(pool8, dataset, tmp_path, loss, gr
                        (tmp_path / ("g%d%d%d%d" % s) / "metrics.jsonl").read_text().splitlines()]
                    for s in grids}
         ref = dropped[(1, 1, 1, 1)]
+        assert {s: len(d) for s, d in dropped.items()} == {s: 12 for s in grids}
         assert all(abs(a - b) <= 1e-5 * b for d in dropped.values() for a, b in zip(d, ref))
     assert len(ref_train) == 12 and len(ref_val) == 2
     assert ref_train[-1] < ref_train[0] - 0.3, "the model did not learn"
     for shape, (train, val) in curves.items():
+        # 12 steps logged, evaluated after steps 6 and 12, on every grid (zip would truncate)
+        assert (len(train), len(val)) == (12, 2), f"grid {shape}: {train}, {val}"
         for a, b in zip(train + val, ref_train + ref_val):
             assert abs(a - b) <= 1e-5 * abs(b), f"grid {shape}: {train} vs {ref_train}"
 
@@ -90,6 +93,7 @@ def test_activation_checkpointing_and_bf16(pool8, dataset, tmp_path):
     for name, extra in runs.items():
         pool8.run(train_on, (1, 1, 2, 2), _cfg(dataset, tmp_path / name, steps=4, **extra).to_dict())
         curves[name] = _curve(tmp_path / name)[0]
+    assert {k: len(c) for k, c in curves.items()} == {k: 4 for k in runs}  # one loss per step
     assert all(abs(a - b) <= 1e-6 * abs(b) for a, b in zip(curves["ac"], curves["fp32"]))
     # bf16 matmuls: close to fp32, not equal
     assert all(abs(a - b) <= 0.02 * abs(b) for a, b in zip(curves["bf16"], curves["fp32"]))
