@@ -175,7 +175,9 @@ def _finished(run_dir: Path, steps: int) -> bool:
 
 def rank_agreement(table: pd.DataFrame) -> pd.DataFrame:
     """Per model and rank count: Spearman correlation of predicted and measured step times
-    over the grids, and how much slower than the measured best the predicted-best grid ran."""
+    over the grids (average ranks for ties; NaN with fewer than three grids, where a rank
+    correlation says nothing), and how much slower than the measured best the predicted-best
+    grid ran (of grids predicted equally fast, the first in the table)."""
     from scipy.stats import spearmanr
 
     rows = []

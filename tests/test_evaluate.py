@@ -37,7 +37,8 @@ def evaluated(trained):
 def test_evaluate_run_dir(trained):
     from axolab.checkpoint import latest_checkpoint, load_pretrained
     from axolab.parallel import Grid
-    from transformers import AutoTokenizer
+    from sklearn.metrics import roc_auc_score
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     data, run_dir = trained
     cfg = EvalConfig(prefix_len=8, suffix_len=8, curve_prefix_lens=[4, 8])
@@ -66,9 +67,46 @@ def test_evaluate_run_dir(trained):
         assert rate == pytest.approx(np.mean([r["exact"] for r in records
                                               if r["repetitions"] == int(n)]))
     assert set(summary["mia"]) == {"loss", "zlib", "min_k", "min_k_plus_plus"}
-    assert all(0 <= m["auc"] <= 1 for m in summary["mia"].values())
+    # Membership: every score is oriented so that higher means "more likely a member"
+    # (axolab.memorization.mia), so the AUC is sklearn's over (member label, score) as recorded.
+    # At a false-positive rate of at most 1% with 18 controls no control may be flagged: the
+    # TPR is the share of members scoring above every control.
+    member = np.array([r["member"] for r in records])
+    assert (member.sum(), (~member).sum()) == (18, 18)
+    for name, m in summary["mia"].items():
+        score = np.array([r[name] for r in records])
+        assert (m["members"], m["nonmembers"]) == (18, 18)
+        assert m["auc"] == pytest.approx(roc_auc_score(member, score), abs=1e-12)
+        assert m["tpr_at_0.01_fpr"] == pytest.approx(
+            np.mean(score[member] > score[~member].max()), abs=1e-12)
+    # Exposure (secrets only, bits): log2 of the number of possible secrets (the candidates and
+    # the secret itself) minus log2 of the secret's rank; by repetition count, the secrets' mean.
+    secrets = [r for r in records if r["kind"] == "secret"]
+    assert all("exposure" not in r for r in records if r["kind"] != "secret")
+    for r in secrets:
+        assert r["exposure"] == pytest.approx(np.log2(r["exposure_candidates"] + 1)
+                                              - np.log2(r["exposure_rank"]))
+    assert set(summary["exposure_by_repetitions"]) == {str(r["repetitions"]) for r in secrets}
+    for n, mean in summary["exposure_by_repetitions"].items():
+        assert mean == pytest.approx(np.mean([r["exposure"] for r in secrets
+                                              if r["repetitions"] == int(n)]))
+    # Extraction curve: the share of injected canaries (members with more than k tokens)
+    # whose next min(suffix_len, tokens - k) tokens greedy decoding reproduces from a prompt of
+    # their first k tokens, after the separator. Greedy reproduces them exactly when the
+    # teacher-forced argmax is right at every suffix position: recomputed here with the
+    # checkpoint as a plain Hugging Face model, one forward pass per member canary.
+    hf = AutoModelForCausalLM.from_pretrained(str(latest_checkpoint(run_dir / "checkpoints")))
     assert set(summary["extraction_curve"]) == {"4", "8"}
-    assert summary["exposure_by_repetitions"]
+    for k in (4, 8):
+        hits = []
+        for c in canaries:
+            if c.member and len(c.token_ids) > k:
+                ids = torch.tensor([eos + c.token_ids[:k + min(8, len(c.token_ids) - k)]])
+                with torch.no_grad():
+                    pred = hf(ids).logits[0, :-1].argmax(-1)
+                hits.append(bool((pred[k:] == ids[0, k + 1:]).all()))
+        assert len(hits) == 18
+        assert summary["extraction_curve"][str(k)] == pytest.approx(np.mean(hits))
 
 
 def test_heldout_perplexity_per_document_group(evaluated):

@@ -194,6 +194,15 @@ def test_goldfish_mitigation_sweeps_k(tmp_path, tiny_study):
     cells = _outputs(Path(status["output"]))
     assert all(name in _text(cells[0]) for name in runs)
     assert "'tiny-llama-standard': 0.0" in _text(cells[1])
+    # The price: each run's validation loss (its eval.json) relative to the standard run's,
+    # rounded to four places.
+    val = {name: json.loads((out / name / "eval.json").read_text())["validation_loss"]
+           for name in runs}
+    assert all(isinstance(v, float) and v > 0 for v in val.values())
+    price = _value(cells[1])
+    assert set(price) == set(runs)
+    for name in runs:
+        assert price[name] == round(val[name] / val["tiny-llama-standard"] - 1, 4)
     assert _images(cells[2]) == 2
     # Each run probed its canaries at the end of training: the curve figure is drawn.
     assert all((out / name / "memorization_curve.jsonl").is_file() for name in runs)
