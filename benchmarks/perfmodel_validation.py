@@ -21,7 +21,10 @@ calibration alike. The calibration is saved as OUT/machine-N.json. Per grid it r
 
 It prints per grid predicted vs measured time and memory, then the Spearman rank correlation of
 predicted and measured step times (target >= 0.9), whether the predicted-best grid is within
-10% of the measured best, and the memory model's error (target within 20%). Measurements are
+10% of the measured best, and the memory model's error (target within 20%). Two lines say how
+far the timing noise goes: the Spearman correlation with the rounds drawn again (bootstrap, 5th
+to 95th percentile), and the measurement against itself (each round's step times against the
+median of the other rounds'), which a model cannot be expected to beat. Measurements are
 kept in OUT/measured-N-<settings>.json; a rerun with the same settings reuses a world size
 already measured (delete the file to measure again).
 
@@ -212,6 +215,37 @@ def _measured_bytes(row) -> dict:
     return dict(out)
 
 
+def round_agreement(times: list[list[float]]) -> list[float]:
+    """How well the measurement agrees with itself: for each round, the Spearman correlation
+    of that round's step times with the median of the other rounds', over the grids
+    (``times[grid][round]``). A model cannot be expected to rank the grids better than one
+    round of the measurement ranks them against the rest."""
+    from scipy.stats import spearmanr
+
+    rounds = len(times[0])
+    if rounds < 2 or len(times) < 3:
+        return []
+    return [float(spearmanr([t[i] for t in times],
+                            [statistics.median(t[:i] + t[i + 1:]) for t in times])[0])
+            for i in range(rounds)]
+
+
+def bootstrap_spearman(predicted: list[float], times: list[list[float]], samples: int = 2000,
+                       seed: int = 0) -> tuple[float, float]:
+    """5th and 95th percentiles of the predicted-vs-measured Spearman correlation when the
+    rounds are drawn again with replacement (each grid's median over the drawn rounds): how
+    much the correlation owes to which rounds happened to be measured."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    t = np.asarray(times, dtype=float)
+    rng = np.random.default_rng(seed)
+    draws = [spearmanr(predicted, np.median(t[:, rng.integers(0, t.shape[1], t.shape[1])],
+                                            axis=1))[0] for _ in range(samples)]
+    lo, hi = np.nanpercentile(draws, [5, 95])
+    return float(lo), float(hi)
+
+
 def compare(world: int, rows: list, machine, s: dict) -> dict:
     from scipy.stats import spearmanr
 
@@ -261,6 +295,14 @@ def compare(world: int, rows: list, machine, s: dict) -> dict:
         print(f"Spearman rank correlation {rho:.3f} (target >= 0.9); predicted best "
               f"{best_pred['grid']} is {gap:.1%} slower than the measured best "
               f"({'within' if gap <= 0.10 else 'NOT within'} 10%)")
+        times = [row["step_times"] for row in rows]
+        self_agreement = round_agreement(times)
+        if self_agreement:
+            lo, hi = bootstrap_spearman([r["predicted_s"] for r in table], times)
+            summary.update(round_agreement=self_agreement, spearman_bootstrap_5_95=[lo, hi])
+            print(f"  with the rounds drawn again (bootstrap): {lo:.3f}-{hi:.3f}; the "
+                  f"measurement against itself (each round against the others' median): "
+                  f"{', '.join(f'{v:.3f}' for v in self_agreement)}")
     errs = [abs(r["predicted_gib"] / r["measured_gib"] - 1) for r in table]
     summary.update(memory_max_error=max(errs), memory_median_error=statistics.median(errs),
                    bytes_match=all(r["bytes_match"] for r in table), rows=table)

@@ -77,3 +77,18 @@ def test_validation_refuses_grids_it_cannot_measure(grids, message, tmp_path, ca
         pv.main(["--ranks", "4,8", "--global-batch", "4", "--grids", grids, "--out", str(out)])
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_measurement_agreement_with_itself_by_hand():
+    # Four grids, three rounds; grids 2 and 3 swap places in round 1.
+    times = [[1, 1, 1], [2, 3, 2], [3, 2, 3], [4, 4, 4]]
+    # Round 0 (ranks 1,2,3,4) against the median of rounds 1-2 (1, 2.5, 2.5, 4: a tie, average
+    # ranks): Pearson of the ranks = 4.5 / sqrt(5 * 4.5) = sqrt(0.9); round 1 (1,3,2,4) against
+    # rounds 0 and 2 (1,2,3,4): 1 - 6 * 2 / (4 * 15) = 0.8; round 2 like round 0.
+    assert pv.round_agreement(times) == pytest.approx([0.9 ** 0.5, 0.8, 0.9 ** 0.5])
+    assert pv.round_agreement([[1.0], [2.0], [3.0]]) == []  # one round: nothing to compare
+    # Whatever rounds are drawn, a prediction in the measured order correlates perfectly and
+    # the reverse order perfectly negatively; a swapped pair lands between.
+    assert pv.bootstrap_spearman([1, 2, 3, 4], times) == pytest.approx((0.8, 1.0))
+    assert pv.bootstrap_spearman([4, 3, 2, 1], [[1, 1], [2, 2], [3, 3], [4, 4]]) == \
+        pytest.approx((-1.0, -1.0))
