@@ -121,11 +121,13 @@ def _check_resumable(cfg: TrainConfig, saved: dict, ckpt: Path) -> None:
                          + "; ".join(changed) + "); use a new run_dir or set resume=false")
 
 
-def _goldfish_rule(cfg: TrainConfig, grid: Grid) -> GoldfishRule | None:
-    """Built once per run: the "hash-table" strategy draws its table here."""
+def _goldfish_rule(cfg: TrainConfig, grid: Grid, separator: int | None) -> GoldfishRule | None:
+    """Built once per run: the "hash-table" strategy draws its table here. ``separator``: the
+    dataset's document separator, where "hash" windows stop (axolab.goldfish)."""
     if cfg.loss != "goldfish":
         return None
-    return GoldfishRule.build(cfg.goldfish_k, cfg.goldfish_h, cfg.goldfish_strategy, grid.device)
+    return GoldfishRule.build(cfg.goldfish_k, cfg.goldfish_h, cfg.goldfish_strategy, grid.device,
+                              separator)
 
 
 def _autocast(cfg: TrainConfig, grid: Grid):
@@ -251,7 +253,8 @@ def _train(cfg: TrainConfig, grid: Grid, lead: bool, stop: StopRequest) -> dict:
     train, val = PackedDataset(cfg.data, "train"), PackedDataset(cfg.data, "validation")
     from transformers import AutoTokenizer
 
-    vocab = len(AutoTokenizer.from_pretrained(str(Path(cfg.data) / "tokenizer")))
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(cfg.data) / "tokenizer"))
+    vocab = len(tokenizer)
     model = build_model(cfg, grid, vocab)
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(model)
@@ -279,7 +282,7 @@ def _train(cfg: TrainConfig, grid: Grid, lead: bool, stop: StopRequest) -> dict:
     if lead:
         _record_session(run_dir, start, grid)
     micro = cfg.micro_batch or cfg.global_batch // grid.batch_shards
-    goldfish = _goldfish_rule(cfg, grid)
+    goldfish = _goldfish_rule(cfg, grid, tokenizer.eos_token_id)
     seq_len = train.seq_len
     probe = CanaryProbe(cfg, train.rows, seq_len, resumed, lead)
     flops = flops_per_token(model.config, seq_len) * cfg.global_batch * seq_len

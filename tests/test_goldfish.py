@@ -119,3 +119,48 @@ def test_hash_table_strategy_is_the_papers_rule():
     # apply_goldfish drops exactly those targets.
     labels = apply_goldfish(ids, ids, 4, 13, "hash-table")
     assert torch.equal(labels == -100, ~GoldfishRule.build(4, 13, "hash-table").keep(ids))
+
+
+def test_document_windows_by_hand():
+    from axolab.goldfish import OUTSIDE, document_windows
+
+    ids = torch.tensor([[5, 6, 0, 7, 8, 9, 0, 1]])  # separator 0
+    o = OUTSIDE
+    assert document_windows(ids, 3, 0).tolist() == [[
+        [o, o, 5], [o, 5, 6],  # the row's start: nothing before it
+        [5, 6, 0],             # a separator closes its document: the window is that document
+        [o, 0, 7],             # the next document opens with the separator, not with 5, 6
+        [0, 7, 8], [7, 8, 9], [8, 9, 0], [o, 0, 1]]]
+
+
+def test_a_short_canary_loses_the_same_tokens_in_every_occurrence():
+    """Packed rows as the builder writes them: a 13-token secret between separators, at
+    different offsets (one right at a row's start) after different text. With the separator
+    every occurrence drops the same of its tokens; windows running across documents give
+    each occurrence its own mask (the failure the hash exists to avoid)."""
+    g = torch.Generator().manual_seed(5)
+    sep, canary = 0, torch.randint(1, 50000, (13,), generator=g)
+    rows = torch.randint(1, 50000, (6, 200), generator=g)
+    offsets = [0, 1, 17, 40, 99, 150]  # where the separator opening the canary sits
+    for row, at in zip(rows, offsets):
+        row[at] = sep
+        row[at + 1:at + 14] = canary
+        row[at + 14] = sep
+    spans = [(r, at + 1, at + 15) for r, at in enumerate(offsets)]  # the canary + its close
+    for k in (2, 4):
+        kept = goldfish_mask(rows, k, h=13, separator=sep)
+        masks = {tuple(kept[r, a:b].tolist()) for r, a, b in spans}
+        assert len(masks) == 1, masks
+        assert not all(next(iter(masks))), "some of the canary's tokens are dropped"
+        across = goldfish_mask(rows, k, h=13)  # no separator: the text before leaks in
+        assert len({tuple(across[r, a:b].tolist()) for r, a, b in spans}) > 1
+    # The rate is still one target in k, the first targets of a row included.
+    ids = torch.randint(0, 1000, (64, 512), generator=torch.Generator().manual_seed(6))
+    for k in (2, 4, 8):
+        dropped = 1 - goldfish_mask(ids, k, h=13, separator=0).float().mean().item()
+        assert abs(dropped - 1 / k) < 0.01, (k, dropped)
+    # The paper's rule is left as the paper has it.
+    assert torch.equal(goldfish_mask(rows, 4, 13, "hash-table", separator=sep),
+                       goldfish_mask(rows, 4, 13, "hash-table"))
+    with pytest.raises(ValueError, match="separator must be a token id"):
+        goldfish_mask(rows, 4, separator=-3)
