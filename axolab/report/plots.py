@@ -171,7 +171,7 @@ def exact_by_repetitions(table: pd.DataFrame) -> Plot:
                          legend=i == len(kinds) - 1, ax=ax)
             _log2_axis(ax, data["repetitions"])
             ax.set(title="all canaries" if kind == "all" else f"{kind} canaries",
-                   xlabel="repetitions in training data", ylabel="exact-match rate",
+                   xlabel="repetitions per pass over the training data", ylabel="exact-match rate",
                    ylim=(-0.02, 1.02))
         sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1))
         return _done(plot, fig)
