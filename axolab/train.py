@@ -9,7 +9,6 @@ Rank 0 writes metrics.jsonl; all ranks write checkpoints together.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import socket
 import sys
@@ -31,7 +30,8 @@ from .config import TrainConfig, load_config, write_json_atomic
 from .files import append_jsonl, drop_torn_tail
 from .launch.preemption import PREEMPTED_EXIT, StopRequest
 from .memorization.probe import CanaryProbe
-from .data.loader import PackedDataset, global_batch_rows, shard_rows
+from .data.loader import (PackedDataset, epoch_reads, global_batch_rows, shard_rows,
+                          trained_rows)
 from .goldfish import GoldfishRule
 from .metrics import MetricsLog, device_peak, flops_per_token, memory_mb
 from .parallel import (Grid, Optimizations, clip_grad_norm_, comm, no_data_sync,
@@ -143,6 +143,11 @@ def _train_step(cfg, model, grid, data, step, micro,
                                         data.shuffled), grid.batch_shards, grid.batch_index)
     ids = data.read(rows).to(grid.device)
     targets = data.labels(rows, ids)  # the padding of padded rows is never a target
+    # Rows past the epochs asked for only fill up the last batch: never targets (see loader).
+    past = ~shard_rows(trained_rows(step, cfg.global_batch, epoch_reads(cfg.epochs, data.rows)),
+                       grid.batch_shards, grid.batch_index)
+    if past.any():
+        targets[torch.from_numpy(past).to(grid.device)] = -100
     labels = targets if goldfish is None else goldfish.labels(targets, ids)
     dropped = targets.masked_fill(labels != -100, -100)  # targets the goldfish mask left out
     # Normalize by the kept tokens of the whole global batch, all micro-steps together.
@@ -261,7 +266,8 @@ def _train(cfg: TrainConfig, grid: Grid, lead: bool, stop: StopRequest) -> dict:
     model.train()
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr,
                             betas=tuple(cfg.betas), eps=cfg.eps)
-    total = cfg.steps if cfg.epochs is None else math.ceil(cfg.epochs * train.rows / cfg.global_batch)
+    reads = epoch_reads(cfg.epochs, train.rows)
+    total = cfg.steps if reads is None else -(-reads // cfg.global_batch)  # the last one partial
     from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
     sched = get_cosine_with_min_lr_schedule_with_warmup(

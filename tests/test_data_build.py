@@ -150,7 +150,7 @@ def test_corpus_formats_and_pretrained_tokenizer(tiny, tmp_path):
     (tmp_path / "c.txt").write_text("\n\n".join(paragraphs))
     shutil.copytree(tiny / "tokenizer", tmp_path / "tok")
     canaries = [{"kind": "secret", "template": "the code is {x4}-{a3}", "repetitions": [2],
-                 "per_count": 1, "candidates": 5}]
+                 "per_count": 1, "candidates": 10}]
     built = {}
     for name, corpus in {"jsonl": {"files": ["c.jsonl"], "text_field": "body"},
                          "parquet": {"files": ["c.parquet"], "text_field": "body"},

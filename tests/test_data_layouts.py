@@ -2,6 +2,7 @@
 canary windows, each checked on the tokens the build wrote."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -182,6 +183,10 @@ def test_training_on_padded_rows_never_targets_the_padding(tmp_path, loss):
                                              goldfish_h=3, progress=False))
     grid, data = Grid.init(), PackedDataset(data_dir)
     model = build_model(cfg, grid, 300)
+    # No separator for goldfish: with one, every padding position's window is the same lone
+    # separator, so the mask keeps or drops all the padding alike, and here it drops it: the
+    # padding's own mask would then go untested.
+    eos = None
     caches = []
     original = DynamicCache.__init__
 
@@ -192,7 +197,7 @@ def test_training_on_padded_rows_never_targets_the_padding(tmp_path, loss):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(DynamicCache, "__init__", counting)
         step_loss, dropped_loss = _train_step(cfg, model, grid, data, 0, 6,
-                                              _goldfish_rule(cfg, grid))
+                                              _goldfish_rule(cfg, grid, eos))
     assert not caches, "a training step built a KV cache it never reads"
     rows = global_batch_rows(0, 6, data.rows, cfg.seed)
     ids, lengths = _columns(data_dir)
@@ -202,9 +207,73 @@ def test_training_on_padded_rows_never_targets_the_padding(tmp_path, loss):
     per = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
     real = torch.arange(1, ids.shape[1])[None, :] < lengths[:, None]  # target inside the row
     assert not real.all(), "the rows are not padded: the test would measure nothing"
-    keep = goldfish_mask(ids, 2, 3)[:, 1:] if loss == "goldfish" else torch.ones_like(real)
+    keep = goldfish_mask(ids, 2, 3, separator=eos)[:, 1:] if loss == "goldfish" else torch.ones_like(real)
     assert step_loss == pytest.approx(per[real & keep].mean().item(), rel=1e-5)
     padded_mean = per[keep].mean().item()
     assert abs(step_loss - padded_mean) > 1e-3, "padding targets would give the same loss"
     if loss == "goldfish":
         assert dropped_loss == pytest.approx(per[real & ~keep].mean().item(), rel=1e-5)
+
+
+def test_the_last_batch_of_an_epoch_does_not_train_on_the_first_rows_again(tmp_path):
+    """A stored-order split (two passes, canaries in its first quarter) whose rows make no whole
+    number of batches, trained one epoch: the last step's batch is filled up with the first
+    rows, where the early canaries are, and its loss must be the cross-entropy over the rows
+    left in the epoch only, written out by hand."""
+    import torch
+    import torch.nn.functional as F
+
+    from axolab.config import TrainConfig, config_from_dict
+    from axolab.parallel import Grid
+    from axolab.train import _train_step, build_model
+
+    early = {"kind": "random", "name": "early", "length": 8, "repetitions": [2, 4],
+             "per_count": 2, "window": [0.0, 0.25]}
+    data = {**_recipe(passes=2), "corpus": {"embedded": "austen", "max_documents": 60},
+            "canaries": [early]}
+    data_dir = build(recipe_from_dict(data, tmp_path), tmp_path / "w", progress=False)
+    ids, _ = _columns(data_dir)
+    n, first = len(ids), min(row for c in load_canaries(data_dir) for row, _ in c.occurrences)
+    # A batch whose last one, filled up with the first rows, takes in the first early canary.
+    batch = next(b for b in range(8, 128) if n % b and b - n % b > first)
+    last = n // batch  # the step that holds row n - 1
+    cfg = config_from_dict(TrainConfig, dict(data=str(data_dir), run_dir=str(tmp_path / "run"),
+                                             global_batch=batch, epochs=1, progress=False))
+    grid, split = Grid.init(), PackedDataset(data_dir)
+    assert not split.shuffled
+    model = build_model(cfg, grid, 300)
+    step_loss, _ = _train_step(cfg, model, grid, split, last, batch, None)
+    with torch.no_grad():
+        rows = torch.from_numpy(ids)
+        per = F.cross_entropy(model(input_ids=rows).logits[:, :-1].float().transpose(1, 2),
+                              rows[:, 1:], reduction="none")
+    assert step_loss == pytest.approx(per[last * batch:].mean().item(), rel=1e-5)
+    wrapped = torch.cat([per[last * batch:], per[:batch - n % batch]])  # the batch as read
+    assert abs(step_loss - wrapped.mean().item()) > 1e-4, "the first rows would give the same loss"
+
+
+@pytest.mark.parametrize("passes, epochs", [(2, 1), (1, 1), (1, 2), (1, 0.5)])
+def test_an_epochs_run_trains_each_row_as_often_as_its_epochs(tmp_path, passes, epochs):
+    """The rows trained on over every step of a run of ``epochs`` (stored order with two
+    passes, shuffled with one): each row exactly ``epochs`` times, so each canary ``epochs``
+    times its repetitions in the manifest; half an epoch trains half the rows once."""
+    from axolab.data.loader import epoch_reads, trained_rows
+
+    group = {"kind": "random", "name": "r", "length": 8, "repetitions": [2, 4], "per_count": 2,
+             **({"window": [0.0, 0.25]} if passes > 1 else {})}
+    data = {**_recipe(passes=passes), "corpus": {"embedded": "austen", "max_documents": 60},
+            "canaries": [group]}
+    out = build(recipe_from_dict(data, tmp_path), tmp_path / "d", progress=False)
+    split = PackedDataset(out)
+    n, batch = split.rows, 16
+    assert n % batch and split.shuffled == (passes == 1)
+    seen = np.zeros(n, dtype=np.int64)
+    for step in range(math.ceil(epochs * n / batch)):  # the run's steps, the last one partial
+        rows = global_batch_rows(step, batch, n, 0, split.shuffled)
+        np.add.at(seen, rows[trained_rows(step, batch, epoch_reads(epochs, n))], 1)
+    if epochs >= 1:
+        assert (seen == epochs).all(), np.bincount(seen)
+        for c in load_canaries(out):
+            assert sum(seen[row] for row, _ in c.occurrences) == epochs * c.repetitions, c.id
+    else:  # half an epoch: ceil(n / 2) rows once, the rest never
+        assert np.bincount(seen).tolist() == [n // 2, n - n // 2]

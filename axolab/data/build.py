@@ -32,7 +32,7 @@ from ..files import replace_directory
 from .canaries import Canary, document_canaries, random_canaries, schedule, secret_canaries
 from .corpus import check_corpus, documents
 from .packing import pack_train, pack_validation
-from .recipe import Recipe, RecipeError, load_recipe
+from .recipe import MIN_CANARY_TOKENS, Recipe, RecipeError, load_recipe
 from .store import TokenFile
 from .tokenizer import load_tokenizer
 
@@ -47,7 +47,13 @@ class Pass1:
     train: TokenFile
     validation: TokenFile
     documents: int
-    chosen: list[int]  # positions in `train` of the documents held out as document canaries
+    held_out: dict[int, list[int]]
+    """Group index -> positions in `train` of the documents that document-canary group injects
+    (held out of the background), in stream order."""
+
+    @property
+    def chosen(self) -> list[int]:
+        return [p for positions in self.held_out.values() for p in positions]
 
 
 def _rng(recipe: Recipe, *purpose: int):
@@ -69,45 +75,67 @@ def _separator_tokens(recipe: Recipe) -> int:
     return 2 if recipe.packing.separate_canaries else 0
 
 
-def _doc_limits(recipe: Recipe) -> tuple[int, int]:
-    groups = [g for g in recipe.canaries if g.kind == "document" and g.corpus is None]
+def _reservoir(items: np.ndarray, k: int, rng) -> list[int]:
+    """A uniform choice of ``k`` of ``items`` (algorithm R, as pass 1 once ran it while reading,
+    so that a recipe with one document group holds out the same documents as before)."""
+    out = items[:k].tolist()
+    for seen in range(k, len(items)):
+        j = int(rng.integers(0, seen + 1))
+        if j < k:
+            out[j] = int(items[seen])
+    return out
+
+
+def _hold_out(recipe: Recipe, train: TokenFile) -> dict[int, list[int]]:
+    """For each document group without a corpus of its own, a seeded uniform sample of the
+    training documents within its own min_tokens..max_tokens; no document goes to two groups.
+    The group with the fewest eligible documents chooses first, so that a wide group does not
+    take what a narrow one needs when other documents would do."""
+    groups = [(i, g) for i, g in enumerate(recipe.canaries)
+              if g.kind == "document" and g.corpus is None]
+    if not groups:
+        return {}
+    starts = np.asarray(train.starts, dtype=np.int64)
+    lengths = np.diff(np.append(starts, train.size)) - 1  # without the end-of-document token
     sep = _separator_tokens(recipe)
-    lo = min((g.min_tokens for g in groups), default=0)
-    hi = max((g.max_tokens or recipe.packing.seq_len - sep for g in groups), default=0)
-    return lo, hi
+    limits = {i: (g.min_tokens, g.max_tokens or recipe.packing.seq_len - sep) for i, g in groups}
+    eligible = {i: np.flatnonzero((lengths >= lo) & (lengths <= hi))
+                for i, (lo, hi) in limits.items()}
+    taken = np.zeros(len(lengths), dtype=bool)
+    rng = _rng(recipe, 2)
+    held: dict[int, list[int]] = {}
+    for i, g in sorted(groups, key=lambda ig: (len(eligible[ig[0]]), ig[0])):
+        free = eligible[i][~taken[eligible[i]]]
+        wanted = len(schedule(g))
+        if len(free) < wanted:
+            lo, hi = limits[i]
+            others = len(eligible[i]) - len(free)
+            by_others = f", {others} of them held out for other document groups" if others else ""
+            raise RecipeError(f"canary group {g.label(i)}: document canaries need {wanted} "
+                              f"training documents of {lo}..{hi} tokens but the corpus has only "
+                              f"{len(eligible[i])}{by_others}")
+        pick = _reservoir(free, wanted, rng)
+        taken[pick] = True
+        held[i] = sorted(pick)  # positions follow the stream order
+    return {i: held[i] for i, _ in groups}
 
 
 def _pass1(recipe: Recipe, tokenizer, eos: int, work: Path, progress: bool) -> Pass1:
-    """Tokenize every document once, split train/validation, reservoir-sample document canaries."""
+    """Tokenize every document once, split train/validation, choose the held-out documents."""
     train, val = TokenFile(work / "train.u32"), TokenFile(work / "validation.u32")
-    split_rng, pick_rng = _rng(recipe, 1), _rng(recipe, 2)
-    wanted = sum(len(schedule(g)) for g in recipe.canaries
-                 if g.kind == "document" and g.corpus is None)
-    lo, hi = _doc_limits(recipe)
-    reservoir: list[int] = []
-    seen_eligible = 0
+    split_rng = _rng(recipe, 1)
     n_docs = 0
     bar = tqdm(desc="tokenize", unit="doc", disable=not progress)
     batch: list[str] = []
 
     def flush():
-        nonlocal n_docs, seen_eligible
+        nonlocal n_docs
         for ids in _encode(tokenizer, batch):
             ids = np.asarray(ids + [eos], dtype=np.uint32)
             if split_rng.random() < recipe.packing.validation_fraction:
                 val.append(n_docs, ids)
             else:
                 train.append(n_docs, ids)
-                if wanted and lo <= len(ids) - 1 <= hi:
-                    # Reservoir sampling (algorithm R): a uniform choice without a second pass.
-                    pos = len(train.starts) - 1
-                    if len(reservoir) < wanted:
-                        reservoir.append(pos)
-                    else:
-                        j = int(pick_rng.integers(0, seen_eligible + 1))
-                        if j < wanted:
-                            reservoir[j] = pos
-                    seen_eligible += 1
             n_docs += 1
         bar.update(len(batch))
         batch.clear()
@@ -123,31 +151,35 @@ def _pass1(recipe: Recipe, tokenizer, eos: int, work: Path, progress: bool) -> P
     if n_docs == 0:
         raise RecipeError("the corpus holds no documents (empty files, or every document shorter "
                           f"than corpus.min_document_chars={recipe.corpus.min_document_chars})")
-    if wanted and len(reservoir) < wanted:
-        raise RecipeError(f"document canaries need {wanted} training documents of {lo}..{hi} "
-                          f"tokens but the corpus has only {len(reservoir)}")
-    return Pass1(train, val, n_docs, sorted(reservoir, key=lambda p: train.doc_ids[p]))
+    return Pass1(train, val, n_docs, _hold_out(recipe, train))
 
 
 def _make_canaries(recipe: Recipe, tokenizer, p1: Pass1, eos: int) -> list[Canary]:
     out: list[Canary] = []
-    docs = [(p1.train.doc_ids[p], p1.train.read(*p1.train.doc_range(p))[:-1].tolist())
-            for p in p1.chosen]
-    docs = [docs[i] for i in _rng(recipe, 3).permutation(len(docs))] if docs else []
+    order_rng = _rng(recipe, 3)
+    taken: set[str] = set()  # every secret text so far, across groups (see secret_canaries)
     for i, g in enumerate(recipe.canaries):
         name = g.label(i)
         rng = _rng(recipe, 10 + i)
         if g.kind == "secret":
-            out += secret_canaries(g, name, tokenizer, rng)
+            out += secret_canaries(g, name, tokenizer, rng, taken)
         elif g.kind == "random":
             out += random_canaries(g, name, tokenizer, rng)
         elif g.corpus is not None:
             out += document_canaries(g, name, _target_documents(recipe, g, i, tokenizer, eos),
                                      tokenizer)
         else:
-            k = len(schedule(g))
-            out += document_canaries(g, name, docs[:k], tokenizer)
-            docs = docs[k:]
+            t = p1.train
+            docs = [(t.doc_ids[p], t.read(*t.doc_range(p))[:-1].tolist()) for p in p1.held_out[i]]
+            # Which document gets which repetition count: a seeded shuffle of the stream order.
+            out += document_canaries(g, name, [docs[j] for j in order_rng.permutation(len(docs))],
+                                     tokenizer)
+    short = next((c for c in out if len(c.token_ids) < MIN_CANARY_TOKENS), None)
+    if short is not None:
+        raise RecipeError(f"canary {short.id} ({short.text!r}) is {len(short.token_ids)} token(s) "
+                          f"with this tokenizer, and a canary needs at least {MIN_CANARY_TOKENS}: "
+                          "extraction prompts with its first tokens and checks the rest; "
+                          "lengthen the template")
     return out
 
 

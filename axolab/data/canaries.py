@@ -34,7 +34,8 @@ class Canary:
     template: str | None = None
     filler: str | None = None
     candidates: list[str] | None = None
-    """Secret canaries: fillers never used by any canary of the group, for exposure ranking."""
+    """Secret canaries: fillings of the template that no canary of any group uses, for exposure
+    ranking."""
     space_size: int | None = None
     """Secret canaries: how many fillers the template admits."""
     document: int | None = None
@@ -65,29 +66,44 @@ def _fill(template: str, parts, rng) -> str:
     return FILLER.sub(lambda _: next(values), template)
 
 
-def _filler_of(template: str, text: str) -> str:
-    """The filler characters of ``text`` (the template's literal parts removed)."""
+def _pattern(template: str) -> re.Pattern:
+    """Matches every filling of ``template``; group n is the n-th filler."""
     pattern, last = [], 0
     for m in FILLER.finditer(template):
-        pattern.append(re.escape(template[last:m.start()]) + f"(.{{{m.group(2)}}})")
+        chars = re.escape(ALPHABETS[m.group(1)])
+        pattern.append(re.escape(template[last:m.start()]) + f"([{chars}]{{{m.group(2)}}})")
         last = m.end()
     pattern.append(re.escape(template[last:]))
-    return "".join(re.fullmatch("".join(pattern), text, flags=re.S).groups())
+    return re.compile("".join(pattern), flags=re.S)
 
 
-def secret_canaries(spec: CanarySpec, group: str, tokenizer, rng) -> list[Canary]:
+def _filler_of(template: str, text: str) -> str:
+    """The filler characters of ``text`` (the template's literal parts removed)."""
+    return "".join(_pattern(template).fullmatch(text).groups())
+
+
+def secret_canaries(spec: CanarySpec, group: str, tokenizer, rng,
+                    taken: set[str] | None = None) -> list[Canary]:
+    """The group's secrets (members, then controls) and their shared candidates, every text new
+    to ``taken``, which is updated. The builder passes one set to every secret group: two groups
+    with one template would otherwise draw the same fillers, one group's control or candidate
+    being another's injected secret."""
     reps = schedule(spec)
     parts, size = _space(spec.template)
+    taken = set() if taken is None else taken
+    match = _pattern(spec.template)
+    used = sum(1 for t in taken if match.fullmatch(t))  # fillings earlier groups drew
     need = len(reps) + spec.candidates
-    if need > size:
-        raise RecipeError(f"canary group {group}: template {spec.template!r} admits {size} fillers "
-                          f"but {len(reps)} canaries + {spec.candidates} candidates need {need}")
+    if need > size - used:
+        earlier = f" ({used} of them drawn by earlier secret groups)" if used else ""
+        raise RecipeError(f"canary group {group}: template {spec.template!r} admits {size} fillers"
+                          f"{earlier} but {len(reps)} canaries + {spec.candidates} candidates "
+                          f"need {need}")
     texts: list[str] = []
-    seen: set[str] = set()
-    while len(texts) < need:  # rejection sampling; `need` is at most the space size
+    while len(texts) < need:  # rejection sampling; `need` unused fillings exist
         t = _fill(spec.template, parts, rng)
-        if t not in seen:
-            seen.add(t)
+        if t not in taken:
+            taken.add(t)
             texts.append(t)
     candidates = texts[len(reps):]
     out = []

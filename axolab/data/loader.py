@@ -5,11 +5,19 @@ seed and the step only; each rank then reads just its batch shard's rows from th
 dataset. A fixed-order split (stats.json ``row_order: stored``: several corpus passes or
 windowed canaries) is read in stored order instead, so its rows meet the model when the build
 placed them.
+
+A run of ``epochs`` reads ``ceil(epochs * rows)`` rows, in ``ceil(reads / global_batch)``
+steps. The last global batch is filled up past that with rows of the next epoch (in stored
+order: the first rows again, where a forgetting study keeps its early canaries); those rows
+are read, so that every batch shard keeps its shape, but ``trained_rows`` marks them and the
+trainer ignores their targets. Every row is then trained on exactly as often as the epochs
+say (whole epochs: each row that many times), in either order.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +83,23 @@ def global_batch_rows(step: int, batch: int, rows: int, seed: int,
 def shard_rows(rows: np.ndarray, shards: int, index: int) -> np.ndarray:
     per = len(rows) // shards
     return rows[index * per:(index + 1) * per]
+
+
+def epoch_reads(epochs: float | None, rows: int) -> int | None:
+    """Rows a run of ``epochs`` reads; None for a run of a number of steps."""
+    return None if epochs is None else math.ceil(epochs * rows)
+
+
+def trained_rows(step: int, batch: int, reads: int | None) -> np.ndarray:
+    """Which rows of the global batch at ``step`` a run of ``reads`` row reads trains on: all
+    but those past its end, which only fill up its last batch.
+
+    Their targets are ignored rather than epochs refused when they give no whole batches (a
+    split's row count comes from its corpus: forgetting.yaml's 3865 rows make whole batches
+    only of 5 or 773) or the last partial batch dropped (in stored order its rows hold the
+    late canaries), and rather than the last batch read shorter (it would not split evenly
+    over the batch shards). The loss is normalized by the kept tokens of the whole global
+    batch, so the last step is exactly one step on its real rows, the same on every grid."""
+    if reads is None:
+        return np.ones(batch, dtype=bool)
+    return np.arange(step * batch, (step + 1) * batch) < reads

@@ -181,6 +181,13 @@ class Recipe:
 
 
 _FILLER = re.compile(r"\{([dax])(\d+)\}")
+# Extraction prompts with a canary's first tokens and checks that the model continues with the
+# rest: a canary of one token has no prefix or no suffix, and only fails later, at evaluation.
+MIN_CANARY_TOKENS = 2
+# Exposure ranks a secret among its never-injected candidates and fits a three-parameter
+# skew-normal to their log-perplexities: with fewer than 10 (about three per parameter) the fit
+# is noise and the rank resolves under log2(11) = 3.5 bits. 0 turns exposure off.
+MIN_SECRET_CANDIDATES = 10
 # A name that is one path component and nothing else: no separators, no "..", no hidden files.
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -280,9 +287,16 @@ def _validate_canaries(r: Recipe) -> None:
         where = f"canaries[{i}]"
         if not g.repetitions or any(n < 1 for n in g.repetitions):
             raise RecipeError(f"{where}.repetitions={g.repetitions}: need positive integers")
-        _at_least(where, {"per_count": g.per_count, "length": g.length,
-                          "min_tokens": g.min_tokens}, 1)
+        _at_least(where, {"per_count": g.per_count}, 1)
+        for name in ("length", "min_tokens"):
+            if getattr(g, name) < MIN_CANARY_TOKENS:
+                raise RecipeError(f"{where}.{name}={getattr(g, name)} must be at least "
+                                  f"{MIN_CANARY_TOKENS}: extraction prompts with a canary's "
+                                  "first tokens and checks the rest")
         _at_least(where, {"controls": g.controls, "candidates": g.candidates}, 0)
+        if g.kind == "secret" and 0 < g.candidates < MIN_SECRET_CANDIDATES:
+            raise RecipeError(f"{where}.candidates={g.candidates}: exposure needs at least "
+                              f"{MIN_SECRET_CANDIDATES} candidates per secret (or 0 for none)")
         if g.max_tokens is not None and g.max_tokens < g.min_tokens:
             raise RecipeError(f"{where}.max_tokens={g.max_tokens} is below min_tokens="
                               f"{g.min_tokens}")
