@@ -24,13 +24,30 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc, kernel 4.7+):
+    setting it to read it back would briefly apply another umask to every other thread."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Replace ``path`` with ``text`` via a uniquely named temporary file and a rename (two
-    writers never share a temporary file; a reader never sees a partial file)."""
+    writers never share a temporary file; a reader never sees a partial file). The file gets
+    the mode any new file gets (0o666 less the umask), not the temporary file's private 0o600."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

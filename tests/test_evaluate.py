@@ -182,3 +182,21 @@ def test_canary_browser_shows_the_picked_canary(evaluated):
     controls.fields["grid"].value = "2,x"
     with pytest.raises(ValueError, match="four positive integers"):
         controls.values()
+
+
+def test_a_new_evaluation_leaves_no_earlier_optional_files(tmp_path):
+    """continuations.jsonl and row_extraction.jsonl belong to the evaluation whose eval.json
+    sits beside them: one that produces neither removes an earlier one's."""
+    from axolab.files import read_jsonl
+    from axolab.memorization.canary_eval import Scored, write_eval_files
+
+    first = Scored([{"id": "a"}], {"checkpoint": "step-1"}, [{"id": "a", "generated_ids": [1]}],
+                   [{"split": "train", "row": 3}])
+    write_eval_files(tmp_path, first)
+    assert read_jsonl(tmp_path / "continuations.jsonl") == first.continuations
+    assert read_jsonl(tmp_path / "row_extraction.jsonl") == first.rows
+    write_eval_files(tmp_path, Scored([{"id": "a"}], {"checkpoint": "step-2"}, []))
+    assert json.loads((tmp_path / "eval.json").read_text()) == {"checkpoint": "step-2"}
+    assert not (tmp_path / "continuations.jsonl").exists()
+    assert not (tmp_path / "row_extraction.jsonl").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "memorization.jsonl"]

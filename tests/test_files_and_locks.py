@@ -120,3 +120,27 @@ def test_a_second_writer_is_refused_until_the_first_dies(tmp_path):
         assert json.loads(Path(lock.path).read_text())["pid"] == os.getpid()
         with pytest.raises(RunDirLocked):
             RunDirLock(run_dir).acquire()  # a second lock in the same process is refused too
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_atomic_writes_get_the_mode_of_any_new_file(tmp_path, umask):
+    """A rewritten file has the mode open() would give a new one (0o666 less the umask), not
+    the temporary file's private 0o600; the umask itself is left as it was."""
+    from axolab.files import current_umask
+
+    old = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        path = tmp_path / "eval.json"
+        write_text_atomic(path, "{}\n")
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+        path.chmod(0o600)  # a rewrite gives the normal mode again
+        write_text_atomic(path, "{}\n")
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+        with open(tmp_path / "plain", "w"):
+            pass
+        assert (tmp_path / "plain").stat().st_mode & 0o777 == path.stat().st_mode & 0o777
+        assert os.umask(umask) == umask  # current_umask did not change it
+    finally:
+        os.umask(old)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

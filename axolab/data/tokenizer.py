@@ -42,6 +42,11 @@ def load_tokenizer(spec: TokenizerSpec, source: str | None, texts: Iterable[str]
     eos_id = tok.convert_tokens_to_ids(eos)
     if eos_id is None or eos_id == tok.unk_token_id:
         raise RecipeError(f"tokenizer.eos_token {eos!r} is not in the tokenizer's vocabulary")
+    if tok.eos_token != eos:
+        # The separator the build writes is the tokenizer's eos in the saved dataset, so that
+        # whatever reads it back (evaluation, the goldfish loss's document boundaries) finds
+        # the same token as ``eos_token_id``. Naming a token eos does not change encoding.
+        tok.eos_token = eos
     if spec.expect_vocab_size is not None and len(tok) != spec.expect_vocab_size:
         raise RecipeError(f"tokenizer has {len(tok)} tokens but tokenizer.expect_vocab_size is "
                           f"{spec.expect_vocab_size} (the model's embedding would not match)")

@@ -6,8 +6,9 @@ in-process ``evaluate``. It yields one record per canary (extraction, RougeL, me
 scores, exposure for secrets), the summary (rates by repetition count, extraction curve, ROC
 summaries, exposure by repetition count) and each canary's greedy continuation; ``write_eval_files``
 puts them in ``memorization.jsonl``, ``eval.json`` and ``continuations.jsonl``
-(docs/memorization-files.md). Canaries are scored as they were injected: preceded by the
-separator token when the dataset separated them.
+(docs/memorization-files.md). Canaries are scored as they were trained on: after exactly the
+tokens that preceded them in the training rows (axolab.memorization.context), a separator in a
+separated packed stream and nothing at the start of a padded row.
 """
 
 from __future__ import annotations
@@ -82,17 +83,20 @@ class CanarySet:
 
     canaries: list[Canary]
     separator: list[int]
-    """Token ids that preceded each canary in training (the separator, or none)."""
+    """Token ids that preceded each canary in training (the separator, or none), read from the
+    built rows (``canary_context``)."""
     tokenizer: object
 
     @classmethod
     def load(cls, data_dir: str | Path) -> "CanarySet":
         from transformers import AutoTokenizer
 
+        from .context import canary_context
+
         data_dir = Path(data_dir)
         tok = AutoTokenizer.from_pretrained(str(data_dir / "tokenizer"))
-        sep = [tok.eos_token_id] if _separated(data_dir) else []
-        return cls(load_canaries(data_dir), sep, tok)
+        canaries = load_canaries(data_dir)
+        return cls(canaries, canary_context(data_dir, canaries, tok), tok)
 
 
 @dataclass
@@ -146,18 +150,20 @@ def add_row_extraction(model, data_dir: str | Path, cfg: EvalConfig, scored: Sco
 
 
 def write_eval_files(out_dir: str | Path, scored: Scored) -> None:
-    """memorization.jsonl, eval.json and (when scored with them) continuations.jsonl, each
-    replaced whole."""
+    """memorization.jsonl, eval.json and (when scored with them) continuations.jsonl and
+    row_extraction.jsonl, each replaced whole; eval.json last. An optional file this
+    evaluation did not produce is removed (one unlink, before the new eval.json), so no
+    earlier evaluation's continuations or rows are left beside the new results."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "memorization.jsonl",
                       "".join(json.dumps(r) + "\n" for r in scored.records))
-    if scored.continuations:
-        write_text_atomic(out / "continuations.jsonl",
-                          "".join(json.dumps(c) + "\n" for c in scored.continuations))
-    if scored.rows:
-        write_text_atomic(out / "row_extraction.jsonl",
-                          "".join(json.dumps(r) + "\n" for r in scored.rows))
+    for name, lines in (("continuations.jsonl", scored.continuations),
+                        ("row_extraction.jsonl", scored.rows)):
+        if lines:
+            write_text_atomic(out / name, "".join(json.dumps(x) + "\n" for x in lines))
+        else:
+            (out / name).unlink(missing_ok=True)
     write_json_atomic(out / "eval.json", scored.summary)
 
 
@@ -180,13 +186,6 @@ def evaluate(model, data_dir: str | Path, config: EvalConfig | None = None,
     if out_dir is not None and (grid is None or grid.rank == grid.ranks[0]):
         write_eval_files(out_dir, scored)
     return scored.summary
-
-
-def _separated(data_dir: Path) -> bool:
-    import yaml
-
-    recipe = yaml.safe_load((data_dir / "recipe.yaml").read_text())
-    return bool(recipe.get("packing", {}).get("separate_canaries", True))
 
 
 def _extraction(model, canaries, sep, cfg, records) -> list[dict]:

@@ -100,11 +100,12 @@ def _generate(model, data_dir: Path, cfg: EvalConfig) -> list[dict]:
     greedy decoding (independent of the batched fast path the evaluation job takes)."""
     import torch
 
+    from .canary_eval import _split
+    from .context import canary_context
     from .decode import greedy_generate
-    from .canary_eval import _separated, _split
 
     canaries = load_canaries(data_dir)
-    sep = _separator(data_dir) if _separated(data_dir) else []
+    sep = canary_context(data_dir, canaries)  # what preceded each canary in training
     out = []
     for c in canaries:
         prefix, suffix = _split(len(c.token_ids), cfg)
@@ -115,12 +116,6 @@ def _generate(model, data_dir: Path, cfg: EvalConfig) -> list[dict]:
                     "truth_ids": c.token_ids[prefix:prefix + suffix],
                     "generated_ids": greedy_generate(model, prompt, suffix)[0].tolist()})
     return out
-
-
-def _separator(data_dir: Path) -> list[int]:
-    from transformers import AutoTokenizer
-
-    return [AutoTokenizer.from_pretrained(str(data_dir / "tokenizer")).eos_token_id]
 
 
 def _span(token: str, style: str) -> str:
