@@ -1,6 +1,7 @@
 """Grid and parallelize behaviour that needs no other ranks."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -30,6 +31,45 @@ def test_multi_rank_grid_without_launcher_is_refused(monkeypatch):
         Grid.init(2, 1, 2, 2)
     with pytest.raises(ValueError, match="grid dimension y must be a positive integer, got 0"):
         Grid.init(1, 1, 0, 1)
+
+
+def _fake_world(monkeypatch, world: int, rank: int) -> list:
+    """torch.distributed as seen by ``rank`` of ``world``, without any other process: the
+    groups the grid creates are recorded instead."""
+    import torch.distributed as dist
+
+    created = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: world)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: rank)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
+    monkeypatch.setattr(dist, "new_group", lambda ranks, **kw: created.append(list(ranks)) or
+                        object())
+    return created
+
+
+def test_grid_ranks_out_of_order_are_refused_before_any_group(monkeypatch):
+    # torch.distributed orders a group's members by global rank while the grid lays them out
+    # in the order given: reversed ranks gave a wrong loss without any error.
+    created = _fake_world(monkeypatch, 4, 0)
+    for ranks in ([3, 2, 1, 0], [0, 2, 1, 3], range(3, -1, -1), [0, 0, 1, 2]):
+        named = re.escape(f"grid ranks {list(ranks)} must be distinct and in increasing order")
+        with pytest.raises(ValueError, match=named):
+            Grid.init(1, 2, 1, 2, ranks=ranks)
+    assert created == []
+    # Increasing ranks, also a subset of the world, are fine, and each group lists them in
+    # the grid's order.
+    grid = Grid.init(1, 1, 1, 2, ranks=[0, 3])
+    assert grid.ranks == (0, 3) and grid.x.ranks == (0, 3) and grid.x.index == 0
+    assert [0, 3] in created and all(g == sorted(g) for g in created)
+
+
+def test_grid_ranks_out_of_order_are_refused_without_a_process_group():
+    # The order is checked first, so the message names the real problem.
+    with pytest.raises(ValueError, match=r"grid ranks \[1, 0\] must be distinct and in "
+                                         r"increasing order"):
+        Grid.init(1, 1, 1, 2, ranks=[1, 0])
+    assert not torch.distributed.is_initialized()
 
 
 def test_launcher_environment_torchrun_and_slurm(monkeypatch):

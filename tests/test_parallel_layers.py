@@ -381,3 +381,49 @@ def test_layers_sharing_an_input_reduce_once(pool8):
         assert a["backward"]["y"] - f["backward"]["y"] == 3 * layers, (f, a)
         assert f["forward"]["y"] == a["forward"]["y"] and f["backward"]["x"] == a["backward"]["x"]
         assert rel_err(f_grad, a_grad) < 1e-5
+
+
+def bad_target_called_directly(how: str, agree: bool = True):
+    """vocab_parallel_cross_entropy / vocab_parallel_logprobs called by hand (not through the
+    model's loss) with a bad target on one batch shard: every rank must raise, not only the
+    ranks of that shard while the others go on into their next collective."""
+    from axolab.parallel import (VocabShard, comm, vocab_parallel_cross_entropy,
+                                 vocab_parallel_logprobs)
+    from axolab.parallel.layout import padded_size
+    from axolab.parallel.token_checks import TokenChecks
+
+    grid = _grid((2, 1, 2, 2))
+    vocab = 13
+    local_n = padded_size(vocab, grid.y.size) // grid.y.size
+    shard = VocabShard(grid.y, grid.y.index * local_n, local_n, vocab,
+                       batch=grid.batch if agree else None)
+    g = torch.Generator().manual_seed(grid.batch_index)
+    logits = torch.randn(2, 5, local_n, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, vocab, (2, 5), generator=g)
+    if grid.batch_index == 1:
+        targets[1, 2] = 40
+    try:
+        if how == "cross_entropy":
+            vocab_parallel_cross_entropy(logits, targets, shard)
+        elif how == "logprobs":
+            vocab_parallel_logprobs(logits, targets, shard)
+        else:  # queued on a model's checks and read once, as a training step does
+            checks = TokenChecks()
+            with checks.deferred():
+                vocab_parallel_cross_entropy(logits, targets, shard, checks=checks)
+        comm.all_reduce_sum_(torch.ones(1), grid.batch)  # the caller's next collective
+    except ValueError as e:
+        return str(e)
+    return "no error"
+
+
+@pytest.mark.parametrize("how", ["cross_entropy", "logprobs", "deferred"])
+def test_bad_target_called_directly_fails_all_ranks(pool8, how):
+    # A rank left waiting in the next collective would time the pool out.
+    messages = pool8.run(bad_target_called_directly, how, timeout=60)
+    for rank, m in enumerate(messages):
+        assert m.startswith("1 target token id(s) outside the vocabulary [0, 13)"), \
+            f"rank {rank}: {m}"
+        assert ("ignore_index" in m) == (how != "logprobs"), m
+    assert sum("e.g. 40 here" in m for m in messages) == 4, messages
+    assert sum("on another batch shard" in m for m in messages) == 4, messages

@@ -138,9 +138,20 @@ class Grid:
         ``ranks`` places the grid on a subset of the world (default: all ranks, in order). Every
         rank of the world must call this, because creating a process group is collective; ranks
         outside ``ranks`` get ``None``. ``timeout_s`` bounds how long a collective waits for a
-        rank that died (when this call creates the process group).
+        rank that died (when this call creates the process group). ``ranks`` must be in
+        increasing order (a grid's layout follows their order, but torch.distributed orders the
+        members of every group by global rank); this is checked before anything else, so every
+        rank refuses a bad list before any collective.
         """
         size = GridShape(data, z, y, x).world
+        if ranks is not None:
+            ranks = tuple(int(r) for r in ranks)
+            if any(b <= a for a, b in zip(ranks, ranks[1:])):
+                raise ValueError(
+                    f"grid ranks {list(ranks)} must be distinct and in increasing order: "
+                    f"torch.distributed orders the members of every process group by global "
+                    f"rank, so a grid laid out in any other order would put the shards in the "
+                    f"wrong places")
         if ranks is None and not (dist.is_available() and dist.is_initialized()) and size == 1:
             return cls._single_process(backend)
         if ranks is None:
@@ -148,7 +159,7 @@ class Grid:
         elif not dist.is_initialized():
             raise ValueError("Grid.init(ranks=...) needs torch.distributed to be initialized")
         world = dist.get_world_size()
-        ranks = tuple(range(world)) if ranks is None else tuple(int(r) for r in ranks)
+        ranks = tuple(range(world)) if ranks is None else ranks
         if len(ranks) != size:
             raise ValueError(f"grid data*z*y*x = {data}*{z}*{y}*{x} = {size} but it is placed on "
                              f"{len(ranks)} ranks (world size {world})")
@@ -172,6 +183,8 @@ class Grid:
         mine = shape.coords(ranks.index(me)) if me in ranks else None
         axes = {}
         # Every rank creates every group, in the same order, as torch.distributed requires.
+        # ``ranks`` is increasing (init checks it), so each group's ranks are in index_in order,
+        # the order in which new_group() and its collectives place them.
         for name in GROUPS:
             for positions in shape.groups(name):
                 group_ranks = tuple(ranks[p] for p in positions)

@@ -116,7 +116,7 @@ def parallelize(model: nn.Module, grid: Grid, plan: Plan | None = None,
     if not any(p.is_meta for p in model.parameters()):
         model.to(grid.device)  # buffers (rotary tables) follow the shards
     layout = lm_head.layout
-    vocab = VocabShard(grid.y, layout.row_start, layout.local_rows, layout.rows)
+    vocab = VocabShard(grid.y, layout.row_start, layout.local_rows, layout.rows, batch=grid.batch)
     checks = TokenChecks()
     model.loss_function = ParallelCausalLMLoss(grid, vocab, checks)
     state = ParallelState(grid=grid, plan=plan, modules=tuple(converted.values()), vocab=vocab,

@@ -21,12 +21,20 @@ from .token_checks import TokenChecks
 
 @dataclass(frozen=True)
 class VocabShard:
-    """Which vocabulary columns this rank's logits hold."""
+    """Which vocabulary columns this rank's logits hold.
+
+    ``batch``: the ranks the batch is split over (``grid.batch``), which each hold other
+    targets; the target-range check of the functions here is summed over them, so a bad target
+    on one batch shard makes every rank raise together instead of leaving the others waiting
+    in their next collective. Then every rank of ``batch`` must make the same calls. None: no
+    other rank has other targets (the ranks of ``axis`` share theirs and raise together).
+    """
 
     axis: Axis
     start: int
     local: int
     vocab_size: int
+    batch: Axis | None = None
 
     def valid_columns(self, device) -> torch.Tensor:
         return torch.arange(self.start, self.start + self.local, device=device) < self.vocab_size
@@ -82,26 +90,35 @@ def _cross_entropy(flat: torch.Tensor, targets: torch.Tensor, shard: VocabShard,
     return _VocabParallelCrossEntropy.apply(flat, targets, shard, ignore_index)
 
 
+_NO_IGNORE_INDEX = -(2**62)
+"""The ignore_index of :func:`vocab_parallel_logprobs`: no target id is ignored."""
+
+
 def _bad_targets(targets: torch.Tensor, shard: VocabShard, ignore_index: int) -> torch.Tensor:
     return (targets != ignore_index) & ((targets < 0) | (targets >= shard.vocab_size))
 
 
 def _check_targets(targets: torch.Tensor, shard: VocabShard, ignore_index: int,
                    checks: TokenChecks | None, count: torch.Tensor | None = None) -> None:
-    # Ranks that share these targets (the Y group) raise together without a collective; the
-    # loss passes the count it reduced over the batch split, so every rank raises.
+    # Ranks that share these targets (the Y and X groups) agree without a collective; the
+    # count is summed over the batch split (shard.batch), so every rank raises together. The
+    # loss passes the count it reduced already, with its kept-token count, in one all-reduce.
     bad = _bad_targets(targets, shard, ignore_index)
+    what = f"target token id(s) outside the vocabulary [0, {shard.vocab_size})"
+    if ignore_index != _NO_IGNORE_INDEX:
+        what += f" and not ignore_index={ignore_index}"
     (checks or TokenChecks()).check(
-        targets, bad, f"target token id(s) outside the vocabulary [0, {shard.vocab_size}) and "
-        f"not ignore_index={ignore_index}", count=count)
+        targets, bad, what, count=count,
+        agree=shard.batch if count is None else None)
 
 
 def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, shard: VocabShard,
                                  ignore_index: int = -100,
                                  checks: TokenChecks | None = None) -> torch.Tensor:
     """Per-token cross-entropy (0 where ``targets == ignore_index``), shape of ``targets``.
-    checks: queue the target-range check there (a model's ``parallel_state(model).checks``)
-    instead of reading it on the host now."""
+    A target outside the vocabulary raises ValueError on every rank of ``shard.batch``
+    together. checks: queue the target-range check there (a model's
+    ``parallel_state(model).checks``) instead of reading it on the host now."""
     _check_targets(targets, shard, ignore_index, checks)
     flat = logits.reshape(-1, logits.shape[-1])
     loss = _cross_entropy(flat, targets.reshape(-1), shard, ignore_index)
@@ -110,10 +127,11 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, sh
 
 def vocab_parallel_logprobs(logits: torch.Tensor, targets: torch.Tensor,
                             shard: VocabShard) -> torch.Tensor:
-    """log p(target) per position, at least in fp32 (differentiable)."""
+    """log p(target) per position, at least in fp32 (differentiable). A target outside the
+    vocabulary raises ValueError on every rank of ``shard.batch`` together."""
     if logits.dtype not in (torch.float32, torch.float64):
         logits = logits.float()
-    return -vocab_parallel_cross_entropy(logits, targets, shard, ignore_index=-(2**62))
+    return -vocab_parallel_cross_entropy(logits, targets, shard, ignore_index=_NO_IGNORE_INDEX)
 
 
 @torch.no_grad()
