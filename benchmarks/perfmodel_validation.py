@@ -115,15 +115,17 @@ def _live_state_bytes(model, opt) -> float:
     return float(sum(seen.values()))
 
 
-def _build(dims, s: dict):
+def _build(dims, s: dict, ranks=None):
     """A grid, axolab's model and AdamW on it, and one training step (axolab.train.run's loop
-    body without logging and checkpoints)."""
+    body without logging and checkpoints); ``ranks``: the world's ranks the grid takes (all)."""
     from axolab.parallel import Grid, clip_grad_norm_, sync_gradients
     from axolab.train import _param_groups, _train_step, build_model
     from axolab.activation_checkpointing import enable_activation_checkpointing
 
-    grid = Grid.init(*dims)
-    cfg = SimpleNamespace(model=s["model"], seed=0, global_batch=s["global_batch"],
+    grid = Grid.init(*dims, ranks=ranks)
+    if grid is None:
+        return None  # a rank of the world outside ``ranks``
+    cfg = SimpleNamespace(model=s["model"], seed=0, global_batch=s["global_batch"], epochs=None,
                           loss="standard", precision=s["precision"],
                           overlap_communication=s["overlap"], tune_matmul=False,
                           late_backward_prefetch=False)
