@@ -129,6 +129,20 @@ class _ReduceFrom(torch.autograd.Function):
         return g, None
 
 
+class _ReduceFromInPlace(torch.autograd.Function):
+    """reduce_from on a tensor nothing else holds (a matmul's fresh output): summed in place."""
+
+    @staticmethod
+    def forward(ctx, x, axis):
+        ctx.mark_dirty(x)
+        dist.all_reduce(x, group=axis.group)
+        return x
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, None
+
+
 class _AllReduce(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, axis):
@@ -173,6 +187,11 @@ def copy_to(x: torch.Tensor, axis: Axis) -> torch.Tensor:
 def reduce_from(x: torch.Tensor, axis: Axis) -> torch.Tensor:
     """Sum over ``axis`` forward; the gradient passes through unchanged."""
     return x if axis.size == 1 else _ReduceFrom.apply(x, axis)
+
+
+def reduce_from_(x: torch.Tensor, axis: Axis) -> torch.Tensor:
+    """reduce_from, in place: for a fresh output that nothing else holds or saved."""
+    return x if axis.size == 1 else _ReduceFromInPlace.apply(x, axis)
 
 
 def all_reduce(x: torch.Tensor, axis: Axis) -> torch.Tensor:

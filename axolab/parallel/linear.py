@@ -28,9 +28,10 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 class _LinearInGrid(torch.autograd.Function):
-    """``reduce_from(copy_to(x, out_axis) @ block^T, in_axis)`` as one Function, so backward
-    can order its work around the collectives (:class:`axolab.parallel.overlap.Runtime` holds
-    what is in flight, and with every optimization off issues them blocking, in order):
+    """``copy_to(x, out_axis) @ block^T`` as one Function (``linear_in_grid`` sums the output
+    over ``in_axis`` after it), so backward can order its work around the collectives
+    (:class:`axolab.parallel.overlap.Runtime` holds what is in flight, and with every
+    optimization off issues them blocking, in order):
 
     - the block is all-gathered over Z in forward and again in backward instead of being kept
       alive between the two, so a rank holds only its 1/Z chunk of every weight between the
@@ -58,10 +59,9 @@ class _LinearInGrid(torch.autograd.Function):
             y = runtime.matmul("forward", xc.reshape(-1, xc.shape[-1]), block)
         ctx.modules, ctx.dtype, ctx.in_dtype = modules, dtype, x.dtype
         ctx.save_for_backward(xc, *shards)
-        # reduce_from, in place: y is this Function's own fresh output and nothing saved it.
-        comm.all_reduce_sum_(y, modules[0].in_axis)
         # Not a view of y (what .view would give): callers may modify the output in place
         # (OLMo clamps q/k/v with clamp_), which autograd forbids on a custom Function's view.
+        # The sum over the input axis is the caller's (linear_in_grid), outside this Function.
         return torch.ops.aten._unsafe_view(y, (*x.shape[:-1], y.shape[-1]))
 
     @staticmethod
@@ -102,8 +102,15 @@ class _LinearInGrid(torch.autograd.Function):
 
 def linear_in_grid(x: torch.Tensor, modules: tuple) -> torch.Tensor:
     """``x`` through the forward layers ``modules`` at once (their outputs side by side), or
-    through one layer of either orientation; no bias."""
-    return _LinearInGrid.apply(x, modules, *(m.weight for m in modules))
+    through one layer of either orientation; no bias.
+
+    The output's sum over the input axis is a Function of its own, after the matmul's: under
+    activation checkpointing, torch stops a layer's recompute once backward's last saved
+    tensor is back, and a custom Function's tensors are saved when its forward returns, so
+    the last linear layer of a recomputed block (down_proj) skips its all-reduce, whose result
+    backward never reads. Inside the matmul's Function it would run on every recompute."""
+    y = _LinearInGrid.apply(x, modules, *(m.weight for m in modules))
+    return comm.reduce_from_(y, modules[0].in_axis)
 
 
 class ParallelLinear(ParallelModule):

@@ -180,7 +180,8 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
             out.append(Collective(op, axis, int(nbytes), int(count), what, hides_behind))
 
     def linear(lin: LinearShape, layers: int, passes: int, rows: int | None = None,
-               comm_rows: int | None = None, what: str | None = None, head: bool = False):
+               output_passes: int | None = None, comm_rows: int | None = None,
+               what: str | None = None, head: bool = False):
         """comm_rows: output rows its activation collectives carry (a stacked group's sum;
         0 for a group member whose collectives the group's first member carries)."""
         in_axis, out_axis = ("y", "x") if lin.transposed else ("x", "y")
@@ -207,7 +208,7 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
         if not comm_rows:
             return
         add("all_reduce", in_axis, n * comm_rows // grid.size(out_axis) * cb,
-            layers * steps * passes, f"{what} output")
+            layers * steps * (output_passes or passes), f"{what} output")
         grad_bytes = pb if lin.input_is_residual else cb
         add("all_reduce", out_axis, n * lin.in_features // grid.size(in_axis) * grad_bytes,
             layers * steps, f"{what} input grad",
@@ -226,11 +227,12 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
                 stacked[group[0]] = (sum(by_name[n].out_features for n in group), "+".join(group))
     for lin in linears:
         comm_rows, what = stacked.get(lin.name, (None, None))
-        # Under activation checkpointing every output all-reduce runs again in the recompute,
-        # the last layer's too: torch's non-reentrant checkpoint stops recomputing once the
-        # last tensor backward needs is saved, but a custom Function's tensors are saved after
-        # its forward returns, and axolab's linear all-reduces inside its forward.
-        linear(lin, L, fwd, comm_rows=comm_rows, what=what or None)
+        # torch's non-reentrant checkpoint stops recomputing a layer once the last tensor
+        # backward needs is back: the last matmul runs again (it saves its input), but the
+        # all-reduce of its output, a Function of its own after the matmul's
+        # (axolab.parallel.linear.linear_in_grid), does not.
+        linear(lin, L, fwd, output_passes=1 if lin is linears[-1] else None,
+               comm_rows=comm_rows, what=what or None)
     linear(shapes.lm_head, 1, 1, vp, head=True)
     if opts.gather_bucket_mb and grid.z > 1:
         first = linears[0].name
