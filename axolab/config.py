@@ -124,7 +124,9 @@ class TrainConfig:
     steps: int | None = 100
     """Optimizer steps (or give epochs instead)."""
     epochs: float | None = None
-    """Passes over the training set; overrides steps when set."""
+    """Passes over the training set; overrides steps when set. The last step is rounded up to a
+    whole batch, whose rows past the requested passes are read but are never targets: every row
+    is trained on exactly ``epochs`` times (half of them once for 0.5)."""
     stop_at_step: int | None = None
     """End this session after this step (with a checkpoint) without changing the schedule; a
     later run with resume continues. For job time limits and preemption drills."""
