@@ -35,10 +35,19 @@ class Optimizations:
     matrix."""
     bucket_data_grads: bool = True
     """All-reduce gradients over the data-parallel axes in buckets launched from backward
-    hooks as soon as a bucket's gradients are complete, instead of all at once afterwards.
-    As with DDP, each backward outside :func:`axolab.parallel.no_data_sync` reduces the
-    gradients accumulated so far: wrap all but the last micro-step in it. Like DDP's, the
-    end-of-backward bookkeeping assumes non-reentrant activation checkpointing
+    hooks as soon as a bucket's gradients are complete, instead of all at once afterwards
+    (in :func:`axolab.parallel.sync_gradients`). Gradients are summed, not averaged as by
+    DDP, so a gradient must be reduced exactly once: with this switch each backward outside
+    :func:`axolab.parallel.no_data_sync` reduces what it adds (gradients an earlier backward
+    reduced and that are still there, not zeroed, are divided by their axis size before it
+    adds to them), and without it ``sync_gradients`` reduces whatever has accumulated.
+    Micro-steps accumulated with or without ``no_data_sync`` thus give the same gradients
+    either way, if ``sync_gradients`` is called once, after the last of them (with this
+    switch off, a call after each micro-step would count the earlier ones again); wrapping
+    all but the last in ``no_data_sync`` spares their reductions. A weight whose gradient
+    grows after its bucket was launched (used by two forward passes whose losses are summed)
+    is reduced again at the end of backward; frozen parameters are not bucketed. Like DDP's,
+    the end-of-backward bookkeeping assumes non-reentrant activation checkpointing
     (``use_reentrant=False``, what axolab's training loop uses)."""
     bucket_mb: float = 16.0
     """Bucket size for ``bucket_data_grads``, in MiB of gradients."""

@@ -102,3 +102,10 @@ class DeferredDepthGrads:
             self._send(self.collecting.pop(key))
         while self.pending:
             self._complete_oldest()
+
+    def abandon(self) -> None:
+        """Forget a backward pass that raised: buckets still filling are dropped, the
+        reduce-scatters in flight waited for and their results dropped."""
+        self.collecting.clear()
+        while self.pending:
+            self.pending.popleft()[0].wait()

@@ -15,8 +15,11 @@ loading a checkpoint by assignment replaces parameter objects; a tied weight is 
 module using it) and wires the schedulers together: which parameters get
 their Z gradient outside autograd, and when a gradient counts as complete. The end of backward
 is marked with the autograd engine's ``queue_callback`` (as torch's DDP and FSDP do), so once
-``loss.backward()`` returns every gradient is complete. Every parallel linear layer runs through
-a runtime; with :meth:`Optimizations.none` it issues blocking collectives in program order.
+``loss.backward()`` returns every gradient is complete. That callback does not run when backward
+raises: the next forward pass finds the runtime still marked in backward with no backward
+running, and forgets what the failed pass left in flight. Every parallel linear layer runs
+through a runtime; with :meth:`Optimizations.none` it issues blocking collectives in program
+order.
 """
 
 from __future__ import annotations
@@ -74,9 +77,12 @@ class Runtime:
     # ---- setup ------------------------------------------------------------------------------
     def ensure_attached(self) -> None:
         """(Re)register gradient hooks and buckets when the model's parameters are new objects
-        (a meta-device model materialized, a checkpoint loaded by assignment)."""
+        (a meta-device model materialized, a checkpoint loaded by assignment) or were frozen or
+        unfrozen; called at the start of each forward pass."""
+        if self._in_backward and torch._C._current_graph_task_id() == -1:
+            self._abandon_backward()
         specs = self.specs()
-        key = tuple(id(s.param) for s in specs)
+        key = tuple((id(s.param), s.param.requires_grad) for s in specs)
         if key != self._attached:
             self._attach(specs)
             self._attached = key
@@ -92,6 +98,7 @@ class Runtime:
         unique = unique_specs(specs)
         self._shared_params = [s.param for s in unique if id(s.param) in self.shared]
         if self.options.bucket_data_grads:
+            # Frozen parameters are not bucketed (a hook cannot be registered on them).
             for spec in self.data_grads.build(unique):
                 if id(spec.param) not in self.deferred or id(spec.param) in self.shared:
                     self._hooks.append(spec.param.register_post_accumulate_grad_hook(
@@ -131,14 +138,14 @@ class Runtime:
             self.ensure_attached()
         self.weights.record(module)
 
-    def begin_backward(self) -> None:
-        """Called by every layer's backward; the first one of a backward pass arranges for
-        :meth:`finish_backward` to run when the pass ends."""
+    def begin_backward(self, accumulated=None) -> None:
+        """Called by every layer's backward (and gradient hook: ``accumulated``); the first one
+        of a backward pass arranges for :meth:`finish_backward` to run when the pass ends."""
         if self._in_backward:
             return
         self._in_backward = True
         self.weights.in_backward = True
-        self.data_grads.begin()
+        self.data_grads.begin(accumulated)
         torch.autograd.Variable._execution_engine.queue_callback(self.finish_backward)
 
     def reduce_scatter_later(self, module, block_grad: torch.Tensor) -> None:
@@ -152,7 +159,7 @@ class Runtime:
             self.data_grads.ready(param)
 
     def _on_accumulated(self, param) -> None:
-        self.begin_backward()
+        self.begin_backward(param)
         if id(param) not in self.deferred:
             self.data_grads.ready(param)
 
@@ -164,3 +171,14 @@ class Runtime:
             self.data_grads.ready(param)
         self.weights.drop()
         self.data_grads.finish()
+
+    def _abandon_backward(self) -> None:
+        """A backward pass raised (its end-of-pass callback never ran) and none is running
+        now: wait for the collectives it left in flight (every rank started them), drop their
+        results (its gradients are incomplete anyway) and leave backward mode, so the next
+        pass starts clean instead of completing the failed pass's reduce-scatters into its
+        gradients."""
+        self._in_backward = False
+        self.depth_grads.abandon()
+        self.data_grads.abandon()
+        self.weights.drop()
