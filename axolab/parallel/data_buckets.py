@@ -39,6 +39,17 @@ class _Bucket:
     late: set = field(default_factory=set)  # ... whose gradient grew after the launch
 
 
+def _copy_back(params: list, flat: torch.Tensor, skip=frozenset()) -> None:
+    """Copy the slices of ``flat`` (the params' gradients concatenated, in order) back into
+    each ``param.grad``, except the params whose id is in ``skip``."""
+    offset = 0
+    for p in params:
+        n = p.numel()
+        if id(p) not in skip:
+            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
+
+
 class DataGradBuckets:
     def __init__(self, grid: Grid, bucket_mb: float):
         self.grid, self.limit = grid, bucket_mb * 2**20
@@ -109,14 +120,8 @@ class DataGradBuckets:
                 if bucket.work is None:
                     continue
                 bucket.work.wait()
-                offset, changed = 0, []
-                for p in bucket.sent:
-                    n = p.numel()
-                    if id(p) in bucket.late:
-                        changed.append(p)
-                    elif p.grad is not None:
-                        p.grad.copy_(bucket.flat[offset:offset + n].view_as(p.grad))
-                    offset += n
+                changed = [p for p in bucket.sent if id(p) in bucket.late]
+                _copy_back(bucket.sent, bucket.flat, skip=bucket.late)
                 if changed:
                     late.append((bucket.axis, changed))
                 bucket.work, bucket.flat, bucket.sent = None, None, []
@@ -133,11 +138,7 @@ class DataGradBuckets:
             for axis, params in late:
                 flat = torch.cat([p.grad.reshape(-1) for p in params])
                 dist.all_reduce(flat, group=axis.group)
-                offset = 0
-                for p in params:
-                    n = p.grad.numel()
-                    p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
-                    offset += n
+                _copy_back(params, flat)
             # Read once every copy is done: gradients cut from one stacked block share a
             # version counter.
             self._carried = [(p, weakref.ref(p.grad), p.grad._version)
