@@ -29,7 +29,10 @@ class EvalConfig:
     suffix_len: int = 32
     """Tokens to reproduce after the prompt (capped by the canary's length)."""
     curve_prefix_lens: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
-    """Prefix lengths of the extraction curve (fast path, on canaries long enough)."""
+    """Prompt lengths k of the extraction curve (Carlini et al.'s k-extractability): for each
+    k, the share of member canaries whose last ``suffix_len`` tokens greedy decoding reproduces
+    from the k tokens before them. One set for every k: the member canaries holding
+    max(k) + suffix_len tokens with their training context (eval.json records how many)."""
     mia_k: float = 0.2
     """Fraction of lowest-scoring tokens for Min-K% and Min-K%++."""
     batch_size: int = 32

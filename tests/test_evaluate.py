@@ -90,22 +90,23 @@ def test_evaluate_run_dir(trained):
     for n, mean in summary["exposure_by_repetitions"].items():
         assert mean == pytest.approx(np.mean([r["exposure"] for r in secrets
                                               if r["repetitions"] == int(n)]))
-    # Extraction curve: the share of injected canaries (members with more than k tokens)
-    # whose next min(suffix_len, tokens - k) tokens greedy decoding reproduces from a prompt of
-    # their first k tokens, after the separator. Greedy reproduces them exactly when the
-    # teacher-forced argmax is right at every suffix position: recomputed here with the
-    # checkpoint as a plain Hugging Face model, one forward pass per member canary.
+    # Extraction curve (Carlini et al.'s k-extractability): the share of member canaries whose
+    # last 8 tokens greedy decoding reproduces from the k tokens just before them, on the one
+    # set of members long enough (with the separator before them) for k = 8. Greedy reproduces
+    # them exactly when the teacher-forced argmax is right at every suffix position:
+    # recomputed here with the checkpoint as a plain Hugging Face model.
     hf = AutoModelForCausalLM.from_pretrained(str(latest_checkpoint(run_dir / "checkpoints")))
     assert set(summary["extraction_curve"]) == {"4", "8"}
+    members = [eos + c.token_ids for c in canaries if c.member and len(c.token_ids) + 1 >= 16]
+    assert summary["extraction_curve_canaries"] == len(members) == 12
+    assert summary["extraction_curve_suffix_len"] == 8
     for k in (4, 8):
         hits = []
-        for c in canaries:
-            if c.member and len(c.token_ids) > k:
-                ids = torch.tensor([eos + c.token_ids[:k + min(8, len(c.token_ids) - k)]])
-                with torch.no_grad():
-                    pred = hf(ids).logits[0, :-1].argmax(-1)
-                hits.append(bool((pred[k:] == ids[0, k + 1:]).all()))
-        assert len(hits) == 18
+        for full in members:
+            ids = torch.tensor([full[-8 - k:]])
+            with torch.no_grad():
+                pred = hf(ids).logits[0, k - 1:-1].argmax(-1)
+            hits.append(bool((pred == ids[0, k:]).all()))
         assert summary["extraction_curve"][str(k)] == pytest.approx(np.mean(hits))
 
 

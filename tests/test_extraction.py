@@ -50,9 +50,31 @@ def test_fast_path_and_decoding_match_hf_generate():
     # the fast path alone gives the same exact/matched_prefix
     fast = exact_match(model, seqs, PREFIX, SUFFIX, generate=False)
     assert torch.equal(fast.exact, res.exact) and torch.equal(fast.matched_prefix, lead)
-    curve = extraction_curve(model, seqs, [PREFIX], SUFFIX)
-    assert curve[PREFIX] == pytest.approx(0.5)
     assert torch.equal(greedy_generate(model, seqs[:, :PREFIX], SUFFIX), hf)
+
+
+def test_extraction_curve_is_k_extractability():
+    """Carlini et al.'s definition restated with transformers' generate: for each k, is the
+    fixed suffix (the last SUFFIX tokens) greedy decoding's continuation of the k tokens before
+    it? Sequences are 16 random tokens and the model's own continuation of all 16, so they are
+    extractable at k = 16 by construction, and at shorter k only where a shorter context leads
+    greedy decoding to the same tokens; a quarter have one suffix token changed."""
+    model = tiny_model("llama", tied=False).eval()
+    g = torch.Generator().manual_seed(3)
+    context = torch.randint(0, model.config.vocab_size, (24, 16), generator=g)
+    seqs = torch.cat([context, _hf_greedy(model, context, SUFFIX)], 1)
+    for i in range(18, 24):
+        seqs[i, -1 - i % SUFFIX] = (seqs[i, -1 - i % SUFFIX] + 1) % model.config.vocab_size
+    ks = [1, 2, 4, 16]
+    curve = extraction_curve(model, seqs, ks, SUFFIX, batch_size=5)
+    truth = seqs[:, -SUFFIX:]
+    expected = {k: float((_hf_greedy(model, seqs[:, -SUFFIX - k:-SUFFIX], SUFFIX) == truth)
+                         .all(1).float().mean()) for k in ks}
+    assert curve == pytest.approx(expected, abs=1e-12)
+    assert curve[16] == pytest.approx(0.75) and curve[1] < 0.75  # context matters here
+    with pytest.raises(ValueError, match="fewer than the longest prompt \\+ suffix_len = "
+                                         "16 \\+ 12 = 28"):
+        extraction_curve(model, seqs[:, 1:], ks, SUFFIX)
 
 
 def test_bad_shapes_are_refused():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from axolab.parallel import find_parallel_state
 
 from .adversaries import beam_search, sample
 from .domain_perplexity import heldout_perplexity
-from .extraction import exact_match
+from .extraction import exact_match, extraction_curve
 from .secret_exposure import exposure
 from .mia import mia_scores, roc_report
 from .scoring import token_scores
@@ -264,6 +265,29 @@ def _rate_by(records, key, field_name):
     return out
 
 
+def _curve(model, canaries, sep, cfg) -> dict:
+    """The extraction curve on the member canaries whose training context and tokens hold the
+    longest prompt plus the suffix: one fixed set and one fixed suffix (each canary's last
+    ``suffix_len`` tokens) for every prompt length (axolab.memorization.extraction_curve)."""
+    ks = sorted(set(cfg.curve_prefix_lens))
+    if not ks:
+        return {"extraction_curve": {}, "extraction_curve_canaries": 0}
+    need = ks[-1] + cfg.suffix_len
+    rows = [(sep + c.token_ids)[-need:] for c in canaries
+            if c.member and len(sep) + len(c.token_ids) >= need]
+    out = {"extraction_curve": {}, "extraction_curve_canaries": len(rows),
+           "extraction_curve_suffix_len": cfg.suffix_len}
+    if not rows:
+        longest = max((len(sep) + len(c.token_ids) for c in canaries if c.member), default=0)
+        warnings.warn(f"extraction curve skipped: it needs member canaries of at least "
+                      f"{ks[-1]} + {cfg.suffix_len} = {need} tokens with their context, the "
+                      f"longest has {longest}; lower curve_prefix_lens or suffix_len")
+        return out
+    curve = extraction_curve(model, torch.tensor(rows), ks, cfg.suffix_len, cfg.batch_size)
+    out["extraction_curve"] = {str(k): rate for k, rate in curve.items()}
+    return out
+
+
 def _summary(model, canaries, sep, cfg, records, mia) -> dict:
     members = np.array([r["member"] for r in records])
     summary = {"config": dataclasses.asdict(cfg), "canaries": len(records),
@@ -288,17 +312,5 @@ def _summary(model, canaries, sep, cfg, records, mia) -> dict:
     for name, score in mia.items():
         if members.any() and (~members).any():
             summary["mia"][name] = roc_report(score[members], score[~members])
-    for k in cfg.curve_prefix_lens:
-        idx = [i for i, c in enumerate(canaries) if c.member and len(c.token_ids) >= k + 1]
-        if not idx:
-            continue
-        by_len: dict[int, list[int]] = {}
-        for i in idx:
-            by_len.setdefault(min(cfg.suffix_len, len(canaries[i].token_ids) - k), []).append(i)
-        hits = 0
-        for suffix, group in by_len.items():
-            seqs = torch.tensor([sep + canaries[i].token_ids[:k + suffix] for i in group])
-            hits += int(exact_match(model, seqs, k + len(sep), suffix, cfg.batch_size,
-                                    generate=False).exact.sum())
-        summary["extraction_curve"][str(k)] = hits / len(idx)
+    summary.update(_curve(model, canaries, sep, cfg))
     return summary

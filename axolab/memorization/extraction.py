@@ -98,6 +98,24 @@ def exact_match(model, sequences: torch.Tensor, prefix_len: int, suffix_len: int
 
 def extraction_curve(model, sequences: torch.Tensor, prefix_lens: list[int], suffix_len: int,
                      batch_size: int = 64) -> dict[int, float]:
-    """k-extractability: exact-match rate for each prefix length (fast path only)."""
-    return {k: float(exact_match(model, sequences, k, suffix_len, batch_size,
-                                 generate=False).exact.float().mean()) for k in prefix_lens}
+    """k-extractability (Carlini et al., "Quantifying Memorization Across Neural Language
+    Models", ICLR 2023, Definition 3.1): a string s is extractable with k tokens of context when
+    some k-token string p with [p || s] in the training data makes greedy decoding produce s.
+    As in their context-length experiment, the suffix s is fixed (each sequence's last
+    ``suffix_len`` tokens), the prompt is the k tokens just before it, and every k is measured on
+    the same sequences, so the curve varies the context alone. ``sequences`` is
+    [N, length] with length >= max(prefix_lens) + suffix_len; returns {k: share extracted}.
+    """
+    if not prefix_lens:
+        return {}
+    if sequences.dim() != 2:
+        raise ValueError(f"sequences must be [N, length], got shape {tuple(sequences.shape)}")
+    need = max(prefix_lens) + suffix_len
+    if sequences.shape[1] < need:
+        raise ValueError(f"sequences have {sequences.shape[1]} tokens, fewer than the longest "
+                         f"prompt + suffix_len = {max(prefix_lens)} + {suffix_len} = {need}: "
+                         "every prefix length is measured on the same suffixes")
+    length = sequences.shape[1]
+    return {k: float(exact_match(model, sequences[:, length - k - suffix_len:], k, suffix_len,
+                                 batch_size, generate=False).exact.float().mean())
+            for k in prefix_lens}

@@ -84,8 +84,10 @@ The report's figures for this run, read from its files:
   was seen (log2 axis), one panel for all canaries, then one per kind. Expect nothing at low
   counts and a rise with repetitions. A secret's prompt is its template, shared by all the
   secrets, so prompting cannot single one out: read secrets by their exposure instead.
-- *Extraction curves*: share of injected canaries extracted exactly against the prompt length
-  (`curve_prefix_lens`); longer prompts usually extract more.
+- *Extraction curves* (Carlini et al.'s k-extractability): share of injected canaries whose
+  last `suffix_len` tokens come out exactly from a prompt of the k tokens before them, against
+  k (`curve_prefix_lens`), on one set of canaries long enough for the largest k; longer prompts
+  usually extract more.
 - *Membership inference ROC*: one panel per score, injected canaries (members) against
   controls; the diagonal is chance. The dictionary below holds each score's ROC AUC: 0.5 is
   no signal, 1.0 separates members from controls completely.'''),
