@@ -35,6 +35,7 @@ bench: venv
 	$(VPY) benchmarks/training_speed.py --out results/bench/training_speed.json
 	$(VPY) benchmarks/axonn_compare.py --out results/bench/axonn_compare.json
 	$(VPY) benchmarks/single_rank_overhead.py --out results/bench/single_rank_overhead.json
+	$(VPY) benchmarks/collective_speed.py --out results/bench/collective_speed.json
 	$(VPY) benchmarks/fsdp2_compare.py --out results/bench/fsdp2_compare.json
 	-$(VPY) benchmarks/published_runs.py --json results/bench/published_runs.json
 

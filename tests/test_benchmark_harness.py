@@ -4,6 +4,7 @@ settings (Optimizations changes parsed by field type, bad input named), and the 
 perfmodel_validation is asked for (refused before anything is measured or written)."""
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import collective_speed as cs  # noqa: E402
 import fsdp2_compare as fc  # noqa: E402
 import perfmodel_validation as pv  # noqa: E402
 import speed_common as sc  # noqa: E402
@@ -92,3 +94,13 @@ def test_the_measurement_agreement_with_itself_by_hand():
     assert pv.bootstrap_spearman([1, 2, 3, 4], times) == pytest.approx((0.8, 1.0))
     assert pv.bootstrap_spearman([4, 3, 2, 1], [[1, 1], [2, 2], [3, 3], [4, 4]]) == \
         pytest.approx((-1.0, -1.0))
+
+
+@pytest.mark.parametrize("argv, message", [(["--ranks", "1"], "--ranks 1 \\(>= 2\\)"),
+                                           (["--rounds", "0"], "--rounds 0")])
+def test_collective_speed_refuses_bad_settings_before_starting_ranks(argv, message, tmp_path,
+                                                                     capsys):
+    with pytest.raises(SystemExit) as e:
+        cs.main([*argv, "--out", str(tmp_path / "out.json")])
+    assert e.value.code == 2 and not (tmp_path / "out.json").exists()
+    assert re.search(message, capsys.readouterr().err)

@@ -77,8 +77,7 @@ class DeferredDepthGrads:
                 rows = buffer[:, offsets[i]:offsets[i] + chunks[i]]
                 for src, dst in chunk_pairs(grad.reshape(-1), rows):
                     dst.add_(src)
-        # The buffer (or the lone block gradient) is used by nothing else: overwritable.
-        out, work = comm.reduce_scatter_flat(buffer, self.depth, async_op=True, overwrite=True)
+        out, work = comm.reduce_scatter_flat(buffer, self.depth, async_op=True)
         weights = {i: weight for i, weight, _ in bucket.parts}
         slots = [(weights[i], offsets[i], chunks[i]) for i in sorted(weights)]
         self.pending.append((work, out, slots, buffer))

@@ -234,8 +234,7 @@ class BlockLayout:
         """Gradient of the block -> gradient of this rank's chunk, summed over Z."""
         pad = self.chunk * self.depth.size - self.block_numel
         flat = F.pad(grad_block.reshape(-1), (0, pad)) if pad else grad_block.reshape(-1)
-        # ``flat`` is a padded copy or the block gradient itself, which nothing else reads.
-        return comm.reduce_scatter_flat(flat, self.depth, overwrite=True) \
+        return comm.reduce_scatter_flat(flat, self.depth) \
             if self.depth.size > 1 else flat
 
     @torch.no_grad()

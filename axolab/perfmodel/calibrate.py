@@ -101,9 +101,9 @@ def _time_collective(op: str, nbytes: int, group, size: int, cfg: CalibrationCon
     import torch
     import torch.distributed as dist
 
-    # torch 2.13 renamed the flat collectives; older releases only have the *_tensor names.
-    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    from axolab.parallel.comm import _ALL_GATHER as gather
+    from axolab.parallel.comm import _reduce_scatter as scatter  # the code's own (on the CPU)
+
     numel = max(size, nbytes // 4 // size * size)
     full = torch.randn(numel)
     part = torch.empty(numel // size)
