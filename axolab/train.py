@@ -30,8 +30,8 @@ from .config import TrainConfig, load_config, write_json_atomic
 from .files import append_jsonl, drop_torn_tail
 from .launch.preemption import PREEMPTED_EXIT, StopRequest
 from .memorization.probe import CanaryProbe
-from .data.loader import (PackedDataset, epoch_reads, global_batch_rows, shard_rows,
-                          trained_rows)
+from .data.loader import (PackedDataset, epoch_reads, global_batch_rows, rows_trained,
+                          shard_rows, trained_rows)
 from .goldfish import GoldfishRule
 from .metrics import MetricsLog, device_peak, flops_per_token, memory_mb
 from .parallel import (Grid, Optimizations, clip_grad_norm_, comm, no_data_sync,
@@ -308,10 +308,15 @@ def _train(cfg: TrainConfig, grid: Grid, lead: bool, stop: StopRequest) -> dict:
         opt.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
         done = step + 1
+        # An epoch run's last batch only fills up with rows past its end: not trained on,
+        # not counted as throughput.
+        kept = (rows_trained(done, cfg.global_batch, reads)
+                - rows_trained(step, cfg.global_batch, reads)) / cfg.global_batch
         record = {"step": done, "total_steps": total, "loss": loss, "lr": lr,
                   "grad_norm": float(norm) if norm is not None else None,
-                  "tokens_per_s": cfg.global_batch * seq_len / dt, "step_time_s": dt,
-                  "model_flops_per_s": flops / dt, "mfu": flops / dt / (peak * grid.size),
+                  "tokens_per_s": kept * cfg.global_batch * seq_len / dt, "step_time_s": dt,
+                  "model_flops_per_s": kept * flops / dt,
+                  "mfu": kept * flops / dt / (peak * grid.size),
                   "memory_mb": memory_mb(grid.device)}
         if dropped_loss is not None:
             record["loss_dropped_tokens"] = dropped_loss
@@ -327,7 +332,7 @@ def _train(cfg: TrainConfig, grid: Grid, lead: bool, stop: StopRequest) -> dict:
         if (cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0) or done == end \
                 or preempted:
             save_checkpoint(ckpt_root, done, model, opt, keep_last=cfg.keep_checkpoints, state={
-                "data_position": done * cfg.global_batch, "scheduler": sched.state_dict(),
+                "data_position": rows_trained(done, cfg.global_batch, reads), "scheduler": sched.state_dict(),
                 "rng": rng_state(), "config": cfg.to_dict()})
         bar.set_postfix(loss=f"{loss:.4f}")
         bar.update()

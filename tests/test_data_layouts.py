@@ -277,3 +277,39 @@ def test_an_epochs_run_trains_each_row_as_often_as_its_epochs(tmp_path, passes, 
             assert sum(seen[row] for row, _ in c.occurrences) == epochs * c.repetitions, c.id
     else:  # half an epoch: ceil(n / 2) rows once, the rest never
         assert np.bincount(seen).tolist() == [n // 2, n - n // 2]
+
+
+def test_an_epochs_run_counts_only_the_rows_it_trains(tmp_path):
+    """A run of one epoch whose last batch fills up with rows past the end: its throughput,
+    the probe's position (epoch, tokens seen) and the checkpoint's data position count the
+    rows trained on, n, not the rows read, steps x batch."""
+    from axolab.checkpoint import latest_checkpoint, read_manifest
+    from axolab.config import TrainConfig, config_from_dict
+    from axolab.files import read_jsonl
+    from axolab.train import run
+
+    data = {**_recipe(passes=1), "corpus": {"embedded": "austen", "max_documents": 60},
+            "canaries": [{"kind": "random", "name": "r", "length": 8, "repetitions": [2],
+                          "per_count": 2}]}
+    out = build(recipe_from_dict(data, tmp_path), tmp_path / "d", progress=False)
+    split = PackedDataset(out)
+    n, batch = split.rows, 16
+    steps = -(-n // batch)
+    assert n % batch
+    run_dir = tmp_path / "run"
+    run(config_from_dict(TrainConfig, dict(
+        data=str(out), run_dir=str(run_dir), global_batch=batch, epochs=1, steps=None,
+        memorization_at_epochs=True, probe=dict(prefix_len=4, suffix_len=4, exposure=False,
+                                                curve_prefix_lens=[2], continuations=False),
+        eval_interval=0, progress=False)))
+    metrics = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "tokens_per_s" in r]
+    assert [r["step"] for r in metrics] == list(range(1, steps + 1))
+    for r in metrics:
+        rows = batch if r["step"] < steps else n - (steps - 1) * batch
+        assert r["tokens_per_s"] * r["step_time_s"] == pytest.approx(rows * split.seq_len)
+    probe = read_jsonl(run_dir / "memorization_curve.jsonl")[-1]
+    assert probe["step"] == steps
+    assert (probe["epoch"], probe["tokens_seen"]) == (1.0, n * split.seq_len)
+    manifest = read_manifest(latest_checkpoint(run_dir / "checkpoints"))
+    assert manifest["data_position"] == n
+    assert json.loads((run_dir / "config.json").read_text())["epochs"] == 1

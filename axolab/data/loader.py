@@ -90,6 +90,12 @@ def epoch_reads(epochs: float | None, rows: int) -> int | None:
     return None if epochs is None else math.ceil(epochs * rows)
 
 
+def rows_trained(steps: int, batch: int, reads: int | None) -> int:
+    """Training rows taken as targets by the first ``steps`` steps of a run of ``reads`` row
+    reads: the rows read, less those past its end that only filled its last batch."""
+    return steps * batch if reads is None else min(steps * batch, reads)
+
+
 def trained_rows(step: int, batch: int, reads: int | None) -> np.ndarray:
     """Which rows of the global batch at ``step`` a run of ``reads`` row reads trains on: all
     but those past its end, which only fill up its last batch.

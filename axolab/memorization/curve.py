@@ -37,10 +37,11 @@ def curve_record(summary: dict, records: list[dict], *, step: int, epoch: float,
 
 
 def training_position(step: int, global_batch: int, train_rows: int,
-                      seq_len: int) -> tuple[float, int]:
+                      seq_len: int, reads: int | None = None) -> tuple[float, int]:
     """(epoch, tokens seen) after ``step`` optimizer steps: the data order walks the training
-    rows ``global_batch`` at a time (axolab.data.loader)."""
-    rows = step * global_batch
+    rows ``global_batch`` at a time (axolab.data.loader); a run of whole epochs (``reads``
+    row reads, ``epoch_reads``) trains on none of the rows its last batch reads past its end."""
+    rows = step * global_batch if reads is None else min(step * global_batch, reads)
     return rows / train_rows, rows * seq_len
 
 

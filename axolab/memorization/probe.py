@@ -17,6 +17,8 @@ import torch
 from axolab.config import TrainConfig
 from axolab.metrics import MetricsLog
 
+from axolab.data.loader import epoch_reads
+
 from .curve import PROBE_CURVE, curve_record, epoch_boundary, training_position
 from .canary_eval import CanarySet, score_canaries
 
@@ -58,7 +60,8 @@ class CanaryProbe:
             model.train(was_training)
         dt = time.perf_counter() - t0
         epoch, tokens = training_position(done, self.cfg.global_batch, self.train_rows,
-                                          self.seq_len)
+                                          self.seq_len, epoch_reads(self.cfg.epochs,
+                                                                    self.train_rows))
         self.log.write(curve_record(scored.summary, scored.records, step=done, epoch=epoch,
                                     tokens_seen=tokens, source="probe", time_s=dt))
         return dt
