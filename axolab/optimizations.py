@@ -42,11 +42,12 @@ class Optimizations:
     reduced and that are still there, not zeroed, are divided by their axis size before it
     adds to them), and without it ``sync_gradients`` reduces whatever has accumulated.
     Micro-steps accumulated with or without ``no_data_sync`` thus give the same gradients
-    either way, if ``sync_gradients`` is called once, after the last of them (with this
-    switch off, a call after each micro-step would count the earlier ones again); wrapping
-    all but the last in ``no_data_sync`` spares their reductions. A weight whose gradient
-    grows after its bucket was launched (used by two forward passes whose losses are summed)
-    is reduced again at the end of backward; frozen parameters are not bucketed. Like DDP's,
+    either way, whether ``sync_gradients`` is called once after the last of them or after
+    each (with this switch off it records what it reduced and the next backward divides it
+    the same way); wrapping all but the last in ``no_data_sync`` spares their reductions.
+    A weight whose gradient grows after its bucket was launched (used by two forward passes
+    whose losses are summed) is reduced again at the end of backward; frozen parameters are
+    not bucketed. Like DDP's,
     the end-of-backward bookkeeping assumes non-reentrant activation checkpointing
     (``use_reentrant=False``, what axolab's training loop uses)."""
     bucket_mb: float = 16.0

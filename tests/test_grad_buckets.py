@@ -4,7 +4,8 @@ in the cases a plain training step does not reach, on 8 gloo ranks against the s
 - a weight that gets two gradient contributions in one backward (two forward passes summed
   into one loss);
 - gradients accumulated over several backward passes without ``no_data_sync`` (and the same
-  loss's backward twice, with ``retain_graph``);
+  loss's backward twice, with ``retain_graph``), with ``sync_gradients`` once at the end, after
+  every micro-step, or twice in a row;
 - frozen parameters (frozen before the first forward, frozen and unfrozen between steps);
 - a backward pass that raises midway, and the steps after it.
 
@@ -111,7 +112,8 @@ def check_accumulation(shape):
     for name, opts in _settings().items():
         model = parallelize(tiny_model("llama", False), grid, optimizations=opts)
         for pattern in ("no_data_sync on the first", "no no_data_sync",
-                        "no_data_sync on the second", "zeroed in place, no no_data_sync"):
+                        "no_data_sync on the second", "zeroed in place, no no_data_sync",
+                        "synced after each", "synced twice after each"):
             if pattern.startswith("zeroed in place"):
                 # A step's reduced gradients zeroed in place (zero_grad(set_to_none=False))
                 # are not mistaken for gradients still to be carried over.
@@ -127,6 +129,11 @@ def check_accumulation(shape):
                         loss.backward()
                 else:
                     loss.backward()
+                if pattern.startswith("synced"):
+                    # sync_gradients after every micro-step (twice: the second changes
+                    # nothing), as a loop written for one micro-step would call it.
+                    for _ in range(1 + ("twice" in pattern)):
+                        sync_gradients(model)
             sync_gradients(model)
             report[f"{name}, {pattern}"] = _error(model, ref)
             model.zero_grad()

@@ -11,8 +11,10 @@ backward: two forward passes summed into one loss) is all-reduced again, whole, 
 backward. Gradients that an earlier backward already reduced and that are still there when the
 next one starts (micro-steps accumulated without ``no_data_sync``) are divided by the size of
 their axis first, so that the next reduction counts them once: every backward reduces only what
-it adds, and the sum is the one ``sync_gradients`` computes once after the last micro-step when
-nothing is bucketed (``Optimizations(bucket_data_grads=False)``).
+it adds. When nothing is bucketed (``Optimizations(bucket_data_grads=False)``),
+``sync_gradients`` reduces and records the same way, so that calling it after every micro-step
+gives the sum it computes once after the last; and a gradient still as the last reduction left
+it is never reduced again (``sync_gradients`` called twice).
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ class DataGradBuckets:
                 _copy_back(params, flat)
             # Read once every copy is done: gradients cut from one stacked block share a
             # version counter.
-            self._carried = [(p, weakref.ref(p.grad), p.grad._version)
+            self._carried = [(p, weakref.ref(p.grad), p.grad._version, bucket.axis.size)
                              for bucket in self.buckets for p in bucket.params
                              if p.grad is not None]
             self._reduced = True
@@ -158,6 +160,20 @@ class DataGradBuckets:
             bucket.ready.clear()
             bucket.late.clear()
         self._reduced = False
+
+    def carry(self, reduced: list) -> None:
+        """``reduced``: (param, axis size) of the gradients :func:`sync_gradients` just summed
+        over their axis; kept as a finished backward keeps its buckets' (see begin)."""
+        still = self.still_reduced() - {id(p) for p, _ in reduced}
+        self._carried = [e for e in self._carried if id(e[0]) in still] + \
+            [(p, weakref.ref(p.grad), p.grad._version, size) for p, size in reduced]
+
+    def still_reduced(self) -> set[int]:
+        """Ids of the parameters whose gradient is still the sum the last reduction left
+        (the same tensor at the same ``_version``): reducing them again would count every
+        rank's part once per rank."""
+        return {id(p) for p, ref, version, _ in self._carried
+                if p.grad is not None and p.grad is ref() and p.grad._version == version}
 
     def take_reduced(self) -> bool:
         """Whether the last backward already reduced every data-parallel gradient (then
@@ -181,12 +197,12 @@ class DataGradBuckets:
         untouched = []
         # All checked before any is divided: gradients cut from one stacked block share a
         # version counter.
-        for p, ref, version in carried:
-            grad, bucket = p.grad, self.bucket_of.get(id(p))
-            if bucket is None or grad is None or grad is not ref():
+        for p, ref, version, size in carried:
+            grad = p.grad
+            if not p.requires_grad or grad is None or grad is not ref():
                 continue  # frozen since, zeroed (set to None) or replaced
             if grad._version == version:
-                untouched.append((grad, bucket.axis.size))
+                untouched.append((grad, size))
             elif p is accumulated and grad._version == version + 1:
                 # This backward's gradient was already added to the reduced one: the two
                 # cannot be told apart any more (only when backward reaches such a parameter

@@ -42,26 +42,36 @@ def sync_gradients(model: nn.Module) -> None:
     """Sum every gradient over the ranks that saw other parts of the batch.
 
     Call after backward and before ``optimizer.step()``; a no-op on a grid with data*z == 1 for
-    vectors and data == 1 for weights.
+    vectors and data == 1 for weights. Gradients still as the last reduction left them are
+    not reduced again (a second call after one backward changes nothing), and gradients
+    accumulated onto reduced ones come out right however often it was called in between (see
+    :mod:`axolab.parallel.data_buckets`).
     """
     state = parallel_state(model)
-    if state.runtime.data_grads.take_reduced():
+    data_grads = state.runtime.data_grads
+    if data_grads.take_reduced():
         return  # the backward hooks already did it, bucket by bucket
+    done = data_grads.still_reduced()
     buckets: dict[tuple[str, torch.dtype], list[torch.Tensor]] = {}
     axes = {}
     for spec in state.grad_specs():
-        axis = spec.axis(state.grid)
-        if axis.size > 1 and spec.param.grad is not None:
-            buckets.setdefault((spec.reduce, spec.param.grad.dtype), []).append(spec.param.grad)
+        axis, p = spec.axis(state.grid), spec.param
+        if axis.size > 1 and p.requires_grad and p.grad is not None and id(p) not in done:
+            buckets.setdefault((spec.reduce, p.grad.dtype), []).append(p)
             axes[spec.reduce] = axis
-    for (reduce, _), grads in buckets.items():
+    if not buckets:
+        return
+    for (reduce, _), params in buckets.items():
         axis = axes[reduce]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
         comm.all_reduce_sum_(flat, axis)
         offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+        for p in params:
+            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
+    # Recorded once every copy is done: gradients cut from one stacked block share a version.
+    data_grads.carry([(p, axes[reduce].size) for (reduce, _), params in buckets.items()
+                      for p in params])
 
 
 @torch.no_grad()
