@@ -72,8 +72,14 @@ def test_depth_parallel_collective_bytes_by_hand():
     # Layer blocks (elements): q, k, v, o 8x8 = 64; gate, up, down 16x8 = 128 -> 640, fp32.
     layer = 640 * 4
     head, emb = 10 * 8 * 4, 10 * 8 * 4
-    # Layers fwd + bwd; the lm head's forward block is kept for its backward; embedding fwd.
-    assert got[("all_gather", "z")] == 2 * layer + head + emb
+    # Forward only: the lm head's forward block, and the last decoder layer's (the only one
+    # here), are kept for backward; embedding fwd. Prefetching late in backward, the layer is
+    # gathered again in backward.
+    assert got[("all_gather", "z")] == layer + head + emb
+    late = Workload(global_batch=2, seq_len=3, precision="fp32", activation_checkpointing=False,
+                    grad_clip=True, optimizations=Optimizations(prefetch_late_in_backward=True))
+    assert _bytes_by(step_collectives(TINY, GridShape(1, 2, 1, 1), late),
+                     lambda c: (c.op, c.axis))[("all_gather", "z")] == 2 * layer + head + emb
     assert got[("reduce_scatter", "z")] == layer + head + emb
     # Over the batch group: id check (8 B), counts (16), loss (4), kept tokens (8), and the
     # norm-weight gradient bucket: 3 norms x 8 x 4 B. Over the model group: the grad norm.
@@ -85,7 +91,9 @@ def test_depth_parallel_collective_bytes_by_hand():
 
 def test_checkpointing_regathers_and_skips_the_last_output_all_reduce():
     grid = GridShape(1, 2, 2, 1)
-    apart = Optimizations(gather_bucket_mb=0)
+    # Prefetching late in backward: TINY's only decoder layer is then not kept gathered from
+    # forward for backward (see the end of the test).
+    apart = Optimizations(gather_bucket_mb=0, prefetch_late_in_backward=True)
     base = Workload(4, 3, precision="fp32", activation_checkpointing=False, grad_clip=False,
                     optimizations=apart)
     ckpt = Workload(4, 3, precision="fp32", activation_checkpointing=True, grad_clip=False,
@@ -100,7 +108,8 @@ def test_checkpointing_regathers_and_skips_the_last_output_all_reduce():
     # recompute and backward together, the lm head alone (not recomputed, its forward block
     # kept for backward), the same bytes.
     bucketed = {w: {c.what: (c.count, c.full_bytes) for c in step_collectives(
-        TINY, grid, dataclasses.replace(w, optimizations=Optimizations()))} for w in (base, ckpt)}
+        TINY, grid, dataclasses.replace(w, optimizations=Optimizations(
+            prefetch_late_in_backward=True)))} for w in (base, ckpt)}
     layer = (4 * 64 + 3 * 128) // 2 * 4  # the layer's blocks at Y = 2, fp32
     head = 10 * 8 // 2 * 4
     assert bucketed[base]["weight bucket of 7 block(s)"] == (1, layer)
@@ -113,6 +122,18 @@ def test_checkpointing_regathers_and_skips_the_last_output_all_reduce():
     assert not any(w.endswith("proj weight grad") for w in bucketed[base])
     assert calls[ckpt]["o_proj output"] == 2 * calls[base]["o_proj output"]
     assert calls[ckpt]["down_proj output"] == calls[base]["down_proj output"]
+    # By default the last decoder layer's last bucket (here: the layer, or its down_proj
+    # gathered alone) keeps its forward blocks for backward or its recompute.
+    for w in (base, ckpt):
+        opts = dataclasses.replace(w.optimizations, prefetch_late_in_backward=False)
+        kept = {c.what: c.count for c in step_collectives(
+            TINY, grid, dataclasses.replace(w, optimizations=opts))}
+        assert kept["down_proj weight"] == 1 and "down_proj weight (backward)" not in kept
+        assert kept["q_proj weight"] + kept.get("q_proj weight (backward)", 0) == 2
+        bucket = {c.what: c.count for c in step_collectives(
+            TINY, grid, dataclasses.replace(w, optimizations=Optimizations()))}
+        assert bucket["weight bucket of 7 block(s)"] == 1
+        assert "weight bucket of 7 block(s) (backward)" not in bucket
 
 
 def test_ring_formulas():

@@ -7,9 +7,11 @@ it in reverse. Once the order is known, consecutive layers of one decoder layer 
 gathered blocks (``Optimizations.gather_bucket_mb``) and each bucket is gathered by one
 collective: a decoder layer's seven blocks cost one round trip instead of seven, and no more
 than one layer is held gathered beyond the one prefetched, as with FSDP's per-layer units.
-The lm head (last in forward, first in backward) keeps its forward block for backward, and a
-layer recomputed by activation checkpointing keeps its recompute's blocks for its backward,
-which follows at once: each layer is gathered twice a step, with or without checkpointing.
+The lm head (last in forward, first in backward) keeps its forward block for backward, and so
+does the last decoder layer's last bucket unless backward prefetches late (its blocks are then
+held through the loss); a layer recomputed by activation checkpointing keeps its recompute's
+blocks for its backward, which follows at once: every other layer is gathered twice a step,
+with or without checkpointing.
 A gathered block is used only if its shard has not changed since the gather started
 (``Tensor._version``), so an optimizer step in between can never feed stale weights.
 """
@@ -141,13 +143,28 @@ class WeightPrefetcher:
                 self._prefetch_after(module, False, dtype, within_unit=True)
             return block
         if self.enabled:
-            if backward_needs and self.sealed and module is self.order[-1]:
-                # The last layer of the forward pass is the first of backward: its gathered
-                # block is kept for it rather than gathered again with nothing to hide behind
-                # (FSDP likewise keeps the root's parameters gathered after forward).
+            if backward_needs and self.sealed and self._first_in_backward(module):
+                # The last layers of the forward pass are the first of backward: their
+                # gathered blocks are kept for it rather than gathered again, the lm head's
+                # with nothing to hide behind (FSDP likewise keeps the root's parameters
+                # gathered after forward, and torchtitan the last decoder layer's).
                 self.pending[id(module)] = gather
             self._prefetch_after(module, backward, dtype)
         return block
+
+    def _first_in_backward(self, module) -> bool:
+        """Whether ``module`` is the forward pass's last layer (the lm head) or, unless
+        backward prefetches late (to hold less), in the last bucket of gathered blocks before
+        it (the last decoder layer: held through the loss then, where the activations peak)."""
+        if module is self.order[-1]:
+            return True
+        b = self.bucket_of.get(id(module))
+        if b is None or self.late_in_backward:
+            return False
+        last = len(self.buckets) - 1
+        if any(m is self.order[-1] for m in self.buckets[last]):
+            last -= 1
+        return b == last
 
     def bucket_members(self, module) -> tuple:
         """The layers gathered with ``module`` (itself alone before the order is complete)."""

@@ -136,8 +136,9 @@ def _z_buckets(shapes: ModelShapes, grid: GridShape, work: Workload,
     two layers), the lm head alone. Each bucket is gathered once in forward and once in
     backward (an activation-checkpoint recompute keeps its blocks for the layer's backward),
     where the last bucket comes first: the lm head keeps its forward block with the
-    prefetcher on, and without it is gathered with nothing to hide behind. Its gradients are
-    reduce-scattered together once.
+    prefetcher on, and without it is gathered with nothing to hide behind; the bucket before
+    it (the last decoder layer's last) keeps its forward blocks too unless backward prefetches
+    late. Its gradients are reduce-scattered together once.
     Returns {(gathered elements, backward tag): (forward gathers, backward gathers,
     reduce-scatters, blocks)}."""
     vp = shapes.padded_vocab(grid.y)
@@ -153,13 +154,18 @@ def _z_buckets(shapes: ModelShapes, grid: GridShape, work: Workload,
         current.append((elements, layer))
         size += elements * work.param_bytes
     buckets.append(current)
-    kept = work.optimizations.prefetch_weights  # the last bucket's block, forward to backward
+    opts = work.optimizations
+    # Kept from forward for backward (or its recompute): the lm head's bucket with the
+    # prefetcher on, and the last decoder layer's last bucket unless backward prefetches late.
+    kept = {len(buckets) - 1} if opts.prefetch_weights else set()
+    if opts.prefetch_weights and not opts.prefetch_late_in_backward and len(buckets) > 1:
+        kept.add(len(buckets) - 2)
     out: dict = {}
     for i, bucket in enumerate(buckets):
         last = i == len(buckets) - 1
         key = (sum(e for e, _ in bucket), "" if last else "backward")
         f, b, r, n = out.get(key, (0, 0, 0, len(bucket)))
-        out[key] = (f + 1, b + (0 if last and kept else 1), r + 1, n)
+        out[key] = (f + 1, b + (0 if i in kept else 1), r + 1, n)
     return out
 
 
@@ -195,12 +201,17 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
         # the lm head keeps its forward block for backward, else its backward gather has
         # nothing before it to hide behind.
         prefetch = opts.prefetch_weights
-        # A recomputed layer keeps its blocks for its backward, which follows at once.
+        # A recomputed layer keeps its blocks for its backward, which follows at once; the
+        # last decoder layer's last matrix keeps its forward block for its backward (or its
+        # recompute) unless backward prefetches late.
         if not opts.gather_bucket_mb:
-            add("all_gather", "z", gathered * cb, layers * steps * passes, f"{lin.name} weight",
+            kept = steps if prefetch and not opts.prefetch_late_in_backward and \
+                not head and lin.name == shapes.layer_linears[-1].name else 0
+            add("all_gather", "z", gathered * cb,
+                layers * steps * passes - (kept if passes > 1 else 0), f"{lin.name} weight",
                 "forward" if prefetch else "")
             add("all_gather", "z", gathered * cb,
-                0 if (head and prefetch) or passes > 1 else layers * steps,
+                0 if (head and prefetch) or passes > 1 else layers * steps - kept,
                 f"{lin.name} weight (backward)", "backward" if prefetch else "")
         if not (opts.gather_bucket_mb and opts.overlap_depth_grad):  # else per bucket
             add("reduce_scatter", "z", gathered * pb, layers * steps, f"{lin.name} weight grad",
