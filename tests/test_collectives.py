@@ -130,6 +130,20 @@ def _reduce_scatter_on_cpu(axis_name):
             peak = max(peak, live)
         errors[async_op] = float((out - want).abs().max())
         peaks[async_op] = peak
+    # in_place: the sum written over this rank's own slice of the input (a scratch buffer);
+    # only the other ranks' slices are held besides, (n - 1) / n of the input.
+    t = _t(400 + i, (numel,))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out, work = comm.reduce_scatter_flat(t, axis, async_op=True, in_place=True)
+        work.wait()
+    assert out.data_ptr() == t[i * (numel // n):].data_ptr()
+    errors["in place"] = float((out - want).abs().max())
+    live = peaks["in place"] = 0
+    for _, nbytes in sorted((e.start_ns(), e.nbytes())
+                            for e in prof.profiler.kineto_results.events()
+                            if e.name() == "[memory]"):
+        live += nbytes
+        peaks["in place"] = max(peaks["in place"], live)
     with pytest.raises(ValueError, match=f"reduce-scatter of 10 elements over {n} ranks into 3"):
         comm._reduce_scatter(torch.empty(3, dtype=torch.float64),
                              torch.zeros(10, dtype=torch.float64), group=axis.group)
@@ -144,3 +158,4 @@ def test_reduce_scatter_on_cpu_is_the_sum_of_the_slices(pool8, axis):
             assert err < 1e-12, f"rank {rank}: {how} off by {err}"
         for async_op in (False, True):
             assert full_bytes <= peaks[async_op] <= full_bytes + 1024, (rank, peaks)
+        assert peaks["in place"] <= full_bytes * (n - 1) // n + 1024, (rank, peaks)

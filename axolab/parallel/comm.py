@@ -48,11 +48,15 @@ class _SumAfterWait:
         if self.parts is not None:
             for work in self.works:
                 work.wait(*args, **kwargs)
-            # The same order on every rank and in every call: results are reproducible.
+            # The same order in every call: results are reproducible. A result written over
+            # this rank's own slice of the input starts from it; otherwise rank order.
             out = self.out.view(-1)
-            out.copy_(self.parts[0])
-            for part in self.parts[1:]:
-                out.add_(part)
+            own = next((p for p in self.parts if p.data_ptr() == out.data_ptr()), None)
+            if own is None:
+                out.copy_(self.parts[0])
+            for part in self.parts[0 if own is not None else 1:]:
+                if part is not own:
+                    out.add_(part)
             self.works = self.parts = None  # the received slices are released with the sum
         return True
 
@@ -110,11 +114,16 @@ def all_gather_in_place(out: torch.Tensor, axis: Axis, async_op: bool = False):
     return _ALL_GATHER(out, mine, group=axis.group, async_op=async_op)
 
 
-def reduce_scatter_flat(t: torch.Tensor, axis: Axis, async_op: bool = False):
+def reduce_scatter_flat(t: torch.Tensor, axis: Axis, async_op: bool = False,
+                        in_place: bool = False):
     """This rank's 1/size slice of the sum of the ranks' flat tensors; with ``async_op``,
-    ``(out, work)`` (``t`` must stay untouched until ``work.wait()``)."""
+    ``(out, work)`` (``t`` must stay untouched until ``work.wait()``). ``in_place`` (CPU):
+    the result is written over this rank's own slice of ``t`` (a view of it is returned), for
+    a caller whose ``t`` is scratch: no separate result buffer is held."""
     t = t.contiguous().view(-1)
-    out = t.new_empty(t.numel() // axis.size)
+    part = t.numel() // axis.size
+    out = t[axis.index * part:(axis.index + 1) * part] if in_place and t.device.type == "cpu" \
+        else t.new_empty(part)
     work = _REDUCE_SCATTER(out, t, group=axis.group, async_op=async_op)
     return (out, work) if async_op else out
 

@@ -43,7 +43,8 @@ class DeferredDepthGrads:
         self.depth, self.max_in_flight, self.on_complete = depth, max_in_flight, on_complete
         self.bucket_of = bucket_of  # module -> the modules whose gradients go with it
         self.collecting: dict[tuple, _Collecting] = {}  # member ids -> bucket being filled
-        # (work, out, [(param, offset, numel)], buffer); buffer is kept alive until done
+        # (work, out, [(param, offset, numel)], buffer, whether out is a view of buffer);
+        # buffer is kept alive until done
         self.pending: deque = deque()
 
     def start(self, module, block_grad: torch.Tensor) -> None:
@@ -67,8 +68,9 @@ class DeferredDepthGrads:
         chunks = [m.layout.chunk for m in bucket.members]
         offsets = [sum(chunks[:i]) for i in range(len(chunks))]
         first = bucket.parts[0][2]
-        if len(bucket.members) == 1 and len(bucket.parts) == 1 and \
-                first.numel() == chunks[0] * self.depth.size:
+        scratch = not (len(bucket.members) == 1 and len(bucket.parts) == 1 and
+                       first.numel() == chunks[0] * self.depth.size)
+        if not scratch:
             buffer = first.reshape(-1)  # one unpadded block: sent as it is
         else:
             # Zeros where the layout pads and where a member never arrived.
@@ -77,19 +79,21 @@ class DeferredDepthGrads:
                 rows = buffer[:, offsets[i]:offsets[i] + chunks[i]]
                 for src, dst in chunk_pairs(grad.reshape(-1), rows):
                     dst.add_(src)
-        out, work = comm.reduce_scatter_flat(buffer, self.depth, async_op=True)
+        # A buffer built here is scratch: the sum is written over this rank's own rows of it.
+        out, work = comm.reduce_scatter_flat(buffer.view(-1), self.depth, async_op=True,
+                                             in_place=scratch)
         weights = {i: weight for i, weight, _ in bucket.parts}
         slots = [(weights[i], offsets[i], chunks[i]) for i in sorted(weights)]
-        self.pending.append((work, out, slots, buffer))
+        self.pending.append((work, out, slots, buffer, scratch and buffer.device.type == "cpu"))
 
     def _complete_oldest(self) -> None:
-        work, out, slots, _ = self.pending.popleft()
+        work, out, slots, _, view = self.pending.popleft()
         work.wait()
         for param, start, numel in slots:
-            grad = out if len(slots) == 1 else out[start:start + numel]
+            grad = out[start:start + numel]
             if param.grad is None:
                 # A copy, not a view of the bucket: each gradient owns its storage.
-                param.grad = grad if len(slots) == 1 else grad.clone()
+                param.grad = grad if len(slots) == 1 and not view else grad.clone()
             else:
                 param.grad.add_(grad)
             self.on_complete(param)
