@@ -1,5 +1,6 @@
 """evaluate(): every canary scored, consistent with the building blocks, files in place."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -44,7 +45,10 @@ def test_evaluate_run_dir(trained):
     cfg = EvalConfig(prefix_len=8, suffix_len=8, curve_prefix_lens=[4, 8])
     summary = evaluate(run_dir, data, cfg)
     records = [json.loads(x) for x in (run_dir / "memorization.jsonl").read_text().splitlines()]
-    assert json.loads((run_dir / "eval.json").read_text()) == summary
+    written = json.loads((run_dir / "eval.json").read_text())
+    assert written.pop("memorization_sha256") == \
+        hashlib.sha256((run_dir / "memorization.jsonl").read_bytes()).hexdigest()
+    assert written == summary
     canaries = load_canaries(data)
     assert [r["id"] for r in records] == [c.id for c in canaries]
     model = load_pretrained(latest_checkpoint(run_dir / "checkpoints"), Grid.init()).eval()
@@ -197,7 +201,34 @@ def test_a_new_evaluation_leaves_no_earlier_optional_files(tmp_path):
     assert read_jsonl(tmp_path / "continuations.jsonl") == first.continuations
     assert read_jsonl(tmp_path / "row_extraction.jsonl") == first.rows
     write_eval_files(tmp_path, Scored([{"id": "a"}], {"checkpoint": "step-2"}, []))
-    assert json.loads((tmp_path / "eval.json").read_text()) == {"checkpoint": "step-2"}
+    written = json.loads((tmp_path / "eval.json").read_text())
+    assert written.pop("memorization_sha256") == \
+        hashlib.sha256((tmp_path / "memorization.jsonl").read_bytes()).hexdigest()
+    assert written == {"checkpoint": "step-2"}
     assert not (tmp_path / "continuations.jsonl").exists()
     assert not (tmp_path / "row_extraction.jsonl").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json", "memorization.jsonl"]
+
+
+def test_records_left_beside_an_earlier_summary_are_not_reported(tmp_path):
+    """An evaluation stopped after writing memorization.jsonl and before eval.json: the report
+    reads the previous summary and leaves out records it does not summarise (hash mismatch)."""
+    import warnings
+
+    from axolab.memorization.canary_eval import Scored, write_eval_files
+    from axolab.report.collect import read_run
+
+    write_eval_files(tmp_path, Scored([{"id": "a", "exact": True}], {"checkpoint": "step-1"},
+                                      []))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_run(tmp_path).memorization["exact"].tolist() == [True]
+    (tmp_path / "memorization.jsonl").write_text(json.dumps({"id": "a", "exact": False}) + "\n")
+    with pytest.warns(UserWarning, match="is not the one .*eval.json summarises"):
+        run = read_run(tmp_path)
+    assert run.memorization is None and run.eval["checkpoint"] == "step-1"
+    # An eval.json written before summaries carried the hash is taken with its records.
+    written = json.loads((tmp_path / "eval.json").read_text())
+    del written["memorization_sha256"]
+    (tmp_path / "eval.json").write_text(json.dumps(written))
+    assert read_run(tmp_path).memorization["exact"].tolist() == [False]

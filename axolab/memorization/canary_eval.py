@@ -152,20 +152,26 @@ def add_row_extraction(model, data_dir: str | Path, cfg: EvalConfig, scored: Sco
 
 def write_eval_files(out_dir: str | Path, scored: Scored) -> None:
     """memorization.jsonl, eval.json and (when scored with them) continuations.jsonl and
-    row_extraction.jsonl, each replaced whole; eval.json last. An optional file this
+    row_extraction.jsonl, each replaced whole; eval.json last, with the SHA-256 of the
+    memorization.jsonl it summarises (``memorization_sha256``). An optional file this
     evaluation did not produce is removed (one unlink, before the new eval.json), so no
     earlier evaluation's continuations or rows are left beside the new results."""
+    import hashlib
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "memorization.jsonl",
-                      "".join(json.dumps(r) + "\n" for r in scored.records))
+    records = "".join(json.dumps(r) + "\n" for r in scored.records)
+    write_text_atomic(out / "memorization.jsonl", records)
     for name, lines in (("continuations.jsonl", scored.continuations),
                         ("row_extraction.jsonl", scored.rows)):
         if lines:
             write_text_atomic(out / name, "".join(json.dumps(x) + "\n" for x in lines))
         else:
             (out / name).unlink(missing_ok=True)
-    write_json_atomic(out / "eval.json", scored.summary)
+    # The hash ties the records to their summary: a kill between the two writes leaves new
+    # records beside the previous summary, which readers then recognise and leave out.
+    write_json_atomic(out / "eval.json", {**scored.summary, "memorization_sha256":
+                                          hashlib.sha256(records.encode()).hexdigest()})
 
 
 def evaluate(model, data_dir: str | Path, config: EvalConfig | None = None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -116,15 +117,30 @@ def read_run(path: str | Path, name: str | None = None) -> Run:
             metrics = (metrics.drop_duplicates("step", keep="last").sort_values("step")
                        .reset_index(drop=True))
     evaluation = _read_json(path / "eval.json") if (path / "eval.json").is_file() else None
-    memorization = None
-    if (path / "memorization.jsonl").is_file():
-        memorization = pd.DataFrame(_read_jsonl(path / "memorization.jsonl"))
+    memorization = _read_memorization(path, evaluation)
     parameters = {}
     if (path / "parameters.json").is_file():
         parameters = _read_json(path / "parameters.json")
     return Run(name=name or path.name, path=path, config=config, metrics=metrics,
                eval=evaluation, memorization=memorization, parameters=parameters,
                curve=_read_curve(path))
+
+
+def _read_memorization(path: Path, evaluation: dict | None) -> pd.DataFrame | None:
+    """memorization.jsonl, unless eval.json names other records (``memorization_sha256``):
+    an evaluation stopped between writing the two leaves the new records beside the previous
+    summary, and the per-canary plots must not mix them."""
+    import hashlib
+
+    file = path / "memorization.jsonl"
+    if not file.is_file():
+        return None
+    want = (evaluation or {}).get("memorization_sha256")
+    if want is not None and hashlib.sha256(file.read_bytes()).hexdigest() != want:
+        warnings.warn(f"{file} is not the one {path / 'eval.json'} summarises (an evaluation "
+                      "stopped between the two?): left out; evaluate the run again")
+        return None
+    return pd.DataFrame(_read_jsonl(file))
 
 
 def _read_curve(path: Path) -> pd.DataFrame | None:
