@@ -235,3 +235,20 @@ def test_warm_started_ranks_run_as_fresh_ones_would(targets, tmp_path):
                                            or Path(out["second"]).exists()):
         time.sleep(0.1)
     assert not Path(out["first"]).exists() and not Path(out["second"]).exists()
+
+
+def test_rendezvous_ports_come_from_below_the_ephemeral_range():
+    """A rendezvous port is bound seconds after it is chosen; one from the kernel's ephemeral
+    range can meanwhile go to any outgoing connection (two Slurm array tasks' gloo ranks on
+    one node collided that way): ports are drawn below it, and are free when drawn."""
+    import socket
+
+    from axolab.net import LOWEST_PORT, _ephemeral_start, free_port
+
+    top = _ephemeral_start()
+    ports = {free_port() for _ in range(20)}
+    assert all(LOWEST_PORT <= p < top for p in ports), (sorted(ports), top)
+    assert len(ports) > 1  # drawn, not a fixed sequence
+    for p in list(ports)[:3]:
+        with socket.socket() as s:
+            s.bind(("", p))
