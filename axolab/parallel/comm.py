@@ -41,21 +41,23 @@ class _SumAfterWait:
     """The handle of a reduce-scatter by direct exchange into ``out``: ``wait()`` completes
     the sends and receives and sums this rank's slice of every rank, in rank order."""
 
-    def __init__(self, works: list, parts: list[torch.Tensor], out: torch.Tensor):
-        self.works, self.parts, self.out = works, parts, out
+    def __init__(self, works: list, parts: list[torch.Tensor], out: torch.Tensor,
+                 own: int | None):
+        # own: the index in ``parts`` of the slice ``out`` itself is (a result written over
+        # this rank's own slice of the input), or None.
+        self.works, self.parts, self.out, self.own = works, parts, out, own
 
     def wait(self, *args, **kwargs) -> bool:
         if self.parts is not None:
             for work in self.works:
                 work.wait(*args, **kwargs)
             # The same order in every call: results are reproducible. A result written over
-            # this rank's own slice of the input starts from it; otherwise rank order.
+            # this rank's own slice starts from it, then adds the others in rank order.
             out = self.out.view(-1)
-            own = next((p for p in self.parts if p.data_ptr() == out.data_ptr()), None)
-            if own is None:
+            if self.own is None:
                 out.copy_(self.parts[0])
-            for part in self.parts[0 if own is not None else 1:]:
-                if part is not own:
+            for i, part in enumerate(self.parts):
+                if i != self.own and (self.own is not None or i > 0):
                     out.add_(part)
             self.works = self.parts = None  # the received slices are released with the sum
         return True
@@ -88,11 +90,14 @@ def _reduce_scatter(out: torch.Tensor, inp: torch.Tensor, group=None, async_op: 
         ops.append(dist.P2POp(dist.isend, slices[to], group=group, group_peer=to))
         ops.append(dist.P2POp(dist.irecv, received[shift - 1], group=group, group_peer=frm))
         parts[frm] = received[shift - 1]
-    work = _SumAfterWait(dist.batch_isend_irecv(ops) if ops else [], parts, out)
+    own = me if out.data_ptr() == slices[me].data_ptr() else None
+    work = _SumAfterWait(dist.batch_isend_irecv(ops) if ops else [], parts, out, own)
     if async_op:
         return work
     work.wait()
     return None
+
+
 _REDUCE_SCATTER = _reduce_scatter
 
 
