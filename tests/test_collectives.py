@@ -150,6 +150,47 @@ def _reduce_scatter_on_cpu(axis_name):
     return errors, peaks, numel * 8, n
 
 
+def _all_gather_on_cpu(axis_name):
+    """all_gather_flat and all_gather_in_place, synchronous and async, against the ranks'
+    parts rebuilt by hand and against gloo's own all_gather_into_tensor: exact copies. The
+    other ranks' parts are strided (x: neighbours; z: 4 apart), and every rank's part differs
+    in length from what a misplaced slot would hold."""
+    import torch.distributed as dist
+
+    from axolab.parallel import Grid, comm
+
+    grid = Grid.init(1, 2, 1, 4)
+    axis = getattr(grid, axis_name)
+    n, i = axis.size, axis.index
+    part = 1000 + 7 * n
+    want = torch.cat([_t(500 + r, (part,)) for r in range(n)])
+    mine = _t(500 + i, (part,))
+    gloo = torch.empty(n * part, dtype=want.dtype)
+    comm._ALL_GATHER_TENSOR(gloo, mine, group=axis.group)
+    results = {"gloo": gloo, "flat": comm.all_gather_flat(mine, axis)}
+    out, work = comm.all_gather_flat(mine, axis, async_op=True)
+    assert work.wait() and work.is_completed()
+    results["flat async"] = out
+    for async_op in (False, True):
+        slots = torch.full((n * part,), float("nan"), dtype=want.dtype)
+        slots[i * part:(i + 1) * part] = mine
+        work = comm.all_gather_in_place(slots, axis, async_op=async_op)
+        if async_op:
+            work.wait()
+        results[f"in place{' async' if async_op else ''}"] = slots
+    assert torch.equal(mine, _t(500 + i, (part,)))  # the input is left as it was
+    with pytest.raises(ValueError, match=f"all-gather of 3 elements over {n} ranks into 10"):
+        comm._all_gather(torch.empty(10, dtype=torch.float64),
+                         torch.zeros(3, dtype=torch.float64), group=axis.group)
+    return {how: bool(torch.equal(got, want)) for how, got in results.items()}
+
+
+@pytest.mark.parametrize("axis", ["x", "z"])
+def test_all_gather_on_cpu_places_every_part_in_its_slot(pool8, axis):
+    for rank, exact in enumerate(pool8.run(_all_gather_on_cpu, axis)):
+        assert all(exact.values()), (rank, exact)
+
+
 @pytest.mark.parametrize("axis", ["x", "z"])
 def test_reduce_scatter_on_cpu_is_the_sum_of_the_slices(pool8, axis):
     for rank, (errors, peaks, full_bytes, n) in enumerate(

@@ -33,7 +33,7 @@ def _all_reduce(t: torch.Tensor, axis: Axis, op=dist.ReduceOp.SUM) -> torch.Tens
 
 # torch 2.13 renamed the flat-tensor collectives; older releases (still in our supported range)
 # only have the *_tensor names.
-_ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_ALL_GATHER_TENSOR = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 _REDUCE_SCATTER_TENSOR = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
 
 
@@ -99,6 +99,54 @@ def _reduce_scatter(out: torch.Tensor, inp: torch.Tensor, group=None, async_op: 
 
 
 _REDUCE_SCATTER = _reduce_scatter
+
+
+class _WaitAll:
+    """The handle of an all-gather by direct exchange: ``wait()`` completes every send and
+    receive."""
+
+    def __init__(self, works: list):
+        self.works = works
+
+    def wait(self, *args, **kwargs) -> bool:
+        for work in self.works:
+            work.wait(*args, **kwargs)
+        self.works = []
+        return True
+
+    def is_completed(self) -> bool:
+        return all(w.is_completed() for w in self.works)
+
+
+def _all_gather(out: torch.Tensor, inp: torch.Tensor, group=None, async_op: bool = False):
+    """all_gather_into_tensor, except on the CPU. gloo's all-gather is a ring: size-1 steps,
+    each waiting for the one before it, so on ranks that share cores every step waits for a
+    neighbour to be scheduled again. Here each rank sends its part straight to every other
+    rank and receives theirs into their slots of ``out``, all at once: the same bytes each
+    way, one step (benchmarks/collective_speed.py). ``inp`` may be ``out``'s own slot."""
+    if inp.device.type != "cpu":
+        return _ALL_GATHER_TENSOR(out, inp, group=group, async_op=async_op)
+    size, me = dist.get_world_size(group), dist.get_rank(group)
+    if out.numel() != inp.numel() * size:
+        raise ValueError(f"all-gather of {inp.numel()} elements over {size} ranks into "
+                         f"{out.numel()}: the output must be size x the input")
+    mine = inp.contiguous().view(-1)
+    slots = out.view(size, -1)
+    if slots[me].data_ptr() != mine.data_ptr():
+        slots[me].copy_(mine)
+    ops = []
+    for shift in range(1, size):
+        to, frm = (me + shift) % size, (me - shift) % size
+        ops.append(dist.P2POp(dist.isend, slots[me], group=group, group_peer=to))
+        ops.append(dist.P2POp(dist.irecv, slots[frm], group=group, group_peer=frm))
+    work = _WaitAll(dist.batch_isend_irecv(ops) if ops else [])
+    if async_op:
+        return work
+    work.wait()
+    return None
+
+
+_ALL_GATHER = _all_gather
 
 
 def all_gather_flat(t: torch.Tensor, axis: Axis, async_op: bool = False):
