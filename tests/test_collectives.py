@@ -152,11 +152,8 @@ def _reduce_scatter_on_cpu(axis_name):
 
 def _all_gather_on_cpu(axis_name):
     """all_gather_flat and all_gather_in_place, synchronous and async, against the ranks'
-    parts rebuilt by hand and against gloo's own all_gather_into_tensor: exact copies. The
-    other ranks' parts are strided (x: neighbours; z: 4 apart), and every rank's part differs
-    in length from what a misplaced slot would hold."""
-    import torch.distributed as dist
-
+    parts rebuilt by hand and against gloo's own all_gather_into_tensor: exact copies, on a
+    group of neighbouring ranks (x) and of ranks 4 apart (z)."""
     from axolab.parallel import Grid, comm
 
     grid = Grid.init(1, 2, 1, 4)
