@@ -29,7 +29,7 @@ kept in OUT/measured-N-<settings>.json; a rerun with the same settings reuses a 
 already measured (delete the file to measure again).
 
 Usage:
-  python benchmarks/perfmodel_validation.py [--ranks 4,8] [--steps 3] [--warmup 1]
+  python benchmarks/perfmodel_validation.py [--ranks 4,8] [--steps 5] [--warmup 1]
       [--model small-llama] [--seq-len 128] [--global-batch 8] [--micro-batch M]
       [--precision fp32] [--checkpointing] [--grids 1x1x2x2,2x1x1x2]
       [--out results/perfmodel_validation]
@@ -323,7 +323,7 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ranks", default="4,8", help="world sizes, comma-separated (4,8)")
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per grid (3)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per grid (5)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (1)")
     ap.add_argument("--model", default="small-llama")
     ap.add_argument("--seq-len", type=int, default=128)

@@ -153,7 +153,10 @@ def _reduce_scatter_on_cpu(axis_name):
 def _all_gather_on_cpu(axis_name):
     """all_gather_flat and all_gather_in_place, synchronous and async, against the ranks'
     parts rebuilt by hand and against gloo's own all_gather_into_tensor: exact copies, on a
-    group of neighbouring ranks (x) and of ranks 4 apart (z)."""
+    group of neighbouring ranks (x) and of ranks 4 apart (z); and the CPU allocator's bytes
+    during the call."""
+    from torch.profiler import ProfilerActivity, profile
+
     from axolab.parallel import Grid, comm
 
     grid = Grid.init(1, 2, 1, 4)
@@ -176,6 +179,14 @@ def _all_gather_on_cpu(axis_name):
             work.wait()
         results[f"in place{' async' if async_op else ''}"] = slots
     assert torch.equal(mine, _t(500 + i, (part,)))  # the input is left as it was
+    # Nothing is allocated besides the output (gloo's own allocates a second output's size).
+    out = torch.empty(n * part, dtype=want.dtype)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        comm._all_gather(out, mine, group=axis.group)
+    results["into out"] = out
+    allocated = sum(e.nbytes() for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.nbytes() > 0)
+    assert allocated <= 1024, allocated
     with pytest.raises(ValueError, match=f"all-gather of 3 elements over {n} ranks into 10"):
         comm._all_gather(torch.empty(10, dtype=torch.float64),
                          torch.zeros(3, dtype=torch.float64), group=axis.group)
