@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .config import EvalConfig, TrainConfig, config_from_dict
 from .data import build
+from .memorization.eval_files import records_match_summary
 from .metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,12 +65,12 @@ def run_study(recipe: Path, out: Path, sizes: list[str], losses: list[str], epoc
                 checkpoint_interval=0, keep_checkpoints=1, loss=loss, goldfish_k=k,
                 goldfish_h=13, progress=progress, weight_decay=0.0, grid=grid,
                 memorization_at_epochs=probe_every_epoch, probe=probe.to_dict()))
-            if not (run_dir / "eval.json").is_file():
+            todo = pending(run_dir)
+            if todo == "train":
                 launch(cfg, progress=progress, echo=False)
+            if todo is not None:
                 evaluate(run_dir, data, STUDY_EVAL, grid=grid, progress=progress)
             summary = json.loads((run_dir / "eval.json").read_text())
-            if "validation_loss" not in summary:  # evaluated before the study asked for it
-                summary = evaluate(run_dir, data, STUDY_EVAL, grid=grid, progress=progress)
             val = summary["validation_loss"]
             rows.append({"model": size, "loss": loss, "goldfish_k": k if loss == "goldfish" else None,
                          "run": run_dir.name, "val_loss": val,
@@ -82,6 +83,20 @@ def run_study(recipe: Path, out: Path, sizes: list[str], losses: list[str], epoc
                          "mia_auc": {k: v["auc"] for k, v in summary["mia"].items()}})
     (out / "study.json").write_text(json.dumps(rows, indent=2))
     return rows
+
+
+def pending(run_dir: Path) -> str | None:
+    """What a study run still needs: "train" (no evaluation yet: the run is trained, or its
+    training resumed, then evaluated), "evaluate" (evaluated before the study asked for the
+    validation loss, or its memorization.jsonl is not the one eval.json summarises: an
+    evaluation stopped between the two files), or None (kept as it is)."""
+    summary_file = Path(run_dir) / "eval.json"
+    if not summary_file.is_file():
+        return "train"
+    summary = json.loads(summary_file.read_text())
+    if "validation_loss" not in summary or not records_match_summary(run_dir, summary):
+        return "evaluate"
+    return None
 
 
 def _exact_by_repetitions(run_dir: Path, kind: str) -> dict[str, float]:

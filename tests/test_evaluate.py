@@ -232,3 +232,22 @@ def test_records_left_beside_an_earlier_summary_are_not_reported(tmp_path):
     del written["memorization_sha256"]
     (tmp_path / "eval.json").write_text(json.dumps(written))
     assert read_run(tmp_path).memorization["exact"].tolist() == [False]
+
+
+def test_study_evaluates_again_a_run_whose_records_its_summary_does_not_name(tmp_path):
+    """run_study keeps a run only when its eval.json summarises the memorization.jsonl beside
+    it (and has the validation loss); records an interrupted evaluation left beside an earlier
+    summary make it evaluate the run again, and no eval.json means train and evaluate."""
+    from axolab.memorization.canary_eval import Scored, write_eval_files
+    from axolab.study import pending
+
+    assert pending(tmp_path) == "train"
+    write_eval_files(tmp_path, Scored([{"id": "a", "exact": True}],
+                                      {"checkpoint": "step-1", "validation_loss": 2.5}, []))
+    assert pending(tmp_path) is None
+    (tmp_path / "memorization.jsonl").write_text(json.dumps({"id": "a", "exact": False}) + "\n")
+    assert pending(tmp_path) == "evaluate"
+    (tmp_path / "memorization.jsonl").unlink()
+    assert pending(tmp_path) == "evaluate"
+    write_eval_files(tmp_path, Scored([{"id": "a", "exact": True}], {"checkpoint": "step-1"}, []))
+    assert pending(tmp_path) == "evaluate"  # no validation loss: evaluated before the study

@@ -29,6 +29,7 @@ from axolab.parallel import find_parallel_state
 
 from .adversaries import beam_search, sample
 from .domain_perplexity import heldout_perplexity
+from .eval_files import records_digest
 from .extraction import exact_match, extraction_curve
 from .secret_exposure import exposure
 from .mia import mia_scores, roc_report
@@ -156,8 +157,6 @@ def write_eval_files(out_dir: str | Path, scored: Scored) -> None:
     memorization.jsonl it summarises (``memorization_sha256``). An optional file this
     evaluation did not produce is removed (one unlink, before the new eval.json), so no
     earlier evaluation's continuations or rows are left beside the new results."""
-    import hashlib
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records = "".join(json.dumps(r) + "\n" for r in scored.records)
@@ -171,7 +170,7 @@ def write_eval_files(out_dir: str | Path, scored: Scored) -> None:
     # The hash ties the records to their summary: a kill between the two writes leaves new
     # records beside the previous summary, which readers then recognise and leave out.
     write_json_atomic(out / "eval.json", {**scored.summary, "memorization_sha256":
-                                          hashlib.sha256(records.encode()).hexdigest()})
+                                          records_digest(records.encode())})
 
 
 def evaluate(model, data_dir: str | Path, config: EvalConfig | None = None,

@@ -20,6 +20,7 @@ import pandas as pd
 
 from ..files import parse_jsonl
 from ..memorization.curve import CHECKPOINT_CURVE, PROBE_CURVE
+from ..memorization.eval_files import records_match_summary
 from .errors import ReportError
 
 RUN_LAYOUT = "a run directory has config.json and metrics.jsonl, or eval.json"
@@ -130,13 +131,10 @@ def _read_memorization(path: Path, evaluation: dict | None) -> pd.DataFrame | No
     """memorization.jsonl, unless eval.json names other records (``memorization_sha256``):
     an evaluation stopped between writing the two leaves the new records beside the previous
     summary, and the per-canary plots must not mix them."""
-    import hashlib
-
     file = path / "memorization.jsonl"
     if not file.is_file():
         return None
-    want = (evaluation or {}).get("memorization_sha256")
-    if want is not None and hashlib.sha256(file.read_bytes()).hexdigest() != want:
+    if not records_match_summary(path, evaluation or {}):
         warnings.warn(f"{file} is not the one {path / 'eval.json'} summarises (an evaluation "
                       "stopped between the two?): left out; evaluate the run again")
         return None
