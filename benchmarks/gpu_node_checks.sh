@@ -26,8 +26,9 @@ pin() {  # pin <cpu list> cmd...: keep the GPU job and the CPU ranks off each ot
     "$py" benchmarks/gpu_compute_check.py --out "$out/gpu_compute_check.json" 2>&1 \
     | grep -v "^USDT" | sed 's/^/[gpu] /' ) &
 gpu=$!
+# 3 rounds (the benchmark's default is 5): what the device time and VAL_TIMEOUT were sized for.
 pin "0-$((n - 3))" timeout ${VAL_TIMEOUT:-330} "$py" benchmarks/perfmodel_validation.py --ranks 4,8 \
-    --out "$out/val" 2>&1 | sed 's/^/[val] /'
+    --steps ${VAL_STEPS:-3} --out "$out/val" 2>&1 | sed 's/^/[val] /'
 pin "0-$((n - 3))" timeout ${FSDP2_TIMEOUT:-150} "$py" benchmarks/fsdp2_compare.py --repeats 7 \
     --grids "${FSDP2_GRIDS:-4,1,1,1;2,1,2,1;1,4,1,1;1,4,1,1:prefetch_late_in_backward=1;1,2,2,1;1,2,2,1:prefetch_late_in_backward=1}" \
     --out "$out/fsdp2_compare.json" 2>&1 | sed 's/^/[fsdp2] /'
