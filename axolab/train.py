@@ -290,7 +290,7 @@ def _train(cfg: TrainConfig, grid: Grid, lead: bool, stop: StopRequest) -> dict:
     micro = cfg.micro_batch or cfg.global_batch // grid.batch_shards
     goldfish = _goldfish_rule(cfg, grid, tokenizer.eos_token_id)
     seq_len = train.seq_len
-    probe = CanaryProbe(cfg, train.rows, seq_len, resumed, lead)
+    probe = CanaryProbe(cfg, train.rows, seq_len, resumed, lead, train.shuffled)
     flops = flops_per_token(model.config, seq_len) * cfg.global_batch * seq_len
     peak = cfg.peak_flops_per_device or device_peak(grid.device)
     bar = tqdm(total=total, initial=start, desc="train", unit="step",

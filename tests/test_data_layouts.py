@@ -313,3 +313,22 @@ def test_an_epochs_run_counts_only_the_rows_it_trains(tmp_path):
     manifest = read_manifest(latest_checkpoint(run_dir / "checkpoints"))
     assert manifest["data_position"] == n
     assert json.loads((run_dir / "config.json").read_text())["epochs"] == 1
+
+
+@pytest.mark.parametrize("rows,batch,epochs,shuffled", [(10, 4, 2.5, True), (10, 4, None, True),
+                                                       (7, 3, 1.0, False), (12, 4, 0.3, True)])
+def test_row_visits_count_the_rows_the_batches_train(rows, batch, epochs, shuffled):
+    """row_visits after every step equals the rows the training loop's own batches take as
+    targets (global_batch_rows masked by trained_rows), counted one step at a time."""
+    from axolab.data.loader import epoch_reads, row_visits, rows_trained, trained_rows
+
+    reads = epoch_reads(epochs, rows)
+    steps = math.ceil(reads / batch) if reads is not None else 9
+    seen = np.zeros(rows, dtype=np.int64)
+    for step in range(steps):
+        taken = global_batch_rows(step, batch, rows, 5, shuffled)
+        np.add.at(seen, taken[trained_rows(step, batch, reads)], 1)
+        visits = row_visits(rows_trained(step + 1, batch, reads), rows, 5, shuffled)
+        assert visits.tolist() == seen.tolist(), step
+    with pytest.raises(ValueError, match="row visits of -1 rows read over 10 rows"):
+        row_visits(-1, 10, 5)

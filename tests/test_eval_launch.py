@@ -313,3 +313,43 @@ def test_eval_cli_refuses_bad_targets(runs, tmp_path, capsys):
     assert "expected latest, all or step numbers" in capsys.readouterr().err
     assert axolab(["eval", str(probed), "--data", str(data), "--grid", "1,1,1"]) == 2
     assert "four positive integers" in capsys.readouterr().err
+
+
+def test_records_count_the_occurrences_each_checkpoint_trained_on(runs):
+    """trained_occurrences, in the job's records and in the probes', equals the canary's
+    occurrences counted through the rows the training loop's batches took up to that step
+    (global_batch_rows, the run's seed and global batch)."""
+    import numpy as np
+
+    from axolab.data import load_canaries
+    from axolab.data.loader import PackedDataset, global_batch_rows
+
+    data, probed, _, _ = runs
+    train = PackedDataset(data, "train")
+    seed = json.loads((probed / "config.json").read_text())["seed"]
+    canaries = load_canaries(data)
+    probes = {r["step"]: r for r in read_jsonl(probed / "memorization_curve.jsonl")}
+    for step in (EVERY, STEPS):
+        seen = np.zeros(train.rows, dtype=np.int64)
+        for s in range(step):
+            np.add.at(seen, global_batch_rows(s, 4, train.rows, seed, train.shuffled), 1)
+        want = [sum(int(seen[row]) for row, _ in c.occurrences) for c in canaries]
+        got = read_jsonl(probed / "evals" / f"step-{step:08d}" / "memorization.jsonl")
+        assert [r["trained_occurrences"] for r in got] == want, step
+        assert [r["trained_occurrences"] for r in probes[step]["records"]] == want, step
+    # The 4-step run reads 16 rows, which may hold no canary: the counting itself, over two
+    # epochs and 37 rows of one row per step, against the same loop.
+    from axolab.data.loader import row_visits
+    from axolab.memorization.canary_eval import add_trained_occurrences
+
+    position = 2 * train.rows + 37
+    seen = np.zeros(train.rows, dtype=np.int64)
+    for s in range(position):
+        np.add.at(seen, global_batch_rows(s, 1, train.rows, seed, train.shuffled), 1)
+    records = [{} for _ in canaries]
+    add_trained_occurrences(records, canaries, row_visits(position, train.rows, seed,
+                                                          train.shuffled))
+    want = [sum(int(seen[row]) for row, _ in c.occurrences) for c in canaries]
+    assert [r["trained_occurrences"] for r in records] == want
+    assert all(w >= 2 * len(c.occurrences) for w, c in zip(want, canaries))
+    assert sum(want) > 2 * sum(len(c.occurrences) for c in canaries)

@@ -80,6 +80,22 @@ def global_batch_rows(step: int, batch: int, rows: int, seed: int,
     return np.asarray(out, dtype=np.int64)
 
 
+def row_visits(position: int, rows: int, seed: int, shuffled: bool = True) -> np.ndarray:
+    """How many times each of ``rows`` training rows was trained on by the first ``position``
+    rows of the order :func:`global_batch_rows` reads (a checkpoint's ``data_position``, or
+    :func:`rows_trained`): every whole epoch once, and the first ``position % rows`` rows of
+    the epoch under way once more."""
+    if position < 0 or rows < 1:
+        raise ValueError(f"row visits of {position} rows read over {rows} rows")
+    whole, part = divmod(position, rows)
+    visits = np.full(rows, whole, dtype=np.int64)
+    if part:
+        order = np.random.default_rng([seed, whole]).permutation(rows) if shuffled else \
+            np.arange(rows)
+        visits[order[:part]] += 1
+    return visits
+
+
 def shard_rows(rows: np.ndarray, shards: int, index: int) -> np.ndarray:
     per = len(rows) // shards
     return rows[index * per:(index + 1) * per]

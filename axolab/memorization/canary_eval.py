@@ -115,6 +115,16 @@ class Scored:
     """One per sampled row of row extraction (row_extraction.jsonl); empty without it."""
 
 
+def add_trained_occurrences(records: list[dict], canaries: list[Canary],
+                            visits: np.ndarray) -> None:
+    """Each record's ``trained_occurrences``: how many of its canary's occurrences the model
+    had trained on, each occurrence counted as often as its row was (``visits``, from
+    :func:`axolab.data.loader.row_visits`). The manifest's ``repetitions`` is what was
+    scheduled; a run of a fraction of an epoch, or of several, trains on fewer or more."""
+    for record, canary in zip(records, canaries):
+        record["trained_occurrences"] = int(sum(visits[row] for row, _ in canary.occurrences))
+
+
 def canary_sequences(canary_set: CanarySet) -> list[list[int]]:
     """Each canary's tokens as training saw them (after the separator): what is scored."""
     return [canary_set.separator + c.token_ids for c in canary_set.canaries]

@@ -17,7 +17,7 @@ CHECKPOINT_CURVE = "checkpoint_curve.jsonl"
 # The per-canary fields that change over training (the rest of memorization.jsonl does not).
 RECORD_FIELDS = ("id", "kind", "repetitions", "member", "exact", "matched_prefix",
                  "token_match_rate", "beam_exact", "sample_exact_any", "loss", "zlib",
-                 "min_k", "min_k_plus_plus", "reference", "exposure")
+                 "min_k", "min_k_plus_plus", "reference", "exposure", "trained_occurrences")
 SUMMARY_FIELDS = ("exact_match_by_repetitions", "token_match_by_repetitions",
                   "matched_prefix_by_repetitions", "exposure_by_repetitions",
                   "beam_exact_by_repetitions", "sample_exact_by_repetitions",

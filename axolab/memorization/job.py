@@ -9,6 +9,7 @@ stage, for the launcher's bar.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import warnings
@@ -23,14 +24,14 @@ from axolab.checkpoint import (complete_checkpoints, load_checkpoint_model, load
 from axolab.checkpoint.names import MANIFEST
 from axolab.checkpoint.verify import SkippedCheckpointWarning
 from axolab.config import EvalConfig, load_config
-from axolab.data.loader import PackedDataset
+from axolab.data.loader import PackedDataset, row_visits
 from axolab.launch.evaluation import EvalJob
 from axolab.metrics import MetricsLog
 from axolab.parallel import Grid
 
 from .curve import CHECKPOINT_CURVE, curve_record, replace_curve_record
-from .canary_eval import (CanarySet, add_row_extraction, canary_sequences, score_canaries,
-                          write_eval_files)
+from .canary_eval import (CanarySet, add_row_extraction, add_trained_occurrences,
+                          canary_sequences, score_canaries, write_eval_files)
 from .domain_perplexity import background_perplexity
 from .mia import mean_token_nll
 from .scoring import token_scores
@@ -103,6 +104,22 @@ def _position(ckpt: Path, data_dir: str) -> tuple[int, float, int]:
     return manifest["step"], rows_seen / train.rows, rows_seen * train.seq_len
 
 
+def _visits(ckpt: Path, data_dir: str) -> np.ndarray | None:
+    """How often the checkpoint's run had trained on each training row (row_visits of its
+    data_position, in the order its config.json's seed draws); None when the checkpoint is
+    not in a run directory trained on ``data_dir``'s rows (its config.json absent, or naming
+    other data)."""
+    run_config = ckpt.parent.parent / "config.json"
+    if not run_config.is_file():
+        return None
+    run = json.loads(run_config.read_text())
+    train = PackedDataset(data_dir, "train")
+    if Path(run.get("data", "")).resolve() != Path(data_dir).resolve() or "seed" not in run:
+        return None
+    return row_visits(int(read_manifest(ckpt).get("data_position", 0)), train.rows,
+                      int(run["seed"]), train.shuffled)
+
+
 def run(job: EvalJob, grid: Grid | None = None) -> list[dict]:
     """Evaluate the job's checkpoints; returns each one's summary. Collective over the grid."""
     job.validate()
@@ -142,6 +159,9 @@ def run(job: EvalJob, grid: Grid | None = None) -> list[dict]:
         scored.summary["checkpoint"] = str(ckpt or job.target)
         if lead:
             if ckpt is not None:
+                visits = _visits(ckpt, job.data)
+                if visits is not None:
+                    add_trained_occurrences(scored.records, canaries.canaries, visits)
                 step, epoch, tokens = _position(ckpt, job.data)
                 scored.summary["step"] = step
                 write_eval_files(out / "evals" / ckpt.name, scored)

@@ -17,10 +17,10 @@ import torch
 from axolab.config import TrainConfig
 from axolab.metrics import MetricsLog
 
-from axolab.data.loader import epoch_reads
+from axolab.data.loader import epoch_reads, row_visits, rows_trained
 
 from .curve import PROBE_CURVE, curve_record, epoch_boundary, training_position
-from .canary_eval import CanarySet, score_canaries
+from .canary_eval import CanarySet, add_trained_occurrences, score_canaries
 
 
 class CanaryProbe:
@@ -28,8 +28,9 @@ class CanaryProbe:
     with the same step; the lead rank appends the record."""
 
     def __init__(self, cfg: TrainConfig, train_rows: int, seq_len: int,
-                 resume_step: int | None, lead: bool):
+                 resume_step: int | None, lead: bool, shuffled: bool = True):
         self.cfg, self.train_rows, self.seq_len = cfg, train_rows, seq_len
+        self.shuffled = shuffled  # the training split's row order (PackedDataset.shuffled)
         self.enabled = bool(cfg.memorization_interval or cfg.memorization_at_epochs)
         self.canaries = CanarySet.load(cfg.data) if self.enabled else None
         if self.enabled and not self.canaries.canaries:
@@ -59,9 +60,12 @@ class CanaryProbe:
         finally:
             model.train(was_training)
         dt = time.perf_counter() - t0
+        reads = epoch_reads(self.cfg.epochs, self.train_rows)
         epoch, tokens = training_position(done, self.cfg.global_batch, self.train_rows,
-                                          self.seq_len, epoch_reads(self.cfg.epochs,
-                                                                    self.train_rows))
+                                          self.seq_len, reads)
+        add_trained_occurrences(scored.records, self.canaries.canaries, row_visits(
+            rows_trained(done, self.cfg.global_batch, reads), self.train_rows, self.cfg.seed,
+            self.shuffled))
         self.log.write(curve_record(scored.summary, scored.records, step=done, epoch=epoch,
                                     tokens_seen=tokens, source="probe", time_s=dt))
         return dt
