@@ -187,9 +187,13 @@ def _all_gather_on_cpu(axis_name):
     allocated = sum(e.nbytes() for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]" and e.nbytes() > 0)
     assert allocated <= 1024, allocated
-    with pytest.raises(ValueError, match=f"all-gather of 3 elements over {n} ranks into 10"):
+    with pytest.raises(ValueError, match=f"all-gather of 3 torch.float64 elements over {n} "
+                                         "ranks into 10 torch.float64"):
         comm._all_gather(torch.empty(10, dtype=torch.float64),
                          torch.zeros(3, dtype=torch.float64), group=axis.group)
+    with pytest.raises(ValueError, match=f"into {3 * n} torch.float32: .* of its dtype"):
+        comm._all_gather(torch.empty(3 * n), torch.zeros(3, dtype=torch.float64),
+                         group=axis.group)
     return {how: bool(torch.equal(got, want)) for how, got in results.items()}
 
 

@@ -127,9 +127,10 @@ def _all_gather(out: torch.Tensor, inp: torch.Tensor, group=None, async_op: bool
     if inp.device.type != "cpu":
         return _ALL_GATHER_TENSOR(out, inp, group=group, async_op=async_op)
     size, me = dist.get_world_size(group), dist.get_rank(group)
-    if out.numel() != inp.numel() * size:
-        raise ValueError(f"all-gather of {inp.numel()} elements over {size} ranks into "
-                         f"{out.numel()}: the output must be size x the input")
+    if out.numel() != inp.numel() * size or out.dtype != inp.dtype:
+        raise ValueError(f"all-gather of {inp.numel()} {inp.dtype} elements over {size} ranks "
+                         f"into {out.numel()} {out.dtype}: the output must be size x the input, "
+                         "of its dtype")
     mine = inp.contiguous().view(-1)
     slots = out.view(size, -1)
     if slots[me].data_ptr() != mine.data_ptr():
