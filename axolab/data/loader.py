@@ -66,6 +66,13 @@ class PackedDataset:
         return ids.masked_fill(position[None, :] >= real[:, None], -100)
 
 
+def epoch_order(epoch: int, rows: int, seed: int, shuffled: bool = True) -> np.ndarray:
+    """The order training reads the rows in during ``epoch``: a permutation seeded by (seed,
+    epoch), or the stored order when not ``shuffled``."""
+    return np.random.default_rng([seed, epoch]).permutation(rows) if shuffled else \
+        np.arange(rows)
+
+
 def global_batch_rows(step: int, batch: int, rows: int, seed: int,
                       shuffled: bool = True) -> np.ndarray:
     """Row indices of the global batch at ``step``: consecutive slices of per-epoch seeded
@@ -74,8 +81,7 @@ def global_batch_rows(step: int, batch: int, rows: int, seed: int,
     start, out = step * batch, []
     while len(out) < batch:
         epoch, offset = divmod(start + len(out), rows)
-        perm = np.random.default_rng([seed, epoch]).permutation(rows) if shuffled else \
-            np.arange(rows)
+        perm = epoch_order(epoch, rows, seed, shuffled)
         out.extend(perm[offset:offset + batch - len(out)].tolist())
     return np.asarray(out, dtype=np.int64)
 
@@ -90,9 +96,7 @@ def row_visits(position: int, rows: int, seed: int, shuffled: bool = True) -> np
     whole, part = divmod(position, rows)
     visits = np.full(rows, whole, dtype=np.int64)
     if part:
-        order = np.random.default_rng([seed, whole]).permutation(rows) if shuffled else \
-            np.arange(rows)
-        visits[order[:part]] += 1
+        visits[epoch_order(whole, rows, seed, shuffled)[:part]] += 1
     return visits
 
 
