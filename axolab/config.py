@@ -161,6 +161,10 @@ class TrainConfig:
     backward instead of two: less memory, less of the gather hidden; results unchanged)."""
     tune_matmul: bool = False
     """Time the layouts of each matmul shape once and use the fastest (results unchanged)."""
+    depth_grad_dtype: Literal["fp32", "bf16"] = "fp32"
+    """dtype of the weight gradients' reduce-scatter over Z (Optimizations.depth_grad_dtype):
+    "bf16" halves those bytes, and rounds each gradient's sum over Z to bf16 (with precision
+    "bf16" the gradient leaves its matmul in bf16 anyway)."""
     loss: Literal["standard", "goldfish"] = "standard"
     """"standard" cross-entropy or "goldfish" (drop 1/goldfish_k of the tokens from the loss)."""
     goldfish_k: int = 4

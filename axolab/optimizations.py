@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DEPTH_GRAD_DTYPES = ("fp32", "bf16")
+
 
 @dataclass(frozen=True)
 class Optimizations:
     """How a parallelized model overlaps communication with computation and picks matmul
-    layouts. Every switch leaves losses and gradients unchanged (to fp32 rounding)."""
+    layouts. Every switch leaves losses and gradients unchanged (to fp32 rounding), except
+    ``depth_grad_dtype="bf16"``, which rounds the weight gradients' Z sums to bf16."""
 
     overlap_input_grad: bool = True
     """Start the all-reduce of a linear layer's input gradient before computing its weight
@@ -60,6 +63,15 @@ class Optimizations:
     """Compute sibling forward layers that read the same input (q/k/v, gate/up; the plan's
     ``shared_inputs``) as one stacked matmul: one all-reduce each way for the group instead
     of one per layer (see :mod:`axolab.parallel.fused_input`)."""
+    depth_grad_dtype: str = "fp32"
+    """dtype the linear layers' weight gradients are reduce-scattered over Z in. "fp32" (the
+    dtype of the parameters) sums the Z ranks' gradients exactly as the serial model would,
+    to fp32 rounding. "bf16" sends half the bytes: under bf16 autocast a weight gradient
+    leaves its matmul in bf16, and is reduce-scattered as it is; its sum over Z is rounded to
+    bf16 before it is added to the fp32 ``.grad`` (what FSDP2's
+    ``MixedPrecisionPolicy(reduce_dtype=torch.bfloat16)`` does, and what AxoNN's depth
+    reduce-scatter does in Megatron-AxoNN's bf16 runs, whose weights are bf16). The embedding
+    table's gradient and the data-parallel all-reduces stay fp32."""
     tune_matmul: bool = False
     """Time the equivalent layouts of each matmul shape (``x W^T`` as NT, NN on a transposed
     copy, or the transposed problem) once and use the fastest in forward and backward."""
@@ -67,6 +79,9 @@ class Optimizations:
     def __post_init__(self):
         if self.gather_bucket_mb < 0:
             raise ValueError(f"gather_bucket_mb must be >= 0, got {self.gather_bucket_mb}")
+        if self.depth_grad_dtype not in DEPTH_GRAD_DTYPES:
+            raise ValueError(f"depth_grad_dtype {self.depth_grad_dtype!r}: expected one of "
+                             f"{DEPTH_GRAD_DTYPES}")
         if self.bucket_mb <= 0 or self.max_in_flight < 1:
             raise ValueError(f"bucket_mb must be > 0 and max_in_flight >= 1, got "
                              f"{self.bucket_mb} and {self.max_in_flight}")

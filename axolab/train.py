@@ -81,9 +81,11 @@ def build_model(cfg: TrainConfig, grid: Grid, vocab_needed: int):
         raise ValueError(f"the dataset's tokenizer has {vocab_needed} tokens but model "
                          f"{cfg.model!r} has vocab_size={config.vocab_size}")
     opts = Optimizations(tune_matmul=cfg.tune_matmul,
-                         prefetch_late_in_backward=cfg.late_backward_prefetch) \
+                         prefetch_late_in_backward=cfg.late_backward_prefetch,
+                         depth_grad_dtype=cfg.depth_grad_dtype) \
         if cfg.overlap_communication else \
-        dataclasses.replace(Optimizations.none(), tune_matmul=cfg.tune_matmul)
+        dataclasses.replace(Optimizations.none(), tune_matmul=cfg.tune_matmul,
+                            depth_grad_dtype=cfg.depth_grad_dtype)
     if weights is not None:
         return load_pretrained(weights, grid, dtype=torch.float32, optimizations=opts)
     with torch.device("meta"):
@@ -114,8 +116,10 @@ RESUMABLE_CHANGES = {"grid", "micro_batch", "stop_at_step", "resume", "progress"
 
 def _check_resumable(cfg: TrainConfig, saved: dict, ckpt: Path) -> None:
     now = cfg.to_dict()
-    changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in now
-               if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    # A field the saved config predates had its default then.
+    defaults = TrainConfig().to_dict()
+    changed = [f"{k}: {saved.get(k, defaults[k])!r} -> {now[k]!r}" for k in now
+               if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k]]
     if changed:
         raise ValueError(f"cannot resume from {ckpt}: the config changes the run ("
                          + "; ".join(changed) + "); use a new run_dir or set resume=false")

@@ -128,7 +128,8 @@ def _build(dims, s: dict, ranks=None):
     cfg = SimpleNamespace(model=s["model"], seed=0, global_batch=s["global_batch"], epochs=None,
                           loss="standard", precision=s["precision"],
                           overlap_communication=s["overlap"], tune_matmul=False,
-                          late_backward_prefetch=False)
+                          late_backward_prefetch=False,
+                          depth_grad_dtype=s.get("depth_grad_dtype", "fp32"))
     model = build_model(cfg, grid, 0)
     if s["checkpointing"]:
         enable_activation_checkpointing(model)

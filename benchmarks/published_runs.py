@@ -7,6 +7,13 @@ compared with the paper's figure: once with overlap as axolab runs it by default
 every collective blocking. Flop/s are counted the way the authors' code counts them (see
 ``step_flops``), from the predicted step time.
 
+The runs are predicted as axolab would run them with ``depth_grad_dtype="bf16"``: AxoNN's
+linear layer reduce-scatters a weight gradient over Z in the dtype its matmul produced it in
+(``AsyncLinear.backward`` in github.com/axonn-ai/axonn, axonn/intra_layer/fully_connected.py),
+bf16 in these bf16 runs; axolab's default sums them in fp32, twice the bytes (``--depth-grad-dtype
+fp32`` predicts that). The data-parallel all-reduce is fp32 in both (Megatron accumulates bf16
+runs' gradients in fp32).
+
 What the papers do not say here is the global batch. The three SC'24 runs are one weak-scaling
 series: their models hold the same number of parameters per GPU (9.4-9.6 million: 40B on
 4,096, 60B on 6,144, 320B on 32,768), and the work per GPU of a step, 6 x parameters x tokens /
@@ -16,7 +23,8 @@ results), and a second table sweeps it over powers of two to show how much the c
 depends on it. ``--batch-per-gpu`` restores the older assumption of a batch growing with the
 GPU count.
 
-Usage: python benchmarks/published_runs.py [--global-batch 8192 | --batch-per-gpu N] [--json F]
+Usage: python benchmarks/published_runs.py [--global-batch 8192 | --batch-per-gpu N]
+           [--depth-grad-dtype bf16] [--json F]
 Exit status 0 when every default (overlapped) prediction is within 20%, 1 otherwise.
 """
 
@@ -117,23 +125,31 @@ RUNS: tuple[PublishedRun, ...] = (
         "alps", 6144, GPT_60B, SEQ, GLOBAL_BATCH, 1.423e18, "hardware"),
 )
 
+# How the AxoNN runs reduce weight gradients over Z (see the module docstring).
+DEPTH_GRAD_DTYPE = "bf16"
+
+
 def _best(run: PublishedRun, machine, optimizations: Optimizations):
     return search(run.model, run.gpus, machine, global_batch=run.global_batch,
                   seq_len=run.seq_len, precision="bf16", activation_checkpointing=True,
                   optimizations=optimizations, top_k=1)[0]
 
 
-def evaluate(run: PublishedRun) -> dict:
+def evaluate(run: PublishedRun, depth_grad_dtype: str = DEPTH_GRAD_DTYPE) -> dict:
     """The planner's best grid for ``run``, with overlap as axolab runs it by default and with
-    every collective blocking (the two ends of what overlap can do), against the paper."""
+    every collective blocking (the two ends of what overlap can do), against the paper;
+    weight gradients reduce-scattered over Z in ``depth_grad_dtype``."""
     machine = get_machine(run.machine)
     flops = step_flops(run)
     peak = run.gpus * machine.peak_flops_bf16
     out = {"name": run.name, "source": run.source, "machine": run.machine, "gpus": run.gpus,
            "model": asdict(run.model), "params": run.model.params, "seq_len": run.seq_len,
            "global_batch": run.global_batch, "flops_convention": run.flops_convention,
+           "depth_grad_dtype": depth_grad_dtype,
            "paper_flops_per_s": run.flops_per_s, "paper_percent_of_peak": run.flops_per_s / peak}
-    for key, opts in (("overlap", Optimizations()), ("blocking", Optimizations.none())):
+    for key, opts in (("overlap", Optimizations(depth_grad_dtype=depth_grad_dtype)),
+                      ("blocking", dataclasses.replace(Optimizations.none(),
+                                                       depth_grad_dtype=depth_grad_dtype))):
         best = _best(run, machine, opts)
         predicted = flops / best.step_time_s
         out[key] = {"grid": str(best.grid), "micro_batch": best.micro_batch,
@@ -145,7 +161,8 @@ def evaluate(run: PublishedRun) -> dict:
     return out
 
 
-def sweep(runs, batches, known: list[dict] = ()) -> list[dict]:
+def sweep(runs, batches, known: list[dict] = (),
+          depth_grad_dtype: str = DEPTH_GRAD_DTYPE) -> list[dict]:
     """Each run's errors (overlapped, blocking) at each shared global batch: how much the
     comparison depends on the one number the papers leave out. ``known``: rows of
     :func:`evaluate` already computed (reused where run and batch match)."""
@@ -155,7 +172,7 @@ def sweep(runs, batches, known: list[dict] = ()) -> list[dict]:
         errors = {}
         for run in runs:
             row = done.get((run.name, batch)) or \
-                evaluate(dataclasses.replace(run, global_batch=batch))
+                evaluate(dataclasses.replace(run, global_batch=batch), depth_grad_dtype)
             errors[run.name] = {"overlap": row["overlap"]["error"],
                                 "blocking": row["blocking"]["error"],
                                 "grid": row["overlap"]["grid"]}
@@ -197,6 +214,9 @@ def main(argv=None) -> int:
                             f"{GLOBAL_BATCH})")
     batch.add_argument("--batch-per-gpu", type=int,
                        help="instead: this many sequences per GPU (a batch growing with the run)")
+    ap.add_argument("--depth-grad-dtype", choices=("fp32", "bf16"), default=DEPTH_GRAD_DTYPE,
+                    help=f"dtype of the weight gradients' Z reduce-scatter ({DEPTH_GRAD_DTYPE}, "
+                         "as AxoNN's bf16 runs; fp32 is axolab's default)")
     ap.add_argument("--json", help="also write the rows and the sweep to this JSON file")
     a = ap.parse_args(argv)
     for name in ("global_batch", "batch_per_gpu"):
@@ -210,16 +230,18 @@ def main(argv=None) -> int:
         runs = [dataclasses.replace(r, global_batch=a.global_batch) for r in RUNS]
         assumption = (f"{a.global_batch} sequences of {SEQ} tokens per step for every run "
                       f"(assumed; {a.global_batch * SEQ / 1e6:.1f}M tokens)")
-    rows = [evaluate(run) for run in runs]
-    print(f"global batch: {assumption}; flop/s counted as the papers do (with "
-          f"recomputation); target within {TOLERANCE:.0%}")
+    rows = [evaluate(run, a.depth_grad_dtype) for run in runs]
+    print(f"global batch: {assumption}; weight gradients reduce-scattered over Z in "
+          f"{a.depth_grad_dtype}; flop/s counted as the papers do (with recomputation); "
+          f"target within {TOLERANCE:.0%}")
     _print_rows(rows)
-    table = sweep(RUNS, SWEEP, known=rows)
+    table = sweep(RUNS, SWEEP, known=rows, depth_grad_dtype=a.depth_grad_dtype)
     _print_sweep(table)
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(Path(a.json), json.dumps(
-            {"assumption": assumption, "rows": rows, "sweep": table}, indent=2) + "\n")
+            {"assumption": assumption, "depth_grad_dtype": a.depth_grad_dtype, "rows": rows,
+             "sweep": table}, indent=2) + "\n")
     return 0 if all(abs(r["overlap"]["error"]) <= TOLERANCE for r in rows) else 1
 
 

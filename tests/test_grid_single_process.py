@@ -124,3 +124,21 @@ def test_attention_dropout_without_x_split_is_allowed():
     model = tiny_model("llama", tied=False)
     model.config.attention_dropout = 0.1
     parallelize(model, Grid.init())  # x == 1: every rank has whole heads, dropout is fine
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_the_train_config_gradient_dtype_reaches_the_model(overlap):
+    """TrainConfig.depth_grad_dtype is the built model's Optimizations.depth_grad_dtype, with
+    overlap on and off (the rest of either schedule as it was)."""
+    from axolab.config import TrainConfig
+    from axolab.parallel import Optimizations, find_parallel_state
+    from axolab.train import build_model
+
+    grid = Grid.init()
+    for dtype in ("fp32", "bf16"):
+        cfg = TrainConfig(model="tiny-llama", depth_grad_dtype=dtype,
+                          overlap_communication=overlap)
+        options = find_parallel_state(build_model(cfg, grid, 0)).runtime.options
+        base = Optimizations() if overlap else Optimizations.none()
+        assert options.depth_grad_dtype == dtype
+        assert options.prefetch_weights == base.prefetch_weights

@@ -33,6 +33,8 @@ BAD_TRAIN_CONFIGS = [
     ("a three-axis grid", {"grid": [2, 1, 1]}, "grid must be four positive integers"),
     ("a zero grid axis", {"grid": [1, 0, 1, 1]}, "grid must be four positive integers"),
     ("an unknown precision", {"precision": "fp16"}, "precision='fp16' must be 'fp32' or 'bf16'"),
+    ("an unknown gradient dtype", {"depth_grad_dtype": "fp16"},
+     "depth_grad_dtype='fp16' must be 'fp32' or 'bf16'"),
     ("an unknown loss", {"loss": "goldfishh"}, "loss='goldfishh' must be 'standard' or"),
     ("an unknown goldfish strategy", {"goldfish_strategy": "random"},
      "goldfish_strategy='random' must be 'hash' or 'hash-table' or 'static'"),
@@ -200,3 +202,18 @@ def test_malformed_rng_state_is_refused_and_changes_nothing(case):
     with pytest.raises(CheckpointError, match=re.escape(message)):
         set_rng_state(state)
     assert random.getstate() == before, what
+
+
+def test_a_resume_refuses_another_gradient_dtype_and_accepts_an_older_config(tmp_path):
+    """depth_grad_dtype changes what a run computes: a resume may not change it; a config
+    saved before the field existed had the default."""
+    from axolab.train import _check_resumable
+
+    cfg = TrainConfig()
+    saved = cfg.to_dict()
+    _check_resumable(cfg, saved, tmp_path)  # the same config
+    del saved["depth_grad_dtype"]
+    _check_resumable(cfg, saved, tmp_path)  # written before the field: fp32
+    saved["depth_grad_dtype"] = "bf16"
+    with pytest.raises(ValueError, match=re.escape("depth_grad_dtype: 'bf16' -> 'fp32'")):
+        _check_resumable(cfg, saved, tmp_path)

@@ -174,6 +174,8 @@ def test_options_are_checked():
         Optimizations(max_in_flight=0)
     with pytest.raises(ValueError, match="gather_bucket_mb must be >= 0, got -1"):
         Optimizations(gather_bucket_mb=-1)
+    with pytest.raises(ValueError, match="depth_grad_dtype 'fp16': expected one of"):
+        Optimizations(depth_grad_dtype="fp16")
 
 
 def check_dropped_model_is_freed(shape):
@@ -206,3 +208,76 @@ def test_a_dropped_model_is_freed(pool8):
         before, during, after = report["threads"]
         assert report["freed"], f"rank {rank}: the model outlived every reference to it"
         assert during > before and after <= before, f"rank {rank}: threads {report['threads']}"
+
+
+def check_bf16_depth_grads(shape):
+    """One bf16-autocast backward with the Z reduce-scatters in fp32 and in bf16, each
+    overlapped and blocking: per linear weight, this rank's local
+    gradient (its Z shard) in each run. The embedding's and every other gradient are returned
+    too: depth_grad_dtype must not touch them."""
+    from axolab.parallel import (Grid, Optimizations, parallel_parameters, parallelize,
+                                 sync_gradients)
+    from axolab.parallel import comm
+    from axolab.parallel.linear import ParallelLinear
+
+    grid = Grid.init(*shape, ranks=range(shape[0] * shape[1] * shape[2] * shape[3]))
+    if grid is None:
+        return {}
+    serial = tiny_model("llama", False)
+    ids, labels = _batches(serial.config.vocab_size, steps=1)[0]
+    ids, labels = grid.shard_batch(ids, pad_value=0), grid.shard_batch(labels, pad_value=-100)
+    sent = []  # dtypes of the tensors reduce-scattered
+    real = comm._REDUCE_SCATTER
+
+    def spy(out, inp, *args, **kwargs):
+        sent.append(str(inp.dtype))
+        return real(out, inp, *args, **kwargs)
+
+    runs = {}
+    comm._REDUCE_SCATTER = spy
+    try:
+        blocking = Optimizations.none()
+        for name, opts in (("fp32", Optimizations()),
+                           ("bf16", Optimizations(depth_grad_dtype="bf16")),
+                           ("fp32 blocking", blocking),
+                           ("bf16 blocking", dataclasses.replace(blocking,
+                                                                 depth_grad_dtype="bf16"))):
+            sent.clear()
+            model = parallelize(copy.deepcopy(serial), grid, optimizations=opts)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(input_ids=ids, labels=labels).loss
+            loss.backward()
+            sync_gradients(model)
+            runs[name] = {
+                "grads": {key: (isinstance(module, ParallelLinear), param.grad.clone())
+                          for key, module, attr, param in parallel_parameters(model)},
+                "grad_dtypes": sorted({str(p.grad.dtype) for p in model.parameters()}),
+                "sent": sorted(set(sent))}
+    finally:
+        comm._REDUCE_SCATTER = real
+    grid.destroy()
+    return runs
+
+
+def test_bf16_depth_grads_are_the_fp32_sums_rounded(pool8):
+    """depth_grad_dtype="bf16": on Z = 2 each weight gradient's Z sum is the sum of two bf16
+    matmul outputs, rounded once to bf16: exactly the fp32 run's gradient rounded to bf16,
+    in fp32 .grad tensors; the linear layers' reduce-scatters carry bf16 (the embedding's
+    stays fp32), and every other gradient is the fp32 run's, bit for bit."""
+    for rank, runs in enumerate(pool8.run(check_bf16_depth_grads, (1, 2, 2, 2))):
+        for name in ("bf16", "bf16 blocking"):
+            # Blocking and overlapped runs sum activation gradients in other orders: each
+            # bf16 run against the fp32 run of its own schedule.
+            run, ref = runs[name], runs[name.replace("bf16", "fp32")]
+            assert ref["sent"] == ["torch.float32"], (rank, name, ref["sent"])
+            assert run["grad_dtypes"] == ["torch.float32"], (rank, name, run["grad_dtypes"])
+            assert run["sent"] == ["torch.bfloat16", "torch.float32"], (rank, name, run["sent"])
+            rounded_somewhere = False
+            for key, (linear, grad) in run["grads"].items():
+                want = ref["grads"][key][1]
+                if linear:
+                    want = want.to(torch.bfloat16).float()
+                    rounded_somewhere |= not torch.equal(want, ref["grads"][key][1])
+                assert torch.equal(grad, want), f"rank {rank} {name} {key}: max diff " \
+                    f"{(grad - want).abs().max().item():.3g}"
+            assert rounded_somewhere, f"rank {rank}: no fp32 gradient needed rounding"

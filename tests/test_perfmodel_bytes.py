@@ -17,9 +17,10 @@ SETTINGS = dict(model="small-llama", seq_len=32, global_batch=4, micro_batch=Non
                 precision="fp32", overlap=True)
 
 
-def counted_step(dims, checkpointing):
-    """On every pool rank: one warm-up step, then the bytes and calls of the next step."""
-    built = pv._build(dims, dict(SETTINGS, checkpointing=checkpointing),
+def counted_step(dims, checkpointing, extra=None):
+    """On every pool rank: one warm-up step, then the bytes and calls of the next step.
+    ``extra``: settings changed from SETTINGS."""
+    built = pv._build(dims, dict(SETTINGS, checkpointing=checkpointing, **(extra or {})),
                       ranks=range(dims[0] * dims[1] * dims[2] * dims[3]))
     if built is None:
         return None
@@ -37,18 +38,29 @@ def counted_step(dims, checkpointing):
     return {"counts": {f"{a}/{op}": v for (a, op), v in counts.items()}, "sizes": sizes}
 
 
-@pytest.mark.parametrize("dims", [(1, 2, 2, 1), (1, 1, 2, 2), (2, 1, 1, 2)])
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_bytes_per_axis_are_the_models(pool8, dims, checkpointing):
+# bf16 autocast with the Z reduce-scatters in bf16: gathers and gradient sums in half the
+# bytes, the rest (activation all-reduces of the residual stream, data-parallel) unchanged.
+BF16 = {"precision": "bf16", "depth_grad_dtype": "bf16"}
+CASES = [((1, 2, 2, 1), False, None), ((1, 2, 2, 1), True, None),
+         ((1, 1, 2, 2), False, None), ((1, 1, 2, 2), True, None),
+         ((2, 1, 1, 2), False, None), ((2, 1, 1, 2), True, None),
+         ((2, 2, 1, 1), False, BF16)]
+
+
+@pytest.mark.parametrize("dims,checkpointing,extra", CASES,
+                         ids=lambda v: "bf16" if isinstance(v, dict) else str(v))
+def test_bytes_per_axis_are_the_models(pool8, dims, checkpointing, extra):
     from axolab.optimizations import Optimizations
     from axolab.perfmodel import GridShape, Workload, model_shapes, step_collectives
     from axolab.perfmodel.comm import ring_bytes
 
-    results = [r for r in pool8.run(counted_step, dims, checkpointing) if r is not None]
+    results = [r for r in pool8.run(counted_step, dims, checkpointing, extra)
+               if r is not None]
     assert len(results) == dims[0] * dims[1] * dims[2] * dims[3]
     measured = pv._measured_bytes(results[0])
-    work = Workload(SETTINGS["global_batch"], SETTINGS["seq_len"], None, "fp32", checkpointing,
-                    Optimizations())
+    s = dict(SETTINGS, **(extra or {}))
+    work = Workload(s["global_batch"], s["seq_len"], None, s["precision"], checkpointing,
+                    Optimizations(depth_grad_dtype=s.get("depth_grad_dtype", "fp32")))
     grid = GridShape(*dims)
     model = defaultdict(float)
     for c in step_collectives(model_shapes("small-llama"), grid, work):

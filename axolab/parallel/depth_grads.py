@@ -92,8 +92,10 @@ class DeferredDepthGrads:
         for param, start, numel in slots:
             grad = out[start:start + numel]
             if param.grad is None:
-                # A copy, not a view of the bucket: each gradient owns its storage.
-                param.grad = grad if len(slots) == 1 and not view else grad.clone()
+                # A copy, not a view of the bucket: each gradient owns its storage (a bucket
+                # reduced in bf16 is copied into the parameter's dtype anyway).
+                param.grad = grad.to(param.dtype) if grad.dtype != param.dtype else \
+                    grad if len(slots) == 1 and not view else grad.clone()
             else:
                 param.grad.add_(grad)
             self.on_complete(param)

@@ -90,11 +90,13 @@ class _LinearInGrid(torch.autograd.Function):
             for i, (m, shard, part) in enumerate(zip(modules, shards, dblock.split(rows))):
                 if not ctx.needs_input_grad[2 + i]:
                     continue  # a frozen member of a stacked group gets no gradient
-                part = part.to(shard.dtype)
+                # Reduced over Z in the runtime's gradient dtype (the parameter's, or bf16:
+                # the matmul's own output under autocast, sent as it is).
+                part = part.to(runtime.depth_grad_dtype(shard))
                 if runtime.defers_depth_grad(m):
                     runtime.reduce_scatter_later(m, part)
                 else:
-                    dshards[i] = m.layout.scatter_block_grad(part)
+                    dshards[i] = m.layout.scatter_block_grad(part).to(shard.dtype)
         if work is not None:
             work.wait()
         return (dx, None, *dshards)

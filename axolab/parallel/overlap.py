@@ -104,6 +104,13 @@ class Runtime:
                     self._hooks.append(spec.param.register_post_accumulate_grad_hook(
                         _weak_hook(self._on_accumulated)))
 
+    def depth_grad_dtype(self, shard: torch.Tensor) -> torch.dtype:
+        """The dtype a weight gradient is reduce-scattered over Z in
+        (``Optimizations.depth_grad_dtype``); the parameter's own on a grid without Z."""
+        if self.options.depth_grad_dtype == "bf16" and self.grid.z.size > 1:
+            return torch.bfloat16
+        return shard.dtype
+
     def defers_depth_grad(self, module) -> bool:
         return self.options.overlap_depth_grad and module.layout.depth.size > 1
 

@@ -11,6 +11,7 @@ grid needs and from how many GPUs on it fits) or the input is invalid.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -44,6 +45,9 @@ def add_plan_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--late-backward-prefetch", action="store_true",
                    help="plan for a run with late_backward_prefetch=True (one layer held "
                         "gathered in backward instead of two)")
+    p.add_argument("--depth-grad-dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="plan for a run with depth_grad_dtype (the weight gradients' Z "
+                        "reduce-scatter in fp32, or bf16: half the bytes)")
     p.add_argument("--no-overlap-communication", action="store_true",
                    help="plan for a run with overlap_communication=False (every collective "
                         "blocking); by default collectives overlap as axolab's Optimizations do")
@@ -128,8 +132,11 @@ def _plan(args) -> int:
     options = dict(global_batch=args.global_batch, seq_len=args.seq_len,
                    micro_batch=args.micro_batch, precision=args.precision,
                    activation_checkpointing=not args.no_activation_checkpointing,
-                   optimizations=Optimizations.none() if args.no_overlap_communication
-                   else Optimizations(prefetch_late_in_backward=args.late_backward_prefetch),
+                   optimizations=dataclasses.replace(
+                       Optimizations.none(), depth_grad_dtype=args.depth_grad_dtype)
+                   if args.no_overlap_communication
+                   else Optimizations(prefetch_late_in_backward=args.late_backward_prefetch,
+                                      depth_grad_dtype=args.depth_grad_dtype),
                    memory_fraction=args.memory_fraction)
     rows = search(model, args.gpus, machine, **options)
     fits = rows[0].fits
@@ -140,7 +147,7 @@ def _plan(args) -> int:
         print(json.dumps({
             "model": args.model, "gpus": args.gpus, "machine": machine.name,
             "global_batch": args.global_batch or args.gpus, "seq_len": args.seq_len,
-            "precision": args.precision,
+            "precision": args.precision, "depth_grad_dtype": args.depth_grad_dtype,
             "activation_checkpointing": not args.no_activation_checkpointing,
             "fits": fits, "min_gpus_to_fit": need, "message": message,
             "mfu_counts": "model FLOPs, without activation-checkpointing recomputation",
@@ -167,7 +174,8 @@ def _table(args, machine, rows, shown) -> str:
     head = (f"{args.model} on {args.gpus} GPUs of {machine.name} "
             f"({machine.gpus_per_node}/node, {machine.memory_gib:.3g} GiB each): "
             f"global batch {args.global_batch or args.gpus} x {args.seq_len} tokens, "
-            f"{args.precision}, checkpointing {'off' if args.no_activation_checkpointing else 'on'}"
+            f"{args.precision}, Z gradients in {args.depth_grad_dtype}, "
+            f"checkpointing {'off' if args.no_activation_checkpointing else 'on'}"
             f"; {len(rows)} valid grids, {sum(r.fits for r in rows)} fit")
     cols = ("rank", "D x Z x Y x X", "micro", "step s", "compute", "comm", "exposed", "x", "y",
             "z", "data",

@@ -196,7 +196,8 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
         what = what or lin.name
         gathered, _ = _block(lin, grid, rows)
         # Weight blocks are cast to the compute dtype before the Z all-gather (half the bytes
-        # under bf16); their gradients are reduce-scattered in the parameter dtype. The
+        # under bf16); their gradients are reduce-scattered in the parameter dtype, or in
+        # bf16 with Optimizations.depth_grad_dtype="bf16". The
         # prefetcher starts each layer's gather while the layer before it computes; with it
         # the lm head keeps its forward block for backward, else its backward gather has
         # nothing before it to hide behind.
@@ -214,7 +215,8 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
                 0 if (head and prefetch) or passes > 1 else layers * steps - kept,
                 f"{lin.name} weight (backward)", "backward" if prefetch else "")
         if not (opts.gather_bucket_mb and opts.overlap_depth_grad):  # else per bucket
-            add("reduce_scatter", "z", gathered * pb, layers * steps, f"{lin.name} weight grad",
+            add("reduce_scatter", "z", gathered * work.depth_grad_bytes, layers * steps,
+                f"{lin.name} weight grad",
                 "backward" if opts.overlap_depth_grad else "")
         if not comm_rows:
             return
@@ -260,7 +262,8 @@ def step_collectives(shapes: ModelShapes, grid: GridShape, work: Workload) -> li
             add("all_gather", "z", elements * cb, count_b * steps, what + " (backward)",
                 backward_tag if opts.prefetch_weights else "")
             if opts.overlap_depth_grad:  # blocking reduce-scatters go one matrix at a time
-                add("reduce_scatter", "z", elements * pb, count_r * steps, what + " grad",
+                add("reduce_scatter", "z", elements * work.depth_grad_bytes, count_r * steps,
+                    what + " grad",
                     "backward")
     # Norm statistics: a [n, 1] fp32 sum over X in forward (each pass) and in backward.
     add("all_reduce", "x", n * 4, steps * (2 * L * fwd + 1), "norm sum of squares")

@@ -131,7 +131,7 @@ def weight_buffer_bytes(shapes: ModelShapes, grid: GridShape, work: Workload) ->
     next one prefetched; the lm head alone), the block cut out of a bucket for its matmul, the
     compute-dtype copies under bf16, and in backward the weight gradients: with deferred Z
     reduce-scatters, ``max_in_flight`` sent buckets plus a block's gradient; blocking, a
-    block's gradient and its padded copy."""
+    block's gradient and its padded copy (in ``Workload.depth_grad_bytes``)."""
     pb, cb = work.param_bytes, work.compute_bytes
     head = block_elements(shapes.lm_head, grid, shapes.padded_vocab(grid.y))
     layer_block = max(block_elements(lin, grid) for lin in shapes.layer_linears)
@@ -152,9 +152,9 @@ def weight_buffer_bytes(shapes: ModelShapes, grid: GridShape, work: Workload) ->
         # At the peak, the start of a decoder layer's backward (its activations all alive):
         # the buckets in flight and the layer's first block gradient. The layer's gradients
         # and their bucket buffer are both held only at its end, its activations freed.
-        grads = (opts.max_in_flight * max(bucket, head) + block) * pb
+        grads = (opts.max_in_flight * max(bucket, head) + block) * work.depth_grad_bytes
     else:
-        grads = 2 * block * pb
+        grads = block * (pb + work.depth_grad_bytes)
     return block * copies + held + cut + grads
 
 

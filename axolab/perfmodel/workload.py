@@ -59,6 +59,12 @@ class Workload:
         """Bytes per element of matmul inputs/outputs (autocast dtype)."""
         return 2 if self.precision == "bf16" else 4
 
+    @property
+    def depth_grad_bytes(self) -> int:
+        """Bytes per element of the linear layers' weight-gradient reduce-scatters over Z
+        (``Optimizations.depth_grad_dtype``)."""
+        return 2 if self.optimizations.depth_grad_dtype == "bf16" else self.param_bytes
+
     def local_batch(self, batch_shards: int) -> int:
         """Sequences per rank per step (global batch / D*Z)."""
         if self.global_batch % batch_shards:
