@@ -90,19 +90,25 @@ def test_vector_layout_pads_and_trims():
 def test_chunk_pairs_put_each_rank_s_chunks_side_by_side_and_back():
     """A Z bucket (axolab.parallel.prefetch, depth_grads) holds its members' chunks side by
     side, rank z's in row z: written through chunk_pairs, row z must be rank z's chunk of
-    every member as the layout pads and cuts a block, and reading back must give the block."""
+    every member as the layout pads and cuts a block, and reading back must give the block.
+    The buffer starts as NaN: the padding is zeroed by depth_grads._zero_padding alone, as
+    the reduce-scatter buckets are built."""
+    from axolab.parallel.depth_grads import _zero_padding
     from axolab.parallel.layout import chunk_pairs
 
     g = torch.Generator().manual_seed(0)
     z = 3
     blocks = [torch.randn(4, 5, generator=g), torch.randn(2, 6, generator=g),
-              torch.randn(3, 3, generator=g)]  # 20, 12, 9 elements: padded to 21, 12, 9
+              torch.randn(3, 3, generator=g), torch.randn(1, 4, generator=g)]
+    # 20, 12, 9, 4 elements: padded to 21, 12, 9, 6 (the last one's row 2 all padding)
     chunks = [padded_size(b.numel(), z) // z for b in blocks]
     offsets = [sum(chunks[:i]) for i in range(len(chunks))]
-    buffer = torch.zeros(z, sum(chunks))
+    buffer = torch.full((z, sum(chunks)), float("nan"))
     for block, start, chunk in zip(blocks, offsets, chunks):
-        for src, dst in chunk_pairs(block.reshape(-1), buffer[:, start:start + chunk]):
+        rows = buffer[:, start:start + chunk]
+        for src, dst in chunk_pairs(block.reshape(-1), rows):
             dst.copy_(src)
+        _zero_padding(rows, block.numel())
     for rank in range(z):
         expected = torch.cat([torch.nn.functional.pad(b.reshape(-1), (0, c * z - b.numel()))
                               [rank * c:(rank + 1) * c] for b, c in zip(blocks, chunks)])

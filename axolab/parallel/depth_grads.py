@@ -36,6 +36,16 @@ class _Collecting:
         return len({i for i, _, _ in self.parts}) == len(self.members)
 
 
+def _zero_padding(rows: torch.Tensor, numel: int) -> None:
+    """Zero what a block of ``numel`` elements leaves of its ``[Z, chunk]`` slots: the rest of
+    its last partial chunk and the chunks after it (see :func:`chunk_pairs`)."""
+    full, rest = divmod(numel, rows.shape[1])
+    if rest:
+        rows[full, rest:].zero_()
+        full += 1
+    rows[full:].zero_()
+
+
 class DeferredDepthGrads:
     def __init__(self, depth: Axis, max_in_flight: int,
                  on_complete: Callable[[torch.nn.Parameter], None],
@@ -73,12 +83,21 @@ class DeferredDepthGrads:
         if not scratch:
             buffer = first.reshape(-1)  # one unpadded block: sent as it is
         else:
-            # Zeros where the layout pads and where a member never arrived.
-            buffer = first.new_zeros(self.depth.size, sum(chunks))
+            # Each member's first gradient is copied in and only what it leaves (the layout's
+            # padding) zeroed, as are the slots of members that never arrived: zero-filling
+            # the whole buffer first would write a layer's gradients once more.
+            buffer = first.new_empty(self.depth.size, sum(chunks))
+            filled = set()
             for i, _, grad in bucket.parts:  # a member that arrived twice adds up
                 rows = buffer[:, offsets[i]:offsets[i] + chunks[i]]
-                for src, dst in chunk_pairs(grad.reshape(-1), rows):
-                    dst.add_(src)
+                flat = grad.reshape(-1)
+                for src, dst in chunk_pairs(flat, rows):
+                    dst.add_(src) if i in filled else dst.copy_(src)
+                if i not in filled:
+                    _zero_padding(rows, flat.numel())
+                    filled.add(i)
+            for i in set(range(len(bucket.members))) - filled:
+                buffer[:, offsets[i]:offsets[i] + chunks[i]].zero_()
         # A buffer built here is scratch: the sum is written over this rank's own rows of it.
         out, work = comm.reduce_scatter_flat(buffer.view(-1), self.depth, async_op=True,
                                              in_place=scratch)
