@@ -11,8 +11,8 @@ import numpy as np
 HOSTILE_ID = "<script>alert(1)</script>"
 HOSTILE_PARAM = "<img src=x onerror=alert(2)>"
 CURVE_PLOTS = ("memorization_curve", "token_match_curve", "exposure_curve", "mia_auc_curve")
-PLOTS = ("loss_curves", "throughput", "exact_by_repetitions", *CURVE_PLOTS, "extraction_curves",
-         "mia_roc")
+PLOTS = ("loss_curves", "throughput", "exact_by_repetitions", "exact_by_trained_occurrences",
+         *CURVE_PLOTS, "extraction_curves", "mia_roc")
 # Curve files by the write_run argument that holds their records, and their source.
 CURVE_FILES = {"curve": ("memorization_curve.jsonl", "probe"),
                "checkpoint_curve": ("checkpoint_curve.jsonl", "checkpoint")}
@@ -42,9 +42,11 @@ def _metrics(steps: int, total: bool, val_at=(), goldfish=False) -> list[dict]:
     return out
 
 
-def _memorization(seed: int, hostile: bool) -> list[dict]:
+def _memorization(seed: int, hostile: bool, passes: int | None = None) -> list[dict]:
     """Eight members (repeated 1..8 times) and eight controls; member scores run higher, with
-    ties, as real scores have."""
+    ties, as real scores have. ``passes``: trained_occurrences is repetitions x passes, but
+    for the last member (one pass fewer, a run stopped mid-epoch) and the first (not trained
+    on yet); None: every count unknown (null)."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(16):
@@ -55,6 +57,12 @@ def _memorization(seed: int, hostile: bool) -> list[dict]:
                     "repetitions": reps, "member": member, "tokens": 24, "prefix_len": 8,
                     "suffix_len": 16, "exact": reps == 8, "matched_prefix": 16 if reps == 8 else 2,
                     "token_match_rate": 1.0 if reps == 8 else 0.1, "rouge_l": 0.5, **scores})
+    for i, record in enumerate(out):
+        if passes is None:
+            record["trained_occurrences"] = None
+        else:
+            done = passes - 1 if i == 7 else 0 if i == 0 else passes
+            record["trained_occurrences"] = record["repetitions"] * done
     if hostile:
         out[7]["id"] = HOSTILE_ID  # repeated 8 times: extracted, so shown on the page
     return out
@@ -129,7 +137,7 @@ def write_study(root: Path) -> dict[str, dict]:
         "tiny-standard": dict(
             config=_config("tiny-llama", "standard", [1, 1, 1, 2]),
             metrics=_metrics(20, total=True, val_at=(10, 20)),
-            evaluation=_eval(1), memorization=_memorization(1, hostile=True),
+            evaluation=_eval(1), memorization=_memorization(1, hostile=True, passes=3),
             parameters={"model": "tiny-llama", "note": HOSTILE_PARAM},
             curve=_curve([5, 10, 15, 20], "probe", 5), checkpoint_curve=checkpoints),
         "sweep/small-goldfish": dict(

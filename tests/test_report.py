@@ -118,6 +118,19 @@ def test_long_tables_agree_with_the_run_files(study):
     assert len(memorization) == 32 and HOSTILE_ID in set(memorization["id"])
     by_reps, curves, roc = (_csv(out, n) for n in ("exact_by_repetitions",
                                                    "extraction_curves", "mia_roc"))
+    # Exact match by occurrences trained on, from the records themselves: members only, the
+    # run whose counts are all null left out.
+    trained = _csv(out, "exact_by_trained_occurrences")
+    assert set(trained["run"]) == {"tiny-standard"}
+    expected: dict[int, list] = {}
+    for r in runs["tiny-standard"]["memorization"]:
+        if r["member"]:
+            expected.setdefault(r["trained_occurrences"], []).append(float(r["exact"]))
+    assert sorted(expected) == [0, 3, 6, 12, 16, 24]  # 16: the last member, one pass fewer
+    assert dict(zip(trained["trained_occurrences"], trained["exact"])) == pytest.approx(
+        {n: sum(v) / len(v) for n, v in expected.items()})
+    assert dict(zip(trained["trained_occurrences"], trained["canaries"])) == {
+        n: len(v) for n, v in expected.items()}
     assert set(by_reps["run"]) == set(curves["run"]) == set(roc["run"]) == {
         "tiny-standard", "sweep/small-goldfish"}
     for name in ("tiny-standard", "sweep/small-goldfish"):
@@ -272,7 +285,8 @@ def test_plots_without_data_are_skipped_and_said_so(tmp_path, capsys, monkeypatc
     assert sorted(p.stem for p in (out / "plots").iterdir()) == ["loss_curves", "throughput"]
     page = (out / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 2
-    assert page.count("Not drawn: ") == 3 + len(CURVE_PLOTS)
+    assert page.count("Not drawn: ") == 4 + len(CURVE_PLOTS)
+    assert "no run has trained_occurrences in memorization.jsonl" in page
     assert "no run has an extraction_curve (eval.json)" in page
     assert page.count(f"Not drawn: {NO_CURVES}") == len(CURVE_PLOTS)
     assert len(_csv(out, "mia_roc")) == 0 and list(_csv(out, "mia_roc").columns) == [

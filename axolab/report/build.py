@@ -14,7 +14,8 @@ from .collect import find_runs
 from .errors import ReportError
 from .curve_plots import memorization_curve_panels, memorization_curves
 from .page import render_page
-from .plots import Plot, exact_by_repetitions, extraction_curves, loss_curves, mia_roc, throughput
+from .plots import (Plot, exact_by_repetitions, exact_by_trained_occurrences, extraction_curves,
+                    loss_curves, mia_roc, throughput)
 from .tables import build_tables, extracted_canaries
 
 
@@ -22,15 +23,18 @@ def make_plots(tables: dict) -> list[Plot]:
     """Every figure of the report, in page order, drawn or skipped."""
     curve = tables["memorization_curve"]
     return [loss_curves(tables["metrics"]), throughput(tables["runs"]),
-            exact_by_repetitions(tables["exact_by_repetitions"]), memorization_curves(curve),
+            exact_by_repetitions(tables["exact_by_repetitions"]),
+            exact_by_trained_occurrences(tables["exact_by_trained_occurrences"]),
+            memorization_curves(curve),
             *memorization_curve_panels(curve, tables["mia_curve"]),
             extraction_curves(tables["extraction_curves"]), mia_roc(tables["mia_roc"])]
 
 
 def report_plots(dirs: Iterable[str | Path] | str | Path = ("results",)) -> dict[str, Plot]:
     """The report's figures for the runs under ``dirs``, by name (loss_curves, throughput,
-    exact_by_repetitions, memorization_curve, token_match_curve, exposure_curve,
-    mia_auc_curve, extraction_curves, mia_roc), for showing in a notebook. The *_curve
+    exact_by_repetitions, exact_by_trained_occurrences, memorization_curve,
+    token_match_curve, exposure_curve, mia_auc_curve, extraction_curves, mia_roc), for
+    showing in a notebook. The *_curve
     figures are against optimizer step; axolab.report.curve_plots draws them against epoch
     or tokens_seen."""
     if isinstance(dirs, (str, Path)):

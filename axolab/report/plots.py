@@ -177,6 +177,30 @@ def exact_by_repetitions(table: pd.DataFrame) -> Plot:
         return _done(plot, fig)
 
 
+def exact_by_trained_occurrences(table: pd.DataFrame) -> Plot:
+    """Exact-match rate against how many times the evaluated model actually trained on each
+    canary, a line per run."""
+    plot = Plot("exact_by_trained_occurrences", "Exact match by occurrences trained on",
+                "Share of injected canaries whose suffix greedy decoding reproduced exactly, "
+                "against how many of their occurrences the evaluated checkpoint was trained on "
+                "(log2 axis; repetitions x passes, fewer for a run stopped mid-epoch), a line "
+                "per run: colour is the model, line style the loss. Canaries not yet trained "
+                "on are in the exact_by_trained_occurrences table.")
+    data = table[pd.to_numeric(table["trained_occurrences"], errors="coerce") > 0]
+    if not has_values(data, "trained_occurrences", "exact"):
+        return _skip(plot, "no run has trained_occurrences in memorization.jsonl (written by "
+                           "`axolab eval` of the run's own checkpoints)")
+    data = _labelled(_numbers(data, "trained_occurrences", "exact"))
+    with _style():
+        fig, (ax,) = _figure(width=7)
+        sns.lineplot(data=data, x="trained_occurrences", y="exact", hue="model", style="loss",
+                     units="run", estimator=None, markers=True, ax=ax)
+        _log2_axis(ax, data["trained_occurrences"])
+        ax.set(xlabel="occurrences trained on", ylabel="exact-match rate", ylim=(-0.02, 1.02))
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.02, 1))
+        return _done(plot, fig)
+
+
 def extraction_curves(table: pd.DataFrame) -> Plot:
     """Exact-match rate of member canaries against the prefix length given to the model."""
     plot = Plot("extraction_curves", "Extraction curves",

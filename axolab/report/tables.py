@@ -38,6 +38,8 @@ COLUMNS = {
     "memorization": ["run", "id"],
     "exact_by_repetitions": ["run", "model", "loss", "kind", "repetitions"]
                             + [c for _, c in BY_REPETITIONS],
+    "exact_by_trained_occurrences": ["run", "model", "loss", "trained_occurrences", "exact",
+                                     "canaries"],
     "extraction_curves": ["run", "model", "loss", "prefix_len", "exact"],
     "mia_roc": ["run", "model", "loss", "score", "fpr", "tpr"],
     "memorization_curve": ["run", "model", "loss", "source", *CURVE_POSITION, "repetitions"]
@@ -51,6 +53,7 @@ def build_tables(runs: list[Run]) -> dict[str, pd.DataFrame]:
     return {"runs": runs_table(runs), "metrics": metrics_table(runs),
             "memorization": memorization_table(runs),
             "exact_by_repetitions": exact_by_repetitions_table(runs),
+            "exact_by_trained_occurrences": exact_by_trained_occurrences_table(runs),
             "extraction_curves": extraction_curves_table(runs), "mia_roc": mia_roc_table(runs),
             "memorization_curve": memorization_curve_table(runs),
             "mia_curve": mia_curve_table(runs)}
@@ -194,6 +197,27 @@ def exact_by_repetitions_table(runs: list[Run]) -> pd.DataFrame:
             rows += [{**_identity(run), "kind": kind, "repetitions": reps, **rates}
                      for reps, rates in _by_repetitions(run, source).items()]
     return pd.DataFrame(rows, columns=COLUMNS["exact_by_repetitions"])
+
+
+def exact_by_trained_occurrences_table(runs: list[Run]) -> pd.DataFrame:
+    """Exact-match rate of injected canaries by how many of their occurrences the evaluated
+    model was trained on (memorization.jsonl's ``trained_occurrences``, written by launched
+    evaluations: the scheduled repetitions times the passes made, fewer when training stopped
+    mid-epoch), one row per run and count with the number of canaries at it. Records whose
+    count is unknown (null: the run's data differs from the dataset evaluated) are left out."""
+    rows = []
+    for run in runs:
+        m = run.memorization
+        if m is None or "trained_occurrences" not in m or "exact" not in m:
+            continue
+        seen = pd.DataFrame({"n": _numeric(m, "trained_occurrences"),
+                             "exact": m["exact"].astype(float),
+                             "member": m["member"] if "member" in m else True}).dropna()
+        seen = seen[seen["member"].astype(bool)]
+        for n, group in seen.groupby("n"):
+            rows.append({**_identity(run), "trained_occurrences": int(n),
+                         "exact": float(group["exact"].mean()), "canaries": len(group)})
+    return pd.DataFrame(rows, columns=COLUMNS["exact_by_trained_occurrences"])
 
 
 def extraction_curves_table(runs: list[Run]) -> pd.DataFrame:
