@@ -84,6 +84,8 @@ The report's figures for this run, read from its files:
   was seen (log2 axis), one panel for all canaries, then one per kind. Expect nothing at low
   counts and a rise with repetitions. A secret's prompt is its template, shared by all the
   secrets, so prompting cannot single one out: read secrets by their exposure instead.
+- *Exact match by occurrences trained on*: the same rate against how many of each canary's
+  occurrences the checkpoint was actually trained on (repetitions x passes over the data).
 - *Extraction curves* (Carlini et al.'s k-extractability): share of injected canaries whose
   last `suffix_len` tokens come out exactly from a prompt of the k tokens before them, against
   k (`curve_prefix_lens`), on one set of canaries long enough for the largest k; longer prompts
@@ -93,7 +95,8 @@ The report's figures for this run, read from its files:
   no signal, 1.0 separates members from controls completely.'''),
     (None, '''\
 plots = report_plots(run_dir)
-display(plots["exact_by_repetitions"], plots["extraction_curves"], plots["mia_roc"])
+display(plots["exact_by_repetitions"], plots["exact_by_trained_occurrences"],
+        plots["extraction_curves"], plots["mia_roc"])
 {score: round(r["auc"], 3) for score, r in summary["mia"].items()}'''),
     (MD, '''\
 ## 3. Memorization over training
