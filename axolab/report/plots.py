@@ -144,6 +144,14 @@ def throughput(runs: pd.DataFrame) -> Plot:
         return _done(plot, fig)
 
 
+def _exact_by_count(table: pd.DataFrame, count: str) -> pd.DataFrame | None:
+    """The rows with a positive ``count`` (a log2 axis has no 0) and an exact-match rate,
+    labelled; None when there are none."""
+    data = table[pd.to_numeric(table[count], errors="coerce") > 0]
+    return _labelled(_numbers(data, count, "exact")) if has_values(data, count, "exact") \
+        else None
+
+
 def exact_by_repetitions(table: pd.DataFrame) -> Plot:
     """Exact-match rate against how often a canary was repeated in training, a panel per
     canary kind."""
@@ -153,11 +161,10 @@ def exact_by_repetitions(table: pd.DataFrame) -> Plot:
                 "run: colour is the model, line style the loss. One panel for all canaries, "
                 "then one per canary kind. Controls (never in the training data) cannot sit on "
                 "a log axis; their rate is exact_controls in the runs table.")
-    data = table[pd.to_numeric(table["repetitions"], errors="coerce") > 0]
-    if not has_values(data, "repetitions", "exact"):
+    data = _exact_by_count(table, "repetitions")
+    if data is None:
         return _skip(plot, "no run has exact_match_by_repetitions for injected canaries "
                            "(eval.json)")
-    data = _labelled(_numbers(data, "repetitions", "exact"))
     if "kind" not in data:
         data = data.assign(kind="all")
     kinds = sorted(data["kind"].astype(str).unique(), key=lambda k: (k != "all", k))
@@ -186,11 +193,10 @@ def exact_by_trained_occurrences(table: pd.DataFrame) -> Plot:
                 "(log2 axis; repetitions x passes, fewer for a run stopped mid-epoch), a line "
                 "per run: colour is the model, line style the loss. Canaries not yet trained "
                 "on are in the exact_by_trained_occurrences table.")
-    data = table[pd.to_numeric(table["trained_occurrences"], errors="coerce") > 0]
-    if not has_values(data, "trained_occurrences", "exact"):
+    data = _exact_by_count(table, "trained_occurrences")
+    if data is None:
         return _skip(plot, "no run has trained_occurrences in memorization.jsonl (written by "
                            "`axolab eval` of the run's own checkpoints)")
-    data = _labelled(_numbers(data, "trained_occurrences", "exact"))
     with _style():
         fig, (ax,) = _figure(width=7)
         sns.lineplot(data=data, x="trained_occurrences", y="exact", hue="model", style="loss",
