@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from axolab.files import write_text_atomic
-from axolab.optimizations import Optimizations
+from axolab.optimizations import DEPTH_GRAD_DTYPES, Optimizations
 from axolab.perfmodel import ModelShapes, get_machine, search
 
 TOLERANCE = 0.20
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
                             f"{GLOBAL_BATCH})")
     batch.add_argument("--batch-per-gpu", type=int,
                        help="instead: this many sequences per GPU (a batch growing with the run)")
-    ap.add_argument("--depth-grad-dtype", choices=("fp32", "bf16"), default=DEPTH_GRAD_DTYPE,
+    ap.add_argument("--depth-grad-dtype", choices=DEPTH_GRAD_DTYPES, default=DEPTH_GRAD_DTYPE,
                     help=f"dtype of the weight gradients' Z reduce-scatter ({DEPTH_GRAD_DTYPE}, "
                          "as AxoNN's bf16 runs; fp32 is axolab's default)")
     ap.add_argument("--json", help="also write the rows and the sweep to this JSON file")

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..optimizations import Optimizations
+from ..optimizations import DEPTH_GRAD_DTYPES, Optimizations
 from .machines import presets
 from .memory import GIB
 from .workload import PRECISIONS
@@ -45,7 +45,7 @@ def add_plan_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--late-backward-prefetch", action="store_true",
                    help="plan for a run with late_backward_prefetch=True (one layer held "
                         "gathered in backward instead of two)")
-    p.add_argument("--depth-grad-dtype", choices=("fp32", "bf16"), default="fp32",
+    p.add_argument("--depth-grad-dtype", choices=DEPTH_GRAD_DTYPES, default="fp32",
                    help="plan for a run with depth_grad_dtype (the weight gradients' Z "
                         "reduce-scatter in fp32, or bf16: half the bytes)")
     p.add_argument("--no-overlap-communication", action="store_true",
