@@ -287,6 +287,8 @@ def test_a_model_directory_is_read_as_json(tmp_path):
     assert model_shapes(llama) == want and model_shapes(str(llama)) == want
     assert model_shapes(llama).params == 3 * (96 * 96 + 2 * 96 * 32 + 96 * 96 + 3 * 96 * 256
                                               + 2 * 96) + 2 * 1000 * 96 + 96
+    # 3 layers of 7 matrices and 2 norms, the embedding, the lm head, the final norm.
+    assert model_shapes(llama).param_tensors == 3 * (7 + 2) + 3
     assert model_shapes(Path(qwen)) == ModelShapes(
         str(qwen), hidden=64, intermediate=128, layers=2, heads=4, kv_heads=4, head_dim=16,
         vocab=500, tied_embeddings=True, qkv_bias=True)
@@ -438,11 +440,68 @@ def test_adamw_time_is_the_bytes_torch_adamw_moves():
 
     # The per-tensor loop (CPU) and the multi-tensor path (GPUs) move the same bytes.
     assert _adamw_passes(foreach=False) == _adamw_passes(foreach=True) == ADAMW_PASSES
-    shapes, work = model_shapes("small-llama"), Workload(global_batch=4, seq_len=64)
-    machine = get_machine("alps")
+    from dataclasses import replace
+
+    from axolab.perfmodel.compute import ADAMW_OPS, CLIP_GROUP_OPS
+
+    shapes = model_shapes("small-llama")
+    work = Workload(global_batch=4, seq_len=64, grad_clip=False)
+    gpu = get_machine("alps")
+    cpu = replace(gpu, foreach_optimizer=False)
     for grid, copies in ((GridShape(1, 2, 1, 2), 0), (GridShape(2, 1, 2, 1), 3)):
         local_bytes = local_parameters(shapes, grid) * 4
         # At full memory bandwidth, plus with D > 1 sync_gradients' concatenation,
-        # reduction and copy back.
-        assert step_compute(shapes, grid, work, machine).optimizer_s == \
-            pytest.approx(local_bytes * (ADAMW_PASSES + copies) / 4000e9), grid
+        # reduction and copy back; the ops once per parameter group (decayed or not) on the
+        # multi-tensor path, once per tensor (39 in small-llama) on the per-tensor one.
+        moved = local_bytes * (ADAMW_PASSES + copies) / 4000e9
+        assert step_compute(shapes, grid, work, gpu).optimizer_s == \
+            pytest.approx(moved + 2 * ADAMW_OPS * gpu.op_overhead_s), grid
+        assert step_compute(shapes, grid, work, cpu).optimizer_s == \
+            pytest.approx(moved + 39 * ADAMW_OPS * gpu.op_overhead_s), grid
+        # Clipping reads every gradient for its norm, then reads and writes it to scale it.
+        clipped = replace(work, grad_clip=True)
+        assert step_compute(shapes, grid, clipped, gpu).optimizer_s == pytest.approx(
+            moved + 2 * ADAMW_OPS * gpu.op_overhead_s + local_bytes * 3 / 4000e9
+            + CLIP_GROUP_OPS * gpu.op_overhead_s), grid
+
+def _dispatched_ops(fn) -> int:
+    """Operations torch dispatches while ``fn()`` runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.ops
+
+
+def test_optimizer_and_clip_kernels_per_tensor_are_what_torch_dispatches():
+    """The per-tensor kernels the model charges (CPU, no multi-tensor path): counted as torch
+    dispatches them for torch's AdamW and for axolab's clip_grad_norm_ on a one-rank grid,
+    on a model with one decoder layer more (its parameter tensors more) than another."""
+    import torch
+
+    from axolab.parallel import Grid, clip_grad_norm_, parallelize
+    from axolab.perfmodel.compute import ADAMW_OPS, CLIP_OPS
+    from models import tiny_model
+
+    def counts(layers: int) -> tuple[int, int, int]:
+        serial = tiny_model("llama", tied=False)
+        serial.model.layers = serial.model.layers[:layers]
+        model = parallelize(serial, Grid.init())
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
+        opt.step()  # the first step creates the moments
+        return (_dispatched_ops(opt.step), _dispatched_ops(lambda: clip_grad_norm_(model, 1e-3)),
+                len(list(model.parameters())))
+
+    (adamw1, clip1, n1), (adamw2, clip2, n2) = counts(1), counts(2)
+    assert n2 - n1 == 7 + 2  # one layer's matrices and norms
+    assert (adamw2 - adamw1) / (n2 - n1) == ADAMW_OPS
+    assert (clip2 - clip1) / (n2 - n1) == CLIP_OPS

@@ -76,27 +76,43 @@ def sync_gradients(model: nn.Module) -> None:
 
 @torch.no_grad()
 def global_grad_norm(model: nn.Module, norm_type: float = 2.0) -> torch.Tensor:
-    """Norm of the whole model's gradient, as the serial model would compute it (after sync)."""
+    """Norm of the whole model's gradient, as the serial model would compute it (after sync).
+
+    Gradients are grouped by how many model copies hold them, and each group's norm is one
+    ``torch.nn.utils.get_total_norm`` (multi-tensor kernels, fp32 gradients) rather than a few
+    kernels per tensor: a 405B model has over a thousand gradient tensors per rank."""
     grid = parallel_state(model).grid
     specs = [s for s in grad_specs(model) if s.param.grad is not None]
     if not specs:
         return torch.zeros((), device=grid.device)
+    groups: dict[int, list[torch.Tensor]] = {}
+    for s in specs:
+        groups.setdefault(s.replicas, []).append(s.param.grad)  # no_grad: no detach needed
+    norms = {replicas: _group_norm(grads, norm_type) for replicas, grads in groups.items()}
     if math.isinf(norm_type):
-        local = torch.stack([s.param.grad.detach().abs().max().float() for s in specs]).max()
+        local = torch.stack(list(norms.values())).max()
         return comm.all_reduce_max(local, grid.model)
     # Each value is counted once per model copy: replicated vectors are weighted by 1/replicas.
-    total = sum(s.param.grad.detach().float().abs().pow(norm_type).sum() / s.replicas
-                for s in specs)
+    total = sum(norm.pow(norm_type) / replicas for replicas, norm in norms.items())
     total = comm.all_reduce_sum_(total.reshape(1), grid.model)[0]
     return total.pow(1.0 / norm_type)
 
 
+def _group_norm(grads: list[torch.Tensor], norm_type: float) -> torch.Tensor:
+    """The fp32 norm of a list of gradients (lower-precision ones are read in fp32)."""
+    if all(g.dtype == torch.float32 for g in grads):
+        return torch.nn.utils.get_total_norm(grads, norm_type)
+    return torch.linalg.vector_norm(torch.stack(
+        [torch.linalg.vector_norm(g, norm_type, dtype=torch.float32) for g in grads]), norm_type)
+
+
 @torch.no_grad()
 def clip_grad_norm_(model: nn.Module, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
-    """Scale gradients so their global norm is at most ``max_norm``; returns the norm before."""
+    """Scale gradients so their global norm is at most ``max_norm``; returns the norm before.
+    The scaling is ``torch.nn.utils.clip_grads_with_norm_`` (``max_norm / (norm + 1e-6)``,
+    at most 1, multi-tensor)."""
     norm = global_grad_norm(model, norm_type)
-    scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
-    for spec in grad_specs(model):
-        if spec.param.grad is not None:
-            spec.param.grad.mul_(scale.to(spec.param.grad.dtype))
+    params = [s.param for s in grad_specs(model) if s.param.grad is not None]
+    if params:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return norm
