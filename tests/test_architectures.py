@@ -79,14 +79,16 @@ def test_load_decode_and_save_each_architecture(pool8, tmp_path):
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_performance_model_counts_each_architecture(tied):
-    """The planner's shapes hold exactly the parameters transformers builds, and the vector
-    parameters one rank holds on a grid add up over the grid to the serial ones."""
+    """The planner's shapes hold exactly the parameters (and parameter tensors) transformers
+    builds, and the vector parameters one rank holds on a grid add up over the grid to the
+    serial ones."""
     from axolab.perfmodel import model_shapes
 
     for kind in NEW_ARCHITECTURES:
         model = tiny_model(kind, tied)
         shapes = model_shapes(model.config)
         assert shapes.params == sum(p.numel() for p in model.parameters()), kind
+        assert shapes.param_tensors == len(list(model.parameters())), kind
         vectors = sum(p.numel() for p in model.parameters() if p.dim() == 1)
         replicated = 2 * shapes.head_dim * shapes.layers if shapes.qk_norm == "per_head" else 0
         assert shapes.local_vectors(1, 1) == vectors, kind

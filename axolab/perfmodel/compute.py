@@ -28,6 +28,12 @@ LOSS_PASSES = 14             # fp32 cast, max, exp, sum, softmax, gather; backwa
 ADAMW_PASSES = 20            # torch's AdamW: decay, 2 moment updates, sqrt, div, add eps,
                              # update; each op's reads + writes (both code paths)
 OPS_PER_LAYER = (45, 70)     # kernels per decoder layer, forward / backward
+ADAMW_OPS = 10               # torch's AdamW ops per parameter tensor (single-tensor path):
+                             # step count and its read, decay, lerp_, mul_, addcmul_, sqrt,
+                             # div, add_, addcdiv_; the foreach path runs them once per group
+CLIP_OPS = 0                 # axolab.parallel.clip_grad_norm_'s ops per gradient tensor: none,
+CLIP_GROUP_OPS = 8           # its norms and scaling are multi-tensor ops (a few per group of
+                             # gradients replicated alike, and for the scale), on CPUs too
 CAUSAL_FRACTION = 0.5        # causal attention kernels skip the masked half
 
 
@@ -42,7 +48,8 @@ class ComputeTime:
     elementwise_s: float
     """Memory-bound kernels: norms, activations, loss, casts of gathered weights."""
     optimizer_s: float
-    """AdamW and gradient bookkeeping on the local shard."""
+    """AdamW, gradient clipping (the norm's reads and the in-place scaling) and gradient
+    bookkeeping on the local shard, with their per-tensor kernels."""
     overhead_s: float
     """Fixed per-kernel cost."""
     windows: tuple[tuple[str, float], ...] = ()
@@ -120,12 +127,19 @@ def step_compute(shapes: ModelShapes, grid: GridShape, work: Workload,
                        + n * i * MLP_PASSES[k] * cb) / bw for k in (0, 1))
     fwd_ew += blocks * cast / bw
     bwd_ew += blocks * (cast + 2 * pb + (cb + pb if cast else 0)) / bw
+    if grid.z > 1:  # each gathered block is copied out of its Z buffer, forward and backward
+        fwd_ew += blocks * 2 * cb / bw
+        bwd_ew += blocks * 2 * cb / bw
     fwd_ops, bwd_ops = (ops * machine.op_overhead_s for ops in OPS_PER_LAYER)
     loss_ew = n * (vp // Y) * LOSS_PASSES * 4 / bw
 
     local = local_parameters(shapes, grid)
     grad_copies = 3 if grid.data > 1 else 0  # sync_gradients: cat, all-reduce, copy back
-    optimizer = local * pb * (ADAMW_PASSES + grad_copies) / bw
+    optimizer = local * pb * (ADAMW_PASSES + grad_copies) / bw + machine.op_overhead_s * \
+        ADAMW_OPS * (2 if machine.foreach_optimizer else shapes.param_tensors)
+    if work.grad_clip:  # the norm reads each gradient once, the scaling reads and writes it
+        optimizer += local * 3 * pb / bw + machine.op_overhead_s * \
+            (CLIP_OPS * shapes.param_tensors + CLIP_GROUP_OPS)
 
     per_micro = L * passes, L  # forward (and recompute) passes, backward passes of a layer
     return ComputeTime(

@@ -86,6 +86,10 @@ class ModelShapes:
     qk_norm: str = "none"
     """q/k norms: "none"; "per_head" (Qwen3, Gemma-3: one head_dim weight each for q and k,
     replicated); "all_heads" (OLMo-2: over the whole projection output, split over Y)."""
+    merged_matrices: int = 0
+    """Matrices per layer stored merged into another one's tensor (2 for GPT-NeoX's and GPT-2's
+    [q; k; v], 3 for Phi-3's qkv_proj and gate_up_proj), biases merged alike. The planner
+    sizes every matrix on its own; this only counts tensors (:attr:`param_tensors`)."""
 
     def __post_init__(self):
         for field_name in ("hidden", "intermediate", "layers", "heads", "kv_heads", "head_dim",
@@ -160,6 +164,17 @@ class ModelShapes:
             self.final_norm_vectors * self.hidden
 
     @property
+    def param_tensors(self) -> int:
+        """Parameter tensors of the model. Each has its own gradient and optimizer state and
+        costs the unfused per-tensor kernels of gradient clipping and AdamW; axolab shards
+        tensors but never merges them."""
+        per_layer = sum(1 + lin.bias for lin in self.layer_linears) + self.layer_norm_vectors \
+            + (2 if self.qk_norm != "none" else 0) \
+            - self.merged_matrices * (2 if self.linear_bias else 1)
+        return self.layers * per_layer + 1 + (0 if self.tied_embeddings else 1) + \
+            self.final_norm_vectors + (1 if self.positions else 0)
+
+    @property
     def matmul_params(self) -> int:
         """Parameters that take part in matmuls each token (all but the embedding and norms),
         as :func:`axolab.metrics.flops_per_token` counts them."""
@@ -178,6 +193,8 @@ _ARCHITECTURE = {
     "gpt_neox": (4, 2, "none", False, True),
     "gpt2": (4, 2, "none", False, True),
 }
+# Matrices per layer that transformers stores merged into another's tensor.
+_MERGED_MATRICES = {"gpt_neox": 2, "gpt2": 2, "phi3": 3}
 
 
 def _from_config(config, name: str | None) -> ModelShapes:
@@ -200,7 +217,8 @@ def _from_config(config, name: str | None) -> ModelShapes:
         or model_type == "qwen2",
         gated_mlp=gated, linear_bias=biased and bool(getattr(config, "attention_bias", True)),
         layer_norm_vectors=norms, final_norm_vectors=final, qk_norm=qk_norm,
-        positions=getattr(config, "n_positions", 0) if model_type == "gpt2" else 0)
+        positions=getattr(config, "n_positions", 0) if model_type == "gpt2" else 0,
+        merged_matrices=_MERGED_MATRICES.get(model_type, 0))
 
 
 REQUIRED_CONFIG_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers",
