@@ -464,6 +464,48 @@ def test_adamw_time_is_the_bytes_torch_adamw_moves():
             moved + 2 * ADAMW_OPS * gpu.op_overhead_s + local_bytes * 3 / 4000e9
             + CLIP_GROUP_OPS * gpu.op_overhead_s), grid
 
+    # The per-tensor path moves a tensor through memory once when its param, grad, moments and
+    # temporary fit the rank's cache. small-llama, one rank: matrices of 176128 (MLP), 65536
+    # (q, o), 32768 (k, v) and 262144 (embedding, lm head) elements, 2304 of norm vectors.
+    from axolab.perfmodel.compute import ADAMW_CACHED_PASSES
+    one = GridShape(1, 1, 1, 1)
+    local = local_parameters(shapes, one)
+    assert local == 4 * (3 * 176128 + 2 * 65536 + 2 * 32768) + 2 * 262144 + 9 * 256
+    overhead = 39 * ADAMW_OPS * gpu.op_overhead_s
+    for cache, moved in ((0, local * ADAMW_PASSES),
+                         (1e12, local * ADAMW_CACHED_PASSES),
+                         (5 * 4 * 176128, (local - 2 * 262144) * ADAMW_CACHED_PASSES
+                          + 2 * 262144 * ADAMW_PASSES)):
+        machine = replace(cpu, cache_bytes_per_rank=cache)
+        assert step_compute(shapes, one, work, machine).optimizer_s == \
+            pytest.approx(moved * 4 / 4000e9 + overhead), cache
+    # GPUs run each kernel over every tensor: no cache reuse whatever the cache.
+    assert step_compute(shapes, one, work, replace(gpu, cache_bytes_per_rank=1e12)
+                        ).optimizer_s == pytest.approx(local * ADAMW_PASSES * 4 / 4000e9
+                                                       + 2 * ADAMW_OPS * gpu.op_overhead_s)
+
+
+def test_calibration_reads_the_largest_cache_lscpu_reports():
+    import shutil
+    import subprocess
+
+    from axolab.perfmodel.calibrate import _last_level_cache_bytes
+
+    if shutil.which("lscpu") is None:
+        pytest.skip("no lscpu")
+    units = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+    sizes = []
+    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip().startswith(("L1d", "L2", "L3")) and value.split()[1:2]:
+            number, unit = value.split()[:2]
+            # lscpu sums the instances of a level; sysfs gives one instance's size.
+            instances = int(value.split("(")[1].split()[0]) if "(" in value else 1
+            sizes.append(float(number) * units[unit] / instances)
+    if not sizes:
+        pytest.skip("lscpu reports no cache sizes")
+    assert _last_level_cache_bytes() == max(sizes)
+
 def _dispatched_ops(fn) -> int:
     """Operations torch dispatches while ``fn()`` runs."""
     from torch.utils._python_dispatch import TorchDispatchMode

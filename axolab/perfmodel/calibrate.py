@@ -15,6 +15,7 @@ import socket
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from .comm import ring_bytes
 from .machines import COLLECTIVE_OPS, Machine, MeasuredCollective
@@ -304,10 +305,24 @@ def machine_from_measurements(rounds: list[list[dict]], cfg: CalibrationConfig) 
         sync_by_group=tuple(sorted((int(k[len("sync_g"):]), v) for k, v in rates.items()
                                    if k.startswith("sync_g"))),
         collectives=tuple(measured),
-        foreach_optimizer=False,
+        foreach_optimizer=False, cache_bytes_per_rank=_last_level_cache_bytes() / cfg.ranks,
         source=f"measured by axolab plan calibrate on {socket.gethostname()} "
                f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores) with "
                f"{cfg.ranks} gloo ranks of 1 thread, {time.strftime('%Y-%m-%d %H:%M')}")
+
+
+def _last_level_cache_bytes() -> int:
+    """Size of the CPU's largest cache (sysfs), 0 if the system does not say."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    best = 0
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        if size:
+            best = max(best, int(size.rstrip("KMG") or 0) * units.get(size[-1], 1))
+    return best
 
 
 def _total_memory_bytes() -> int:

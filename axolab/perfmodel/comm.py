@@ -118,15 +118,18 @@ def _block(lin: LinearShape, grid: GridShape, rows: int | None = None) -> tuple[
     return chunk * grid.z, chunk
 
 
+def local_matrices(shapes: ModelShapes, grid: GridShape) -> list[int]:
+    """Elements of each weight matrix one rank stores (its Z chunk), one entry per matrix."""
+    vp = shapes.padded_vocab(grid.y)
+    heads = [shapes.embedding] + ([] if shapes.tied_embeddings else [shapes.lm_head])
+    return [_block(lin, grid)[1] for _ in range(shapes.layers) for lin in shapes.layer_linears] \
+        + [_block(lin, grid, vp)[1] for lin in heads]
+
+
 def local_parameters(shapes: ModelShapes, grid: GridShape) -> int:
     """Parameter elements one rank stores: Z chunks of every matrix, its slice of the norm
     weights and biases (replicated over the other axes)."""
-    total = shapes.layers * sum(_block(lin, grid)[1] for lin in shapes.layer_linears)
-    vp = shapes.padded_vocab(grid.y)
-    total += _block(shapes.embedding, grid, vp)[1]
-    if not shapes.tied_embeddings:
-        total += _block(shapes.lm_head, grid, vp)[1]
-    return total + shapes.local_vectors(grid.x, grid.y)
+    return sum(local_matrices(shapes, grid)) + shapes.local_vectors(grid.x, grid.y)
 
 
 def _z_buckets(shapes: ModelShapes, grid: GridShape, work: Workload,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .comm import block_elements, local_parameters
+from .comm import block_elements, local_matrices, local_parameters
 from .grid import GridShape
 from .machines import Machine
 from .shapes import ModelShapes
@@ -27,6 +27,9 @@ MLP_PASSES = (5, 11)         # SiLU(gate) * up, on [n, I/Y]
 LOSS_PASSES = 14             # fp32 cast, max, exp, sum, softmax, gather; backward, on logits
 ADAMW_PASSES = 20            # torch's AdamW: decay, 2 moment updates, sqrt, div, add eps,
                              # update; each op's reads + writes (both code paths)
+ADAMW_CACHED_PASSES = 7      # the same on a tensor that stays in cache between its kernels:
+                             # param, grad and both moments read once, all but grad written
+ADAMW_WORKING_SET = 5        # param, grad, moments and the denominator's temporary
 OPS_PER_LAYER = (45, 70)     # kernels per decoder layer, forward / backward
 ADAMW_OPS = 10               # torch's AdamW ops per parameter tensor (single-tensor path):
                              # step count and its read, decay, lerp_, mul_, addcmul_, sqrt,
@@ -84,6 +87,20 @@ def _block_matmuls(rows: int, cols: int, n: int, machine, work) -> tuple[float, 
             matmul_time(rows, cols, n, machine, work))
 
 
+def adamw_passes(shapes: ModelShapes, grid: GridShape, machine: Machine, pb: int) -> float:
+    """Parameter-sized elements AdamW moves through memory on one rank: ADAMW_PASSES per
+    element, except that the per-tensor path (CPUs) keeps a tensor whose working set fits the
+    rank's cache between its kernels (ADAMW_CACHED_PASSES); vectors count as hidden-sized."""
+    def passes(elements: int) -> int:
+        fits = not machine.foreach_optimizer and \
+            ADAMW_WORKING_SET * elements * pb <= machine.cache_bytes_per_rank
+        return ADAMW_CACHED_PASSES if fits else ADAMW_PASSES
+
+    vectors = shapes.local_vectors(grid.x, grid.y)
+    return sum(m * passes(m) for m in local_matrices(shapes, grid)) + \
+        vectors * passes(shapes.hidden)
+
+
 def step_compute(shapes: ModelShapes, grid: GridShape, work: Workload,
                  machine: Machine) -> ComputeTime:
     micro = work.micro(grid.batch_shards)
@@ -135,8 +152,9 @@ def step_compute(shapes: ModelShapes, grid: GridShape, work: Workload,
 
     local = local_parameters(shapes, grid)
     grad_copies = 3 if grid.data > 1 else 0  # sync_gradients: cat, all-reduce, copy back
-    optimizer = local * pb * (ADAMW_PASSES + grad_copies) / bw + machine.op_overhead_s * \
-        ADAMW_OPS * (2 if machine.foreach_optimizer else shapes.param_tensors)
+    optimizer = (adamw_passes(shapes, grid, machine, pb) + local * grad_copies) * pb / bw \
+        + machine.op_overhead_s * ADAMW_OPS * \
+        (2 if machine.foreach_optimizer else shapes.param_tensors)
     if work.grad_clip:  # the norm reads each gradient once, the scaling reads and writes it
         optimizer += local * 3 * pb / bw + machine.op_overhead_s * \
             (CLIP_OPS * shapes.param_tensors + CLIP_GROUP_OPS)

@@ -110,6 +110,11 @@ class Machine:
     foreach_optimizer: bool = True
     """Whether AdamW runs its multi-tensor (foreach) path, which holds one parameter-sized
     temporary; PyTorch uses it on GPUs and the per-tensor loop on CPUs."""
+    cache_bytes_per_rank: float = 0.0
+    """Last-level cache each rank can count on (the node's share per rank), where the
+    per-tensor AdamW keeps a small tensor between its kernels: its ops then stream the tensor's
+    param, grad and moments from memory once, not once per kernel. 0 (the GPU presets): the
+    multi-tensor path runs each kernel over every tensor, so nothing stays cached."""
     source: str = ""
     """Where the figures come from."""
 
