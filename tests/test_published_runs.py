@@ -47,7 +47,7 @@ def test_the_sc24_runs_hold_the_same_parameters_per_gpu():
 
 
 def test_the_sweep_restates_evaluate_at_each_batch():
-    runs = pr.RUNS[:2]
+    runs = pr.RUNS[1:2]  # the quickest to plan: the sweep's bookkeeping is what is tested
     table = pr.sweep(runs, (pr.GLOBAL_BATCH // 2, pr.GLOBAL_BATCH))
     assert [t["global_batch"] for t in table] == [pr.GLOBAL_BATCH // 2, pr.GLOBAL_BATCH]
     for t in table:

@@ -118,18 +118,20 @@ def _block(lin: LinearShape, grid: GridShape, rows: int | None = None) -> tuple[
     return chunk * grid.z, chunk
 
 
-def local_matrices(shapes: ModelShapes, grid: GridShape) -> list[int]:
-    """Elements of each weight matrix one rank stores (its Z chunk), one entry per matrix."""
+def local_matrices(shapes: ModelShapes, grid: GridShape) -> list[tuple[int, int]]:
+    """The weight matrices one rank stores (Z chunks), as (elements of one, how many): each
+    decoder-layer matrix ``layers`` times, the embedding and an untied lm head once."""
     vp = shapes.padded_vocab(grid.y)
     heads = [shapes.embedding] + ([] if shapes.tied_embeddings else [shapes.lm_head])
-    return [_block(lin, grid)[1] for _ in range(shapes.layers) for lin in shapes.layer_linears] \
-        + [_block(lin, grid, vp)[1] for lin in heads]
+    return [(_block(lin, grid)[1], shapes.layers) for lin in shapes.layer_linears] + \
+        [(_block(lin, grid, vp)[1], 1) for lin in heads]
 
 
 def local_parameters(shapes: ModelShapes, grid: GridShape) -> int:
     """Parameter elements one rank stores: Z chunks of every matrix, its slice of the norm
     weights and biases (replicated over the other axes)."""
-    return sum(local_matrices(shapes, grid)) + shapes.local_vectors(grid.x, grid.y)
+    return sum(elements * count for elements, count in local_matrices(shapes, grid)) + \
+        shapes.local_vectors(grid.x, grid.y)
 
 
 def _z_buckets(shapes: ModelShapes, grid: GridShape, work: Workload,

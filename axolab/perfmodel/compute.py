@@ -97,7 +97,7 @@ def adamw_passes(shapes: ModelShapes, grid: GridShape, machine: Machine, pb: int
         return ADAMW_CACHED_PASSES if fits else ADAMW_PASSES
 
     vectors = shapes.local_vectors(grid.x, grid.y)
-    return sum(m * passes(m) for m in local_matrices(shapes, grid)) + \
+    return sum(m * count * passes(m) for m, count in local_matrices(shapes, grid)) + \
         vectors * passes(shapes.hidden)
 
 
