@@ -34,9 +34,8 @@ OPS_PER_LAYER = (45, 70)     # kernels per decoder layer, forward / backward
 ADAMW_OPS = 10               # torch's AdamW ops per parameter tensor (single-tensor path):
                              # step count and its read, decay, lerp_, mul_, addcmul_, sqrt,
                              # div, add_, addcdiv_; the foreach path runs them once per group
-CLIP_OPS = 0                 # axolab.parallel.clip_grad_norm_'s ops per gradient tensor: none,
-CLIP_GROUP_OPS = 8           # its norms and scaling are multi-tensor ops (a few per group of
-                             # gradients replicated alike, and for the scale), on CPUs too
+CLIP_OPS = 14                # axolab.parallel.clip_grad_norm_'s ops, however many tensors: the
+                             # norms and the scaling are multi-tensor ops, on CPUs too
 CAUSAL_FRACTION = 0.5        # causal attention kernels skip the masked half
 
 
@@ -156,8 +155,7 @@ def step_compute(shapes: ModelShapes, grid: GridShape, work: Workload,
         + machine.op_overhead_s * ADAMW_OPS * \
         (2 if machine.foreach_optimizer else shapes.param_tensors)
     if work.grad_clip:  # the norm reads each gradient once, the scaling reads and writes it
-        optimizer += local * 3 * pb / bw + machine.op_overhead_s * \
-            (CLIP_OPS * shapes.param_tensors + CLIP_GROUP_OPS)
+        optimizer += local * 3 * pb / bw + machine.op_overhead_s * CLIP_OPS
 
     per_micro = L * passes, L  # forward (and recompute) passes, backward passes of a layer
     return ComputeTime(
