@@ -4,12 +4,16 @@ For each world size (``--ranks 4,8``) one set of gloo ranks builds a small Llama
 own code path (``axolab.train.build_model``, ``_train_step``, ``sync_gradients``,
 ``clip_grad_norm_``, AdamW) on every valid (data, z, y, x) grid, then runs rounds: each round
 calibrates the machine (``axolab.perfmodel.calibrate.measure_rank``: matmul and attention
-rates, memory bandwidth, per-op cost, gloo collectives per group size) and times one step of
-every grid, barrier to barrier, in a rotating order. Interleaving matters on a shared machine:
-background load changes within minutes, and this way it weighs on every grid and on the
-calibration alike. The calibration is saved as OUT/machine-N.json. Per grid it records:
+rates, memory bandwidth, per-op cost, gloo collectives per group size) and times
+``--steps-per-round`` steps of every grid in a row, each barrier to barrier, the grids in a
+rotating order. Interleaving matters on a shared machine: background load changes within
+minutes, and this way it weighs on every grid and on the calibration alike. The median of a
+grid's steps in a round is that round's time: a step the scheduler happened to stall (8 ranks on
+2 cores stall often) does not move it. The calibration is saved as OUT/machine-N.json. Per grid
+it records:
 
-  step time   median over ``--steps`` rounds after ``--warmup`` rounds (slowest rank)
+  step time   median over ``--steps`` rounds after ``--warmup`` rounds of the round's times
+              (each step's time is the slowest rank's)
   bytes       what each grid axis's collectives sent in one step, counted by wrapping the
               collectives axolab calls, against the model's ring-formula bytes
   memory      peak bytes of live tensors in one step: the profiler's allocation events of the
@@ -29,7 +33,8 @@ kept in OUT/measured-N-<settings>.json; a rerun with the same settings reuses a 
 already measured (delete the file to measure again).
 
 Usage:
-  python benchmarks/perfmodel_validation.py [--ranks 4,8] [--steps 5] [--warmup 1]
+  python benchmarks/perfmodel_validation.py [--ranks 4,8] [--steps 5] [--steps-per-round 3]
+      [--warmup 1]
       [--model small-llama] [--seq-len 128] [--global-batch 8] [--micro-batch M]
       [--precision fp32] [--checkpointing] [--grids 1x1x2x2,2x1x1x2]
       [--out results/perfmodel_validation]
@@ -164,12 +169,15 @@ def session(grids: list, s: dict, calibration) -> dict:
         if r >= s["warmup"]:
             rounds.append(measure_rank(calibration))
         for dims in grids[r % len(grids):] + grids[:r % len(grids)]:
-            dist.barrier()
-            t0 = time.perf_counter()
-            built[dims][3]()
-            dist.barrier()
+            each = []
+            for _ in range(s.get("steps_per_round", 1)):
+                dist.barrier()
+                t0 = time.perf_counter()
+                built[dims][3]()
+                dist.barrier()
+                each.append(time.perf_counter() - t0)
             if r >= s["warmup"]:
-                times[dims].append(time.perf_counter() - t0)
+                times[dims].append(each)
     out = {"calibration": rounds, "grids": {}}
     for dims, (grid, model, opt, step) in built.items():
         counts = defaultdict(float)
@@ -191,13 +199,16 @@ def session(grids: list, s: dict, calibration) -> dict:
 
 
 def combine(per_rank: list) -> tuple[list, list]:
-    """Per grid: slowest rank's step times and largest peak; calibration rounds by rank."""
+    """Per grid: each step's time on the slowest rank (``step_times_each[round]``), each round's
+    median of them (``step_times``) and the largest peak; calibration rounds by rank."""
     rows = []
     for key, mine in per_rank[0]["grids"].items():
         every = [r["grids"][key] for r in per_rank]
+        each = [[max(e["times"][i][k] for e in every) for k in range(len(steps))]
+                for i, steps in enumerate(mine["times"])]
         rows.append({"grid": [int(v) for v in key.split("x")],
-                     "step_times": [max(e["times"][i] for e in every)
-                                    for i in range(len(mine["times"]))],
+                     "step_times": [statistics.median(steps) for steps in each],
+                     "step_times_each": each,
                      "peak_bytes": max(e["peak_bytes"] for e in every),
                      "state_bytes": max(e["state_bytes"] for e in every),
                      "counts": mine["counts"], "sizes": mine["sizes"]})
@@ -324,8 +335,11 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ranks", default="4,8", help="world sizes, comma-separated (4,8)")
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per grid (5)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (1)")
+    ap.add_argument("--steps", type=int, default=5, help="timed rounds (5)")
+    ap.add_argument("--steps-per-round", type=int, default=3,
+                    help="steps of a grid in a row in each round; the round's time is their "
+                    "median (3)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first (1)")
     ap.add_argument("--model", default="small-llama")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--global-batch", type=int, default=8)
@@ -339,7 +353,13 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     s = dict(model=a.model, seq_len=a.seq_len, global_batch=a.global_batch,
              micro_batch=a.micro_batch, precision=a.precision, checkpointing=a.checkpointing,
-             steps=a.steps, warmup=a.warmup, overlap=not a.no_overlap)
+             steps=a.steps, warmup=a.warmup, overlap=not a.no_overlap,
+             steps_per_round=a.steps_per_round)
+    for name in ("steps", "steps_per_round"):
+        if s[name] < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1, not {s[name]}")
+    if a.warmup < 0:
+        ap.error(f"--warmup must be 0 or more, not {a.warmup}")
     try:
         worlds = [int(w) for w in a.ranks.split(",")]
         wanted = {g.dims for g in parse_grids(a.grids)} if a.grids else None
@@ -357,7 +377,8 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = (f"{a.model}-b{a.global_batch}-s{a.seq_len}-m{a.micro_batch or 0}-{a.precision}"
-           f"{'-ckpt' if a.checkpointing else ''}{'-blocking' if a.no_overlap else ''}")
+           f"{'-ckpt' if a.checkpointing else ''}{'-blocking' if a.no_overlap else ''}"
+           f"{f'-k{a.steps_per_round}' if a.steps_per_round > 1 else ''}")
     summaries = []
     for world in worlds:
         grids = [g for g in candidates[world] if wanted is None or g in wanted]
@@ -366,7 +387,8 @@ def main(argv=None) -> int:
             saved = json.loads(measured_file.read_text())
             rows = [r for r in saved["rows"] if tuple(r["grid"]) in grids]
         else:
-            print(f"{world} ranks: {len(grids)} grids, {a.warmup} + {a.steps} rounds", flush=True)
+            print(f"{world} ranks: {len(grids)} grids, {a.warmup} + {a.steps} rounds of "
+                  f"{a.steps_per_round} steps each", flush=True)
             cal = CalibrationConfig(ranks=world, rounds=1, repeats=3)
             rows, rounds = combine(run_on_ranks(session, world, grids, s, cal))
             machine = machine_from_measurements(rounds, cal)

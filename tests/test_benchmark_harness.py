@@ -72,13 +72,30 @@ def test_fsdp2_bad_grid_settings_are_named(text, message, capsys):
     ("1x1x8x1", "grid 1x1x8x1: 4 key/value heads do not divide by y=8"),
     ("8x1x1x1", "global batch 4 does not divide by data*z = 8"),
     ("1x1x2x2,1x2", "grid '1x2': expected four positive integers"),
+    ("1x1x2x2 --steps-per-round 0", "--steps-per-round must be at least 1, not 0"),
+    ("1x1x2x2 --steps 0", "--steps must be at least 1, not 0"),
 ])
 def test_validation_refuses_grids_it_cannot_measure(grids, message, tmp_path, capsys):
     out = tmp_path / "out"
+    grids, *more = grids.split()
     with pytest.raises(SystemExit) as e:
-        pv.main(["--ranks", "4,8", "--global-batch", "4", "--grids", grids, "--out", str(out)])
+        pv.main(["--ranks", "4,8", "--global-batch", "4", "--grids", grids, "--out", str(out),
+                 *more])
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_validation_takes_the_slowest_rank_per_step_and_the_median_per_round():
+    def rank(times):
+        return {"calibration": [{}, {}], "grids": {"1x2x1x1": {
+            "times": times, "peak_bytes": 1.0, "state_bytes": 1.0, "counts": {}, "sizes": {}}}}
+    # Two rounds of three steps on two ranks; a stalled step (9.0) is one rank's, in round 0.
+    rows, rounds = pv.combine([rank([[1.0, 9.0, 1.2], [2.0, 2.2, 2.1]]),
+                               rank([[1.1, 1.0, 1.0], [2.5, 2.0, 1.9]])])
+    assert rows[0]["grid"] == [1, 2, 1, 1]
+    assert rows[0]["step_times_each"] == [[1.1, 9.0, 1.2], [2.5, 2.2, 2.1]]
+    assert rows[0]["step_times"] == [1.2, 2.2]
+    assert len(rounds) == 2
 
 
 def test_the_measurement_agreement_with_itself_by_hand():

@@ -2,6 +2,7 @@
 passes, and the Z collectives of a training step (bucketed gathers and reduce-scatters, a
 frozen bucket member, activation checkpointing) against one collective per matrix."""
 
+import pytest
 import torch
 from models import rel_err, tiny_model
 
@@ -139,3 +140,74 @@ def test_a_recomputed_layer_keeps_its_blocks_for_its_backward(pool8):
         assert all(torch.equal(x, y) for x, y in zip(a[4], b[4]))
         assert a[5].keys() == b[5].keys()
         assert all(rel_err(a[5][k], b[5][k]) < 1e-5 for k in a[5])
+
+
+def weight_copies_per_layer(shape, bf16: bool = False, bucket_mb: float = 16.0):
+    """Elements the copies of one decoder layer's weights move in one training step (forward,
+    backward, gradient reductions), counted as torch dispatches them (``aten::copy_`` under
+    torch.profiler, nested ones included: casts and clones copy through it) on models one
+    layer apart. Activation copies are told apart by shape: theirs lead with the micro-batch
+    (3) or its tokens (48), or have more than two dimensions; a weight block, Z chunk or
+    [Z, chunks] bucket has one or two and leads with neither. Norm weights (32 elements,
+    reduced by sync_gradients) are left out."""
+    import contextlib
+
+    from axolab.parallel import Optimizations, parallelize, sync_gradients
+
+    grid = _grid(shape)
+    if grid is None:
+        return None
+    counts = []
+    for layers in (1, 2):
+        serial = tiny_model("llama", tied=False)
+        serial.model.layers = serial.model.layers[:layers]
+        model = parallelize(serial, grid, optimizations=Optimizations(gather_bucket_mb=bucket_mb))
+        ids = torch.randint(0, model.config.vocab_size, (3 * grid.batch_shards, 16),
+                            generator=torch.Generator().manual_seed(0))
+
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else \
+                    contextlib.nullcontext():
+                out = model(input_ids=grid.shard_batch(ids), labels=grid.shard_batch(ids))
+            out.loss.backward()
+            sync_gradients(model)
+            model.zero_grad(set_to_none=True)
+        step()  # the first step learns the layer order and buckets
+        with torch.profiler.profile(record_shapes=True) as prof:
+            step()
+        counts.append(sum(
+            n for e in prof.events() if e.name == "aten::copy_" and e.input_shapes
+            for s in [e.input_shapes[0]] if 1 <= len(s) <= 2 and s[0] not in (3, 48)
+            for n in [int(torch.tensor(s).prod())] if n > 32))
+    return counts[1] - counts[0]
+
+
+@pytest.mark.parametrize("shape,bf16,bucket_mb", [
+    ((1, 2, 1, 1), False, 16.0),  # Z: a layer's blocks in one bucket, cut out and put back
+    ((1, 2, 1, 1), False, 0.0),  # Z, each block gathered alone: chunk copies only
+    ((1, 2, 1, 1), True, 16.0),  # Z under bf16: chunks cast into the gather, grads cast back
+    ((1, 1, 2, 1), False, 16.0),  # no Z: q/k/v and gate/up stacked for one matmul each
+    ((1, 1, 2, 1), True, 16.0),  # no Z, bf16: the other blocks cast, grads cast back
+    ((1, 1, 1, 1), True, 16.0),  # one rank: autocast's own casts of nn.Linear weights
+])
+def test_weight_copies_are_what_the_planner_charges(pool8, shape, bf16, bucket_mb):
+    """The planner's per-layer copies (perfmodel.copies) against the profiler's count."""
+    from axolab.optimizations import Optimizations
+    from axolab.perfmodel import GridShape, Workload, model_shapes
+    from axolab.perfmodel.copies import layer_weight_copies
+
+    work = Workload(3 * shape[0] * shape[1], 16, None, "bf16" if bf16 else "fp32", False,
+                    Optimizations(gather_bucket_mb=bucket_mb))
+    shapes = model_shapes(tiny_model("llama", tied=False).config)
+    copies = layer_weight_copies(shapes, GridShape(*shape), work)
+    predicted = sum(c.elements for c in copies)
+    if shape[1] > 1 and not bucket_mb:
+        # A lone block's gradient is sent as it is; gloo's reduce-scatter (direct exchange)
+        # copies this rank's own slice into the result, which the planner leaves out (1/Z
+        # of a block, CPU only): one chunk per matrix.
+        predicted += sum(-(-(lin.out_features * lin.in_features) // shape[1])
+                         for lin in shapes.layer_linears)
+    measured = pool8.run(weight_copies_per_layer, shape, bf16, bucket_mb, timeout=120)
+    world = shape[0] * shape[1] * shape[2] * shape[3]
+    for rank, m in enumerate(measured[:world]):
+        assert m == predicted, (rank, m, predicted, copies)

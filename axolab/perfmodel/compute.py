@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .comm import block_elements, local_matrices, local_parameters
+from .comm import local_matrices, local_parameters
+from .copies import layer_weight_copies
 from .grid import GridShape
 from .machines import Machine
 from .shapes import ModelShapes
@@ -135,17 +136,12 @@ def step_compute(shapes: ModelShapes, grid: GridShape, work: Workload,
 
     h, heads_w, i = shapes.hidden // X, \
         (shapes.heads + 2 * shapes.kv_heads) * shapes.head_dim // Y, shapes.intermediate // Y
-    # Gathered weights are cast to the compute dtype each pass, and weight gradients are
-    # padded and cast back to fp32 (axolab/parallel/linear.py).
-    blocks = sum(block_elements(lin, grid) for lin in shapes.layer_linears)
-    cast = (pb + cb) if work.precision == "bf16" else 0
     fwd_ew, bwd_ew = ((n * h * RESIDUAL_PASSES[k] * pb + n * heads_w * HEAD_PASSES[k] * cb
                        + n * i * MLP_PASSES[k] * cb) / bw for k in (0, 1))
-    fwd_ew += blocks * cast / bw
-    bwd_ew += blocks * (cast + 2 * pb + (cb + pb if cast else 0)) / bw
-    if grid.z > 1:  # each gathered block is copied out of its Z buffer, forward and backward
-        fwd_ew += blocks * 2 * cb / bw
-        bwd_ew += blocks * 2 * cb / bw
+    # The weight blocks' casts and copies around their gathers and gradient reductions.
+    copies = layer_weight_copies(shapes, grid, work)
+    fwd_ew += sum(c.nbytes for c in copies if not c.backward) / bw
+    bwd_ew += sum(c.nbytes for c in copies if c.backward) / bw
     fwd_ops, bwd_ops = (ops * machine.op_overhead_s for ops in OPS_PER_LAYER)
     loss_ew = n * (vp // Y) * LOSS_PASSES * 4 / bw
 
