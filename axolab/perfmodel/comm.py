@@ -134,6 +134,23 @@ def local_parameters(shapes: ModelShapes, grid: GridShape) -> int:
         shapes.local_vectors(grid.x, grid.y)
 
 
+def layer_buckets(shapes: ModelShapes, grid: GridShape, work: Workload,
+                  bucket_bytes: float) -> list[list[LinearShape]]:
+    """One decoder layer's matrices in the Z buckets axolab's prefetcher groups them into:
+    consecutive blocks up to ``bucket_bytes`` of gathered blocks as stored (a block larger
+    than that alone); a bucket never spans two layers."""
+    buckets, current, size = [], [], 0
+    for lin in shapes.layer_linears:
+        nbytes = _block(lin, grid)[0] * work.param_bytes
+        if current and size + nbytes > bucket_bytes:
+            buckets.append(current)
+            current, size = [], 0
+        current.append(lin)
+        size += nbytes
+    buckets.append(current)
+    return buckets
+
+
 def _z_buckets(shapes: ModelShapes, grid: GridShape, work: Workload,
                bucket_bytes: float) -> dict:
     """The Z buckets of one micro-step as axolab's prefetcher groups them: each decoder
@@ -147,18 +164,9 @@ def _z_buckets(shapes: ModelShapes, grid: GridShape, work: Workload,
     Returns {(gathered elements, backward tag): (forward gathers, backward gathers,
     reduce-scatters, blocks)}."""
     vp = shapes.padded_vocab(grid.y)
-    order = [(_block(lin, grid)[0], layer) for layer in range(shapes.layers)
-             for lin in shapes.layer_linears]
-    order.append((_block(shapes.lm_head, grid, vp)[0], -1))
-    buckets, current, size = [], [], 0
-    for elements, layer in order:
-        if current and (size + elements * work.param_bytes > bucket_bytes
-                        or layer != current[-1][1]):
-            buckets.append(current)
-            current, size = [], 0
-        current.append((elements, layer))
-        size += elements * work.param_bytes
-    buckets.append(current)
+    per_layer = [[_block(lin, grid)[0] for lin in bucket]
+                 for bucket in layer_buckets(shapes, grid, work, bucket_bytes)]
+    buckets = per_layer * shapes.layers + [[_block(shapes.lm_head, grid, vp)[0]]]
     opts = work.optimizations
     # Kept from forward for backward (or its recompute): the lm head's bucket with the
     # prefetcher on, and the last decoder layer's last bucket unless backward prefetches late.
@@ -168,7 +176,7 @@ def _z_buckets(shapes: ModelShapes, grid: GridShape, work: Workload,
     out: dict = {}
     for i, bucket in enumerate(buckets):
         last = i == len(buckets) - 1
-        key = (sum(e for e, _ in bucket), "" if last else "backward")
+        key = (sum(bucket), "" if last else "backward")
         f, b, r, n = out.get(key, (0, 0, 0, len(bucket)))
         out[key] = (f + 1, b + (0 if i in kept else 1), r + 1, n)
     return out

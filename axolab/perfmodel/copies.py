@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .comm import block_elements
+from .comm import block_elements, layer_buckets
 from .grid import GridShape
 from .shapes import SHARED_INPUTS, ModelShapes
 from .workload import Workload
@@ -70,23 +70,12 @@ def _stacked(shapes: ModelShapes, grid: GridShape, work: Workload) -> set[str]:
 
 
 def _alone_in_bucket(shapes: ModelShapes, grid: GridShape, work: Workload) -> set[str]:
-    """The layer's matrices gathered alone: every one without buckets, else those whose
-    bucket (consecutive blocks up to ``gather_bucket_mb`` as stored, never two layers) holds
-    nothing else, as comm._z_buckets groups them."""
-    names = [lin.name for lin in shapes.layer_linears]
+    """The layer's matrices gathered alone: every one without buckets, else those whose Z
+    bucket (comm.layer_buckets) holds nothing else."""
     limit = work.optimizations.gather_bucket_mb * 2**20
     if not limit:
-        return set(names)
-    buckets, current, size = [], [], 0
-    for lin in shapes.layer_linears:
-        nbytes = -(-block_elements(lin, grid) // grid.z) * grid.z * work.param_bytes
-        if current and size + nbytes > limit:
-            buckets.append(current)
-            current, size = [], 0
-        current.append(lin.name)
-        size += nbytes
-    buckets.append(current)
-    return {b[0] for b in buckets if len(b) == 1}
+        return {lin.name for lin in shapes.layer_linears}
+    return {b[0].name for b in layer_buckets(shapes, grid, work, limit) if len(b) == 1}
 
 
 def layer_weight_copies(shapes: ModelShapes, grid: GridShape, work: Workload) -> list[BlockCopy]:
@@ -116,8 +105,8 @@ def layer_weight_copies(shapes: ModelShapes, grid: GridShape, work: Workload) ->
         add("gradient cast", total if bf16 else 0, cb, pb, True)
         return out
     chunks = sum(-(-e // grid.z) for e in blocks.values())
-    cut = sum(e for n, e in blocks.items()
-              if n in stacked or n not in _alone_in_bucket(shapes, grid, work))
+    lone = _alone_in_bucket(shapes, grid, work)
+    cut = sum(e for n, e in blocks.items() if n in stacked or n not in lone)
     add("into the gather", chunks, pb, cb, False)
     add("out of the gather", cut, cb, cb, False)
     if not work.activation_checkpointing:  # else the recompute's gather serves backward
@@ -126,7 +115,6 @@ def layer_weight_copies(shapes: ModelShapes, grid: GridShape, work: Workload) ->
     dg = work.depth_grad_bytes
     add("gradient cast", total if bf16 and dg != cb else 0, cb, dg, True)
     if opts.overlap_depth_grad:
-        lone = _alone_in_bucket(shapes, grid, work)
         bucketed = [n for n in blocks if n not in lone or blocks[n] % grid.z]
         add("into the gradient bucket", sum(blocks[n] for n in bucketed), dg, dg, True)
         add("out of the gradient bucket",
