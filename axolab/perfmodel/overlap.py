@@ -34,6 +34,7 @@ in the GPU presets), added in :func:`axolab.perfmodel.comm.comm_time`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .compute import ComputeTime
@@ -61,7 +62,9 @@ def exposed_communication(timed: list[tuple[str, float]], compute: ComputeTime,
     by_tag: dict[str, float] = {}
     for tag, seconds in timed:
         by_tag[tag] = by_tag.get(tag, 0.0) + seconds
-    total = sum(by_tag.values())
+    # fsum: exactly rounded, so the total is the same float as CommTime.total whatever the
+    # order the collectives are added in (exposed <= total must hold with nothing hidden).
+    total = math.fsum(seconds for _, seconds in timed)
 
     # Input gradients behind their own layer's weight-gradient matmul (a stack: the members'),
     # and gathers started late in backward behind both gradient matmuls of a layer's first
