@@ -23,8 +23,12 @@ $(STAMP): $(VPY) requirements-dev.txt pyproject.toml
 	$(VPY) -m ipykernel install --sys-prefix --name python3
 	touch $@
 
+# Two pytest-xdist workers, one test module at a time each (module-scoped rank pools start
+# once): most tests wait on ranks, kernels or Slurm part of the time, so two share the two
+# cores of a small machine well. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: venv
-	$(VPY) -m pytest -q --durations=15
+	$(VPY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 demo: venv
 	$(VPY) -m axolab.demo
