@@ -100,7 +100,6 @@ def execute(run: PreparedRun, *, progress: bool = True, log_output: bool = False
             kernel_name: str | None = None) -> dict:
     """Execute a prepared run with papermill; returns status.json's contents, or raises
     RunFailed (status "failed", the executed notebook kept with the error in place)."""
-    import papermill
     from papermill.exceptions import PapermillExecutionError
 
     run.run_dir.mkdir(parents=True, exist_ok=True)
