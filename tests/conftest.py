@@ -29,7 +29,10 @@ def tiny_study(tmp_path_factory):
 
     Under pytest-xdist (`make test`) the two tests may run on different workers: the first to
     ask runs the demo in the session's shared temporary directory while holding a file lock,
-    the other waits for it and reads what it left (result.json, written last)."""
+    the other waits for it and reads what it left (result.json, written last). (xdist_group
+    with --dist loadgroup would keep the two on one worker, but pytest-xdist 3.8 names the
+    group in ``item._nodeid``, which pytest 9 no longer reads: the tests then spread one by
+    one and every module's fixtures start on both workers.)"""
     from filelock import FileLock
 
     root = tmp_path_factory.getbasetemp()
