@@ -321,9 +321,9 @@ class CommTime:
 
     @property
     def total(self) -> float:
-        # fsum over the collectives themselves: the same float as the overlap model's total.
-        return math.fsum(seconds for _, seconds in self.timed) if self.timed \
-            else math.fsum(self.by_axis.values())
+        # fsum over the collectives themselves (``timed`` lists every one, as ``by_axis``
+        # sums them): the same float as the overlap model's total, whatever the order.
+        return math.fsum(seconds for _, seconds in self.timed)
 
 
 def comm_time(shapes: ModelShapes, grid: GridShape, work: Workload, machine: Machine) -> CommTime:
