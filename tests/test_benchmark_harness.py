@@ -98,19 +98,38 @@ def test_validation_takes_the_slowest_rank_per_step_and_the_median_per_round():
     assert len(rounds) == 2
 
 
+def test_a_grids_time_is_the_median_of_all_its_steps():
+    # Round medians 1, 9, 9 would say 9; five of the nine steps took 1.
+    steps = [[1.0, 1.0, 1.0], [1.0, 9.0, 9.0], [1.0, 9.0, 9.0]]
+    assert pv.grid_time(steps) == 1.0
+    assert pv.grid_time([[3.0, 1.0], [2.0, 4.0]]) == 2.5
+    assert pv.row_steps({"step_times_each": steps, "step_times": [1.0, 9.0, 9.0]}) == steps
+    # A file from before steps were kept: each round's median is that round's only step.
+    assert pv.row_steps({"step_times": [1.0, 9.0]}) == [[1.0], [9.0]]
+
+
 def test_the_measurement_agreement_with_itself_by_hand():
-    # Four grids, three rounds; grids 2 and 3 swap places in round 1.
-    times = [[1, 1, 1], [2, 3, 2], [3, 2, 3], [4, 4, 4]]
+    # Four grids, three rounds of one step; grids 2 and 3 swap places in round 1.
+    times = [[[1], [1], [1]], [[2], [3], [2]], [[3], [2], [3]], [[4], [4], [4]]]
     # Round 0 (ranks 1,2,3,4) against the median of rounds 1-2 (1, 2.5, 2.5, 4: a tie, average
     # ranks): Pearson of the ranks = 4.5 / sqrt(5 * 4.5) = sqrt(0.9); round 1 (1,3,2,4) against
     # rounds 0 and 2 (1,2,3,4): 1 - 6 * 2 / (4 * 15) = 0.8; round 2 like round 0.
     assert pv.round_agreement(times) == pytest.approx([0.9 ** 0.5, 0.8, 0.9 ** 0.5])
-    assert pv.round_agreement([[1.0], [2.0], [3.0]]) == []  # one round: nothing to compare
+    assert pv.round_agreement([[[1.0]], [[2.0]], [[3.0]]]) == []  # one round: nothing to compare
+    # Rounds of several steps: grid 1's round 1 is slow in its median (3) but its steps pooled
+    # with round 0's or 2's are not, so against the others it stays first.
+    steps = [[[1, 1, 1], [1, 3, 3], [1, 1, 1]], [[2, 2, 2], [2, 2, 2], [2, 2, 2]],
+             [[4, 4, 4], [4, 4, 4], [4, 4, 4]]]
+    assert pv.round_agreement(steps) == pytest.approx([1.0, 0.5, 1.0])
     # Whatever rounds are drawn, a prediction in the measured order correlates perfectly and
     # the reverse order perfectly negatively; a swapped pair lands between.
     assert pv.bootstrap_spearman([1, 2, 3, 4], times) == pytest.approx((0.8, 1.0))
-    assert pv.bootstrap_spearman([4, 3, 2, 1], [[1, 1], [2, 2], [3, 3], [4, 4]]) == \
-        pytest.approx((-1.0, -1.0))
+    assert pv.bootstrap_spearman([4, 3, 2, 1], [[[1], [1]], [[2], [2]], [[3], [3]],
+                                                [[4], [4]]]) == pytest.approx((-1.0, -1.0))
+    # Pooled, grid 1 falls behind grid 2 only in a draw of round 1 three times (1 in 27, under
+    # the 5th percentile). Medians of round medians would put it behind whenever round 1 is
+    # drawn twice or more (7 in 27), and the 5th percentile would be 0.5.
+    assert pv.bootstrap_spearman([1, 2, 3], steps) == pytest.approx((1.0, 1.0))
 
 
 @pytest.mark.parametrize("argv, message", [(["--ranks", "1"], "--ranks 1 \\(>= 2\\)"),
