@@ -93,3 +93,24 @@ def test_calibrate_measures_the_same_table_on_real_ranks(tmp_path):
     from axolab.perfmodel import Workload, model_shapes, predict
     p = predict(model_shapes("small-llama"), GridShape(1, 1, 2, 2), Workload(4, 32), machine)
     assert p.step_time_s > 0 and p.exposed_comm_s <= p.comm.total
+
+
+def test_a_collective_is_timed_warm(monkeypatch):
+    """The first call on a group (buffers, connections) is made before the clock starts: on a
+    fake clock where the first call takes 10 s and every later one 1 s, the timing is 1 s."""
+    import torch.distributed as dist
+
+    from axolab.perfmodel import calibrate as cal
+
+    clock = {"now": 0.0, "calls": 0}
+
+    def all_reduce(tensor, group=None):
+        clock["now"] += 10.0 if clock["calls"] == 0 else 1.0
+        clock["calls"] += 1
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    monkeypatch.setattr(dist, "barrier", lambda group=None: None)
+    monkeypatch.setattr(cal.time, "perf_counter", lambda: clock["now"])
+    cfg = CalibrationConfig(ranks=2, repeats=3, rounds=2)
+    assert cal._time_collective("all_reduce", 4096, None, 2, cfg) == 1.0
+    assert clock["calls"] == 1 + 3 * 2  # one warm-up, then rounds x repeats

@@ -117,6 +117,13 @@ def _time_collective(op: str, nbytes: int, group, size: int, cfg: CalibrationCon
         else:
             scatter(part, full, group=group)
 
+    # One untimed call first: a group's first collective of a size pays for buffers and
+    # connections a training step has long since set up. Timed cold, 4 KB all-reduces over
+    # pairs of 8 ranks on 2 cores took 5.1 ms against 1.0-1.7 ms warm, and the fitted latency
+    # of pairs was 3-6x too high (what made grids with X = 2 and their per-norm all-reduces
+    # look about 10% slower than they ran).
+    dist.barrier()
+    call()
     rounds = []
     for _ in range(cfg.rounds):
         dist.barrier()  # every group starts together, as one grid axis does
@@ -154,6 +161,7 @@ def _overlap_efficiency(cfg: CalibrationConfig) -> float:
     def timed(fn) -> float:
         return _timed_together(fn, cfg.rounds)
 
+    dist.all_reduce(tensor)  # warm, as in _time_collective
     t_reduce = timed(lambda: dist.all_reduce(tensor))
     one = _timed(lambda: a @ b, min_time=0.05)
     # Every rank must run the same number of matmuls: agree on the largest count.
