@@ -223,8 +223,8 @@ def combine(per_rank: list) -> tuple[list, list]:
 def grid_time(rounds: list[list[float]]) -> float:
     """A grid's measured step time from its timed steps, ``rounds[round][step]``: the median of
     all of them. The step-time distribution on a shared host is skewed by stalls; a median
-    ignores them, and pooling the rounds' steps keeps the estimate's spread smaller than a
-    median of per-round medians (which throws away the within-round ordering twice)."""
+    ignores them, and one median of every step varies less than a median of per-round medians,
+    each of which already rests on only ``--steps-per-round`` samples."""
     return statistics.median(t for steps in rounds for t in steps)
 
 

@@ -119,9 +119,9 @@ def _time_collective(op: str, nbytes: int, group, size: int, cfg: CalibrationCon
 
     # One untimed call first: a group's first collective of a size pays for buffers and
     # connections a training step has long since set up. Timed cold, 4 KB all-reduces over
-    # pairs of 8 ranks on 2 cores took 5.1 ms against 1.0-1.7 ms warm, and the fitted latency
-    # of pairs was 3-6x too high (what made grids with X = 2 and their per-norm all-reduces
-    # look about 10% slower than they ran).
+    # pairs of 8 ranks on 2 cores took 5.1 ms against 1.0-1.7 ms warm; calibrations of one
+    # round fitted pairs a latency of 4.2-5.2 ms (1.3-2.2 ms warm, with 10 calls), which made
+    # grids with X = 2, whose norms all-reduce over pairs, look about 10% slower than they ran.
     dist.barrier()
     call()
     rounds = []
