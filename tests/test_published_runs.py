@@ -76,3 +76,20 @@ def test_bad_batches_are_refused_before_any_prediction(argv, capsys):
         pr.main(argv)
     assert e.value.code == 2
     assert "global batch:" not in capsys.readouterr().out
+
+
+def test_the_slowdown_sweep_sets_the_efficiency_it_names():
+    # 0.189 restates the presets (Lee et al.'s average); a slower overlap never helps; a
+    # slowdown of zero hides as much as a machine of efficiency 1 hides.
+    run = pr.RUNS[1]
+    table = pr.slowdown_sweep([run])
+    assert [t["slowdown"] for t in table] == list(pr.SLOWDOWNS)
+    errors = [t["errors"][run.name] for t in table]
+    assert errors == sorted(errors, reverse=True)
+    default = pr.evaluate(run)
+    assert default["overlap_efficiency"] == pytest.approx(1 / 1.189)
+    assert errors[pr.SLOWDOWNS.index(0.189)] == default["overlap"]["error"]
+    ideal = pr.evaluate(run, overlap_slowdown=0.0)
+    assert ideal["overlap_efficiency"] == 1.0
+    assert ideal["overlap"]["exposed_s"] < default["overlap"]["exposed_s"]
+    assert errors[0] == ideal["overlap"]["error"]

@@ -46,6 +46,16 @@ class MeasuredCollective:
                              f"{self.bandwidth_gb_s} GB/s")
 
 
+# Computation running alongside a collective on the same GPU slows down: the collective's
+# kernels hold SMs (CUs) and memory bandwidth. Lee et al., "Characterizing Compute-Communication
+# Overlap in GPU-Accelerated Distributed Deep Learning: Performance and Power Implications"
+# (arXiv 2507.03114, 2025) measured 18.9% on average (40% at most) over GPT and Llama training
+# on 4x A100, H100, MI250 and MI210. M seconds of communication hidden behind longer
+# computation then cost M * 0.189 / 1.189 seconds: the computation done meanwhile is M / 1.189.
+GPU_OVERLAP_COMPUTE_SLOWDOWN = 0.189
+GPU_OVERLAP_EFFICIENCY = 1.0 / (1.0 + GPU_OVERLAP_COMPUTE_SLOWDOWN)
+
+
 @dataclass(frozen=True)
 class Machine:
     """One kind of GPU node, replicated: everything the model needs to time a step."""
@@ -89,11 +99,12 @@ class Machine:
     packages one or two), so the same group size can differ by 4x with its placement. A
     placement not listed uses the slowest listed one spanning as many GPUs, then
     ``intra_node_gb_s``."""
-    overlap_efficiency: float = 0.9
+    overlap_efficiency: float = GPU_OVERLAP_EFFICIENCY
     """Fraction of the ideal hiding (``min(communication, computation window)``) achieved when
-    a collective runs behind computation (:mod:`axolab.perfmodel.overlap`). On GPUs NCCL's
-    kernels take a few SMs from the matmuls they overlap (0.9, approximate); on CPUs gloo's
-    threads compete with the matmuls for cores, and ``axolab plan calibrate`` measures it."""
+    a collective runs behind computation (:mod:`axolab.perfmodel.overlap`). On GPUs the
+    collective's kernels take SMs and memory bandwidth from the matmuls they overlap
+    (``GPU_OVERLAP_EFFICIENCY``, from a published measurement); on CPUs gloo's threads compete
+    with the matmuls for cores, and ``axolab plan calibrate`` measures it."""
     sync_s: float = 0.0
     """Extra seconds each collective on the critical path costs when ranks compute between
     collectives (waiting for the slowest rank beyond the collective's own time): ~0 on GPU
