@@ -42,7 +42,7 @@ from pathlib import Path
 from axolab.files import write_text_atomic
 from axolab.optimizations import DEPTH_GRAD_DTYPES, Optimizations
 from axolab.perfmodel import ModelShapes, get_machine, search
-from axolab.perfmodel.machines import GPU_OVERLAP_COMPUTE_SLOWDOWN
+from axolab.perfmodel.machines import GPU_OVERLAP_COMPUTE_SLOWDOWN, overlap_efficiency_for
 
 TOLERANCE = 0.20
 
@@ -150,7 +150,8 @@ def evaluate(run: PublishedRun, depth_grad_dtype: str = DEPTH_GRAD_DTYPE,
     collective (overlap efficiency 1 / (1 + slowdown))."""
     machine = get_machine(run.machine)
     if overlap_slowdown is not None:
-        machine = dataclasses.replace(machine, overlap_efficiency=1.0 / (1.0 + overlap_slowdown))
+        machine = dataclasses.replace(machine,
+                                      overlap_efficiency=overlap_efficiency_for(overlap_slowdown))
     flops = step_flops(run)
     peak = run.gpus * machine.peak_flops_bf16
     out = {"name": run.name, "source": run.source, "machine": run.machine, "gpus": run.gpus,
@@ -207,7 +208,7 @@ def _print_slowdowns(table: list[dict]) -> None:
           "collective:")
     print(f"{'slowdown (efficiency)':<22}" + "".join(f"{n.split(',')[0]:>16}" for n in names))
     for t in table:
-        label = f"{t['slowdown']:.1%} ({1 / (1 + t['slowdown']):.3f})"
+        label = f"{t['slowdown']:.1%} ({overlap_efficiency_for(t['slowdown']):.3f})"
         print(f"{label:<22}" + "".join(f"{e:+16.1%}" for e in t["errors"].values()))
 
 

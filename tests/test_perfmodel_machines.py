@@ -116,3 +116,10 @@ def test_a_collective_is_timed_warm(monkeypatch):
     cfg = CalibrationConfig(ranks=2, repeats=3, rounds=2)
     assert cal._time_collective("all_reduce", 4096, None, 2, cfg) == 1.0
     assert clock["calls"] == 1 + 3 * 2  # one warm-up, then rounds x repeats
+
+
+def test_a_negative_overlap_slowdown_is_refused():
+    from axolab.perfmodel.machines import overlap_efficiency_for
+    assert overlap_efficiency_for(0.25) == pytest.approx(0.8)  # 1 / 1.25, by hand
+    with pytest.raises(ValueError, match="a slowdown must be >= 0, got -0.1"):
+        overlap_efficiency_for(-0.1)

@@ -53,7 +53,17 @@ class MeasuredCollective:
 # on 4x A100, H100, MI250 and MI210. M seconds of communication hidden behind longer
 # computation then cost M * 0.189 / 1.189 seconds: the computation done meanwhile is M / 1.189.
 GPU_OVERLAP_COMPUTE_SLOWDOWN = 0.189
-GPU_OVERLAP_EFFICIENCY = 1.0 / (1.0 + GPU_OVERLAP_COMPUTE_SLOWDOWN)
+
+
+def overlap_efficiency_for(slowdown: float) -> float:
+    """The overlap efficiency of a machine whose computation runs ``slowdown`` (a fraction)
+    slower while a collective runs beside it: ``1 / (1 + slowdown)``."""
+    if slowdown < 0:
+        raise ValueError(f"a slowdown must be >= 0, got {slowdown}")
+    return 1.0 / (1.0 + slowdown)
+
+
+GPU_OVERLAP_EFFICIENCY = overlap_efficiency_for(GPU_OVERLAP_COMPUTE_SLOWDOWN)
 
 
 @dataclass(frozen=True)
